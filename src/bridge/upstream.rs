@@ -1,0 +1,89 @@
+//! The upstream HTTP client: pooled, TLS-verified, HTTP/2 where the provider offers it.
+//!
+//! Verification is always on: the webpki roots plus any `--upstream-ca-file` roots. Redirects
+//! are never followed (hyper's client does not), so a provider cannot bounce a request that
+//! carries its key to another host. Connections are opened only through the egress
+//! [`Dialer`](crate::proxy::egress::Dialer).
+
+use crate::proxy::egress::Dialer;
+use crate::BoxError;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The body type on both sides of the proxy: streamed, never collected.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A pooled client for one provider's upstream.
+pub type UpstreamClient = Client<HttpsConnector<Dialer>, ProxyBody>;
+
+/// How long an idle pooled upstream connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why the upstream TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("{path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Builds upstream clients that share one TLS configuration and one dialer.
+#[derive(Clone)]
+pub struct UpstreamFactory {
+    tls: Arc<ClientConfig>,
+    dialer: Dialer,
+}
+
+impl UpstreamFactory {
+    /// Trust the webpki roots plus every certificate in `extra_ca_file`.
+    pub fn new(
+        crypto: Arc<CryptoProvider>,
+        extra_ca_file: Option<&Path>,
+        dialer: Dialer,
+    ) -> Result<Self, UpstreamTlsError> {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(path) = extra_ca_file {
+            let ca_error = |reason: String| UpstreamTlsError::CaFile { path: path.display().to_string(), reason };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_error(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate found".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        let tls = ClientConfig::builder_with_provider(crypto)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(UpstreamFactory { tls: Arc::new(tls), dialer })
+    }
+
+    /// A fresh client with its own connection pool.
+    pub fn client(&self) -> UpstreamClient {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(self.dialer.clone());
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector)
+    }
+}

@@ -1,0 +1,93 @@
+//! The command line: one subcommand per file. Every flag also reads `AIBRIDGE_<FLAG>` from the
+//! environment; `--database-url` falls back to `DATABASE_URL`, then to the embedded SQLite file.
+
+mod ca;
+mod providers;
+mod serve;
+mod token;
+
+use crate::telemetry::{self, LogFormat};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "aibridge-proxy", version, about = "Forward proxy between AI agents and LLM providers")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "AIBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, global = true, env = "AIBRIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(Box<serve::ServeArgs>),
+    /// Apply pending database migrations and exit.
+    Migrate(DbArgs),
+    /// Manage the certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Manage agent tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Manage providers.
+    #[command(subcommand)]
+    Providers(providers::ProvidersCommand),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// sqlite://PATH or postgres://... (falls back to DATABASE_URL, then sqlite://aibridge.db).
+    #[arg(long, env = "AIBRIDGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl DbArgs {
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| crate::store::DEFAULT_DATABASE_URL.to_string())
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<crate::store::Store> {
+        let url = self.url();
+        crate::store::Store::connect(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))
+    }
+}
+
+/// Exit code for configuration errors (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Run a parsed command line. Returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    telemetry::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Migrate(db) => migrate(db).await,
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Token(cmd) => token::run(cmd).await,
+        Command::Providers(cmd) => providers::run(cmd).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn migrate(db: DbArgs) -> anyhow::Result<i32> {
+    let store = db.connect().await?;
+    println!("migrations applied ({})", store.backend_name());
+    store.close().await;
+    Ok(0)
+}

@@ -1,0 +1,183 @@
+//! `providers list | create | update | delete`. Keys are read from the environment variable
+//! named by `--key-env`, never from argv (argv is visible to every user via `ps`).
+
+use super::DbArgs;
+use crate::provider::ProviderKind;
+use crate::secret::{mask, Secret};
+use crate::store::{NewProvider, ProviderPatch};
+use anyhow::Context;
+use clap::{ArgAction, Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// List providers with their masked keys.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Create a provider.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_kind)]
+        kind: ProviderKind,
+        #[arg(long)]
+        base_url: String,
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Refuse requests for models not configured for this provider.
+        #[arg(long)]
+        enforce_models: bool,
+    },
+    /// Update a provider (by name or id).
+    Update {
+        #[command(flatten)]
+        db: DbArgs,
+        provider: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<ProviderKind>,
+        #[arg(long)]
+        base_url: Option<String>,
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Go back to intercepting only the base URL's host.
+        #[arg(long, conflicts_with = "intercept_host")]
+        clear_intercept_hosts: bool,
+        #[arg(long, action = ArgAction::Set)]
+        enabled: Option<bool>,
+        #[arg(long, action = ArgAction::Set)]
+        enforce_models: Option<bool>,
+    },
+    /// Delete a provider and its keys.
+    Delete {
+        #[command(flatten)]
+        db: DbArgs,
+        provider: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// A host (or host:port) to intercept; repeat for several. Default: the base URL's host.
+    #[arg(long = "intercept-host")]
+    intercept_host: Vec<String>,
+    /// Name of the environment variable holding the provider's API key.
+    #[arg(long)]
+    key_env: Option<String>,
+}
+
+impl CommonArgs {
+    fn keys(&self) -> anyhow::Result<Option<Vec<Secret<String>>>> {
+        let Some(var) = &self.key_env else { return Ok(None) };
+        let key = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+        Ok(Some(vec![Secret::new(key)]))
+    }
+}
+
+fn parse_kind(s: &str) -> Result<ProviderKind, String> {
+    s.parse().map_err(|e: crate::provider::ProviderError| e.to_string())
+}
+
+pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ProvidersCommand::List { db } => {
+            let store = db.connect().await?;
+            let providers = store.list_providers().await?;
+            store.close().await;
+            println!("{:<20}  {:<18}  {:<8}  {:<40}  {:<30}  keys", "name", "kind", "enabled", "base_url", "intercept_hosts");
+            for p in providers {
+                let keys: Vec<String> = p.keys.iter().map(|k| mask(k.api_key.expose())).collect();
+                println!(
+                    "{:<20}  {:<18}  {:<8}  {:<40}  {:<30}  {}",
+                    p.name,
+                    p.kind,
+                    p.enabled,
+                    p.base_url,
+                    p.intercept_hosts.join(","),
+                    keys.join(",")
+                );
+            }
+            Ok(0)
+        }
+        ProvidersCommand::Create { db, name, kind, base_url, common, disabled, enforce_models } => {
+            let api_keys = common.keys()?.unwrap_or_default();
+            let store = db.connect().await?;
+            let created = store
+                .create_provider(NewProvider {
+                    name,
+                    kind,
+                    base_url,
+                    intercept_hosts: common.intercept_host,
+                    enabled: !disabled,
+                    enforce_models,
+                    api_keys,
+                })
+                .await;
+            store.close().await;
+            let p = created?;
+            println!("created provider {} ({}) intercepting {}", p.name, p.id, hosts_text(&p.intercept_hosts, &p.base_url));
+            Ok(0)
+        }
+        ProvidersCommand::Update {
+            db,
+            provider,
+            name,
+            kind,
+            base_url,
+            common,
+            clear_intercept_hosts,
+            enabled,
+            enforce_models,
+        } => {
+            let intercept_hosts = if clear_intercept_hosts {
+                Some(Vec::new())
+            } else if common.intercept_host.is_empty() {
+                None
+            } else {
+                Some(common.intercept_host.clone())
+            };
+            let patch = ProviderPatch {
+                name,
+                kind,
+                base_url,
+                intercept_hosts,
+                enabled,
+                enforce_models,
+                api_keys: common.keys()?,
+            };
+            let store = db.connect().await?;
+            let updated = store.update_provider(&provider, patch).await;
+            store.close().await;
+            let p = updated?;
+            println!("updated provider {} ({})", p.name, p.id);
+            Ok(0)
+        }
+        ProvidersCommand::Delete { db, provider } => {
+            let store = db.connect().await?;
+            let deleted = store.delete_provider(&provider).await;
+            store.close().await;
+            if deleted? {
+                println!("deleted provider {provider}");
+                Ok(0)
+            } else {
+                eprintln!("no provider {provider}");
+                Ok(1)
+            }
+        }
+    }
+}
+
+fn hosts_text(hosts: &[String], base_url: &str) -> String {
+    if hosts.is_empty() {
+        format!("the base URL's host ({base_url})")
+    } else {
+        hosts.join(", ")
+    }
+}

@@ -1,0 +1,158 @@
+//! `serve`: parse flags into an [`AppConfig`], start the proxy, wait for a signal.
+//!
+//! Signals: SIGTERM or SIGINT stops accepting and lets in-flight work finish for up to
+//! `--shutdown-grace`, then exits 0 (1 if work had to be cut); a second signal exits at once.
+
+use super::ca::CaFileArgs;
+use super::{DbArgs, EXIT_CONFIG};
+use crate::app::{App, AppError};
+use crate::config::{self, AppConfig, AuthMode, NonProviderHosts, ProxyConfig};
+use clap::Args;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the proxy listener.
+    #[arg(long, env = "AIBRIDGE_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    ca: CaFileArgs,
+    /// Validity of minted leaf certificates.
+    #[arg(long, env = "AIBRIDGE_LEAF_VALIDITY", default_value = "7d", value_parser = humantime::parse_duration)]
+    leaf_validity: Duration,
+    /// Maximum number of cached leaf certificates.
+    #[arg(long, env = "AIBRIDGE_CERT_CACHE_SIZE", default_value_t = config::DEFAULT_CERT_CACHE_SIZE)]
+    cert_cache_size: u64,
+    /// Ports CONNECT (and plain forwarding) may target.
+    #[arg(long, env = "AIBRIDGE_CONNECT_PORTS", value_delimiter = ',', default_value = "443,80")]
+    connect_ports: Vec<u16>,
+    /// Agent authentication.
+    #[arg(long, env = "AIBRIDGE_AUTH", value_enum, default_value = "token")]
+    auth: AuthMode,
+    /// What to do with hosts no provider intercepts.
+    #[arg(long, env = "AIBRIDGE_NON_PROVIDER_HOSTS", value_enum, default_value = "tunnel")]
+    non_provider_hosts: NonProviderHosts,
+    /// Private/reserved ranges tunnels may reach anyway (comma-separated CIDRs).
+    #[arg(long, env = "AIBRIDGE_ALLOW_PRIVATE_CIDRS", value_delimiter = ',')]
+    allow_private_cidrs: Vec<IpNet>,
+    /// Extra PEM roots trusted for provider upstreams.
+    #[arg(long, env = "AIBRIDGE_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<PathBuf>,
+    /// Time a client has to send a complete request head.
+    #[arg(long, env = "AIBRIDGE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Time a client has to complete the TLS handshake on an intercepted connection.
+    #[arg(long, env = "AIBRIDGE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Time allowed to open a TCP connection to a destination or upstream.
+    #[arg(long, env = "AIBRIDGE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Largest request head accepted.
+    #[arg(long, env = "AIBRIDGE_MAX_HEADER_BYTES", default_value_t = config::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> AppConfig {
+        AppConfig {
+            listen: self.listen,
+            database_url: self.db.url(),
+            ca_cert: self.ca.ca_cert,
+            ca_key: self.ca.ca_key,
+            leaf_validity: self.leaf_validity,
+            cert_cache_size: self.cert_cache_size,
+            upstream_ca_file: self.upstream_ca_file,
+            shutdown_grace: self.shutdown_grace,
+            proxy: ProxyConfig {
+                connect_ports: self.connect_ports,
+                auth: self.auth,
+                non_provider_hosts: self.non_provider_hosts,
+                allow_private_cidrs: self.allow_private_cidrs,
+                header_read_timeout: self.header_read_timeout,
+                tls_handshake_timeout: self.tls_handshake_timeout,
+                connect_timeout: self.connect_timeout,
+                max_header_bytes: self.max_header_bytes,
+            },
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let config = args.into_config();
+    if let Err(errors) = config.validate() {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(EXIT_CONFIG);
+    }
+    if config.proxy.auth == AuthMode::None {
+        tracing::warn!("--auth none: anyone who can reach {} can use the proxy and its provider keys", config.listen);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let grace = config.shutdown_grace;
+    let ca_cert = config.ca_cert.clone();
+    let app = match App::start(config, listener).await {
+        Ok(app) => app,
+        Err(e @ (AppError::Config(_) | AppError::Ca(_) | AppError::UpstreamTls(_))) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if app.ca_generated {
+        print_agent_setup(app.proxy_addr, &ca_cert);
+    }
+    wait_for_signal().await;
+    tracing::info!(grace = ?grace, "shutting down: no new connections, draining");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    let clean = app.stop(grace).await;
+    tracing::info!(clean, "stopped");
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// The lines an agent needs, printed once, when the CA was just generated.
+fn print_agent_setup(addr: SocketAddr, ca_cert: &std::path::Path) {
+    let ca = std::fs::canonicalize(ca_cert).unwrap_or_else(|_| ca_cert.to_path_buf());
+    println!("# aibridge-proxy is ready. Create a token with: aibridge-proxy token create --user NAME");
+    println!("# then, in the agent's environment:");
+    println!("HTTPS_PROXY=http://agent:TOKEN@{addr}");
+    println!("SSL_CERT_FILE={}", ca.display());
+    println!("NODE_EXTRA_CA_CERTS={}", ca.display());
+    println!("REQUESTS_CA_BUNDLE={}", ca.display());
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

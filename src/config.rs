@@ -1,0 +1,150 @@
+//! Runtime configuration as plain, validated structs.
+//!
+//! The CLI (clap, with `AIBRIDGE_*` environment variables) parses flags and hands `serve` an
+//! [`AppConfig`]; tests build one directly. Nothing clap-typed crosses into the rest of the
+//! crate. Data — providers, keys, tokens — is not configuration: it lives in the store.
+
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8888";
+pub const DEFAULT_CA_CERT: &str = "certs/ca.pem";
+pub const DEFAULT_CA_KEY: &str = "certs/ca-key.pem";
+/// Leaf validity: short, so a leaked leaf key is worth little.
+pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_CERT_CACHE_SIZE: u64 = 10_000;
+pub const DEFAULT_CONNECT_PORTS: &[u16] = &[443, 80];
+/// Slowloris bound: a client has this long to send a complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's own default (~400 KiB) is far more than any real request head needs.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether agents must present a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// `Proxy-Authorization: Basic` with an agent token as the password.
+    Token,
+    /// No authentication: anyone who can reach the listener may use it (and its keys).
+    None,
+}
+
+/// What happens to CONNECTs for hosts no provider intercepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NonProviderHosts {
+    /// Tunnel the bytes untouched (public destinations only, unless allowed by CIDR).
+    Tunnel,
+    /// Refuse with 403.
+    Deny,
+}
+
+/// The proxy listener's behaviour.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub connect_ports: Vec<u16>,
+    pub auth: AuthMode,
+    pub non_provider_hosts: NonProviderHosts,
+    /// Reserved destinations inside these ranges may be tunnelled to anyway.
+    pub allow_private_cidrs: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_ports: DEFAULT_CONNECT_PORTS.to_vec(),
+            auth: AuthMode::Token,
+            non_provider_hosts: NonProviderHosts::Tunnel,
+            allow_private_cidrs: Vec::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub leaf_validity: Duration,
+    pub cert_cache_size: u64,
+    /// Extra PEM roots trusted for provider upstreams (beside the webpki roots).
+    pub upstream_ca_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub proxy: ProxyConfig,
+}
+
+impl AppConfig {
+    /// Defaults for everything but where the database and the CA live.
+    pub fn new(database_url: impl Into<String>, ca_cert: impl Into<PathBuf>, ca_key: impl Into<PathBuf>) -> Self {
+        AppConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
+            database_url: database_url.into(),
+            ca_cert: ca_cert.into(),
+            ca_key: ca_key.into(),
+            leaf_validity: DEFAULT_LEAF_VALIDITY,
+            cert_cache_size: DEFAULT_CERT_CACHE_SIZE,
+            upstream_ca_file: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            proxy: ProxyConfig::default(),
+        }
+    }
+
+    /// Check what the types cannot: every problem is reported, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        if self.proxy.connect_ports.is_empty() || self.proxy.connect_ports.contains(&0) {
+            errors.push("--connect-ports must list ports from 1 to 65535".to_string());
+        }
+        if self.proxy.max_header_bytes < 8192 {
+            errors.push("--max-header-bytes must be at least 8192".to_string());
+        }
+        if self.leaf_validity < Duration::from_secs(2 * 3600) {
+            errors.push("--leaf-validity must be at least 2h".to_string());
+        }
+        if self.cert_cache_size == 0 {
+            errors.push("--cert-cache-size must be at least 1".to_string());
+        }
+        for (name, d) in [
+            ("--header-read-timeout", self.proxy.header_read_timeout),
+            ("--tls-handshake-timeout", self.proxy.tls_handshake_timeout),
+            ("--connect-timeout", self.proxy.connect_timeout),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{name} must be greater than zero"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_every_error_is_reported() {
+        let mut c = AppConfig::new("sqlite://x.db", "c.pem", "k.pem");
+        assert!(c.validate().is_ok());
+        c.proxy.connect_ports.clear();
+        c.proxy.max_header_bytes = 10;
+        c.proxy.header_read_timeout = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+}

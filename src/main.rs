@@ -1,0 +1,10 @@
+//! The `aibridge-proxy` binary: parse, run, exit. Everything else is in the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let cli = aibridge_proxy::cli::Cli::parse();
+    let code = aibridge_proxy::cli::run(cli).await;
+    std::process::exit(code);
+}

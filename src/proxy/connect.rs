@@ -1,0 +1,127 @@
+//! What a request to the proxy becomes, and every answer the proxy itself gives.
+//!
+//! `CONNECT` → parse and normalize the target (400), check the port (400), authenticate (407),
+//! then look the target up in the router: a hit is intercepted, a miss tunnelled or refused
+//! (403), a failed dial answered 502. Absolute-form requests go to [`super::forward`]. Refusals
+//! close the connection (`Connection: close`), so nothing pipelined behind them is read.
+
+use super::auth::{self, AuthError};
+use super::target::{Target, TargetError};
+use super::{forward, mitm, tunnel, ProxyState};
+use crate::bridge::ProxyBody;
+use crate::config::NonProviderHosts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Route one request that arrived on the proxy listener.
+pub async fn handle(state: Arc<ProxyState>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        handle_connect(state, peer, req).await
+    } else if req.uri().scheme().is_some() {
+        forward::handle(state, peer, req).await
+    } else {
+        reject(peer, StatusCode::BAD_REQUEST, "not_proxy_request", "send CONNECT or an absolute-form request")
+    }
+}
+
+async fn handle_connect(state: Arc<ProxyState>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let target = match connect_target(&req) {
+        Ok(t) => t,
+        Err(e) => return reject(peer, StatusCode::BAD_REQUEST, e.reason(), "malformed CONNECT target"),
+    };
+    if !state.config.connect_ports.contains(&target.port) {
+        return reject(peer, StatusCode::BAD_REQUEST, "port_not_allowed", "CONNECT port not allowed");
+    }
+    if has_body(&req) {
+        return reject(peer, StatusCode::BAD_REQUEST, "connect_with_body", "CONNECT must not have a body");
+    }
+    let snapshot = state.router.snapshot();
+    let who = match auth::authenticate(req.headers(), &snapshot, state.config.auth) {
+        Ok(a) => a,
+        Err(e) => return auth_required(peer, e),
+    };
+    let key = target.key();
+    if let Some(route) = snapshot.route(&key) {
+        let provider_id = route.id;
+        tracing::debug!(%peer, target = %key, provider = %route.name, user = %who.user(), "intercepting");
+        let upgrade = hyper::upgrade::on(&mut req);
+        let session = mitm::Session { state: state.clone(), target, key, provider_id, auth: who };
+        state.shutdown.spawn(session.serve(upgrade));
+        return established();
+    }
+    drop(snapshot);
+    if state.config.non_provider_hosts == NonProviderHosts::Deny {
+        return reject(peer, StatusCode::FORBIDDEN, "non_provider_denied", "destination not allowed");
+    }
+    let upstream = match state.dialer.dial(&target.host, target.port).await {
+        Ok(s) => s,
+        Err(e) if e.is_denied() => {
+            tracing::info!(%peer, target = %key, error = %e, "tunnel refused");
+            return reject(peer, StatusCode::FORBIDDEN, e.reason(), "destination not allowed");
+        }
+        Err(e) => {
+            tracing::info!(%peer, target = %key, error = %e, "tunnel dial failed");
+            return reject(peer, StatusCode::BAD_GATEWAY, e.reason(), "could not connect to destination");
+        }
+    };
+    tracing::debug!(%peer, target = %key, user = %who.user(), "tunnelling");
+    state.shutdown.spawn(tunnel::relay(hyper::upgrade::on(&mut req), upstream, key));
+    established()
+}
+
+/// The authority-form target of a CONNECT; any other request-target form is refused.
+fn connect_target(req: &Request<Incoming>) -> Result<Target, TargetError> {
+    let uri = req.uri();
+    let authority = uri.authority().ok_or(TargetError::NotAuthorityForm)?;
+    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|pq| !pq.as_str().is_empty()) {
+        return Err(TargetError::NotAuthorityForm);
+    }
+    Target::parse(authority.as_str())
+}
+
+fn has_body(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// `200` for a CONNECT; hyper writes the head in one write, which some clients (Bun) need.
+fn established() -> Response<ProxyBody> {
+    Response::new(empty())
+}
+
+/// `407` with the Basic challenge; the connection closes.
+pub(super) fn auth_required(peer: SocketAddr, e: AuthError) -> Response<ProxyBody> {
+    let mut resp = reject(
+        peer,
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        e.reason(),
+        "Proxy Authentication Required",
+    );
+    resp.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"aibridge-proxy\""),
+    );
+    resp
+}
+
+/// A refusal: status, one-line body, connection closed. The reason is logged, not sent.
+pub(super) fn reject(peer: SocketAddr, status: StatusCode, reason: &'static str, message: &str) -> Response<ProxyBody> {
+    tracing::info!(%peer, status = status.as_u16(), reason, "request refused");
+    let body = Full::from(format!("{message}\n")).map_err(|e| match e {}).boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed_unsync()
+}

@@ -1,0 +1,161 @@
+//! Interception: terminate the agent's TLS with a leaf for the CONNECT host and hand every
+//! decrypted request to the bridge.
+//!
+//! The ClientHello is read first (rustls' lazy acceptor): a ClientHello whose SNI names another
+//! host aborts the handshake before any leaf is minted, so a client cannot make us sign names it
+//! chose. Bytes that are not TLS end the session. Each decrypted request must address the
+//! CONNECT host (else `421`) and must still map to the same provider in the live snapshot (else
+//! `502`): a request is never silently sent to a provider other than the one it was accepted for.
+
+use super::auth::Authenticated;
+use super::target::{Host, Target};
+use super::ProxyState;
+use crate::bridge::{self, BridgeError, ProxyBody, RequestContext};
+use http::{header, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio_rustls::LazyConfigAcceptor;
+use uuid::Uuid;
+
+/// One intercepted CONNECT.
+pub(super) struct Session {
+    pub state: Arc<ProxyState>,
+    pub target: Target,
+    /// `target.key()`, computed once.
+    pub key: String,
+    pub provider_id: Uuid,
+    pub auth: Authenticated,
+}
+
+impl Session {
+    pub async fn serve(self, upgrade: OnUpgrade) {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(target = %self.key, error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let timeout = self.state.config.tls_handshake_timeout;
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+        let start = match tokio::time::timeout(timeout, acceptor).await {
+            Ok(Ok(start)) => start,
+            Ok(Err(e)) => {
+                tracing::info!(target = %self.key, reason = "not_tls", error = %e, "intercepted connection did not speak TLS");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(target = %self.key, reason = "tls_handshake_timeout", "TLS handshake timed out");
+                return;
+            }
+        };
+        if let Some(sni) = start.client_hello().server_name() {
+            if !sni_matches(sni, &self.target.host) {
+                tracing::warn!(target = %self.key, reason = "sni_mismatch", "ClientHello SNI differs from the CONNECT host");
+                return;
+            }
+        }
+        let config = match self.state.leaves.server_config(&self.target.host).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(target = %self.key, error = %e, "no leaf certificate; closing");
+                return;
+            }
+        };
+        let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(target = %self.key, error = %e, "TLS handshake with the client failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(target = %self.key, reason = "tls_handshake_timeout", "TLS handshake timed out");
+                return;
+            }
+        };
+        self.serve_decrypted(tls).await;
+    }
+
+    async fn serve_decrypted(self, tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>) {
+        let config = &self.state.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let shutdown = self.state.shutdown.clone();
+        let session = Arc::new(self);
+        let svc_session = session.clone();
+        let service = service_fn(move |req| {
+            let session = svc_session.clone();
+            async move { Ok::<_, Infallible>(session.handle(req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(target = %session.key, error = %e, "intercepted connection ended with an error");
+        }
+    }
+
+    /// One decrypted request.
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let request_id = Uuid::new_v4().to_string();
+        if !authority_matches(&req, &self.target) {
+            tracing::info!(request_id, target = %self.key, reason = "misdirected", "inner authority differs from CONNECT host");
+            return BridgeError::Misdirected.into_response(&request_id);
+        }
+        let route = {
+            let snapshot = self.state.router.load();
+            match snapshot.route(&self.key) {
+                Some(r) if r.id == self.provider_id => r.clone(),
+                _ => {
+                    tracing::info!(request_id, target = %self.key, reason = "route_gone", "provider changed since CONNECT");
+                    return BridgeError::RouteGone.into_response(&request_id);
+                }
+            }
+        };
+        let ctx = RequestContext { request_id, user: self.auth.user().clone() };
+        bridge::forward(&route, req, &ctx).await
+    }
+}
+
+/// SNI names the CONNECT host (case and one trailing dot aside). An IP-literal CONNECT accepts
+/// an SNI only if it spells the same address.
+fn sni_matches(sni: &str, host: &Host) -> bool {
+    match Host::parse(sni) {
+        Ok(h) => &h == host,
+        Err(_) => false,
+    }
+}
+
+/// Every authority the request names (`:authority`/absolute URI and `Host`) must be the CONNECT
+/// target; the default port is 443. A request naming none (HTTP/1.0) is accepted.
+fn authority_matches(req: &Request<Incoming>, target: &Target) -> bool {
+    let same = |s: &str| Target::parse_with_default_port(s, 443).is_ok_and(|t| &t == target);
+    let uri_ok = req.uri().authority().is_none_or(|a| same(a.as_str()));
+    let host_ok = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .all(|v| v.to_str().is_ok_and(same));
+    uri_ok && host_ok
+}

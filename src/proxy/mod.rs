@@ -1,0 +1,103 @@
+//! The client-facing listener: accept, parse, authenticate, then intercept or tunnel.
+//!
+//! Each accepted connection is served by hyper's HTTP/1 server (proxies are spoken to in
+//! HTTP/1.1; CONNECT has no HTTP/2 form that agents use) with a header-read timer, a bounded
+//! head buffer and upgrades enabled. [`connect`] decides what each request becomes; the MITM and
+//! tunnel tasks that follow a `200` are spawned into the same shutdown scope as the connection.
+
+pub mod auth;
+pub mod connect;
+pub mod egress;
+mod forward;
+mod mitm;
+pub mod target;
+mod tunnel;
+
+use crate::bridge::ProxyBody;
+use crate::ca::LeafCache;
+use crate::config::ProxyConfig;
+use crate::router::Router;
+use crate::shutdown::Shutdown;
+use egress::Dialer;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long the accept loop pauses after an accept error (e.g. EMFILE) instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What every connection task shares.
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub router: Arc<Router>,
+    pub leaves: Arc<LeafCache>,
+    /// Dials tunnels and plain forwards under the public-only policy.
+    pub dialer: Dialer,
+    /// Plain-HTTP forwarding client for non-provider hosts.
+    pub forward_client: Client<Dialer, ProxyBody>,
+    pub shutdown: Shutdown,
+}
+
+impl ProxyState {
+    pub fn new(config: ProxyConfig, router: Arc<Router>, leaves: Arc<LeafCache>, shutdown: Shutdown) -> Self {
+        let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
+        let dialer = Dialer::new(policy, config.connect_timeout);
+        let forward_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(dialer.clone());
+        ProxyState { config, router, leaves, dialer, forward_client, shutdown }
+    }
+}
+
+/// Accept connections until shutdown.
+pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let state2 = state.clone();
+                state.shutdown.spawn(serve_connection(state2, stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<ProxyState>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let svc_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(connect::handle(state, peer, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_buf_size(state.config.max_header_bytes)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "proxy connection ended with an error");
+    }
+}

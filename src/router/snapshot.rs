@@ -1,0 +1,203 @@
+//! Building a snapshot from store rows.
+//!
+//! Rules (SPEC §5, §6): providers are considered oldest first; a disabled provider routes
+//! nothing; a row that does not parse (kind, base URL, intercept host) or whose upstream client
+//! cannot be built is marked `error` and excluded alone; a provider claiming a host an older
+//! provider already holds is marked `excluded` as a whole. Nothing in a row can fail the build.
+//! Upstream clients of providers whose base URL did not change are carried over from the
+//! previous snapshot so their warm connections survive the reload.
+
+use crate::bridge::upstream::{UpstreamClient, UpstreamFactory};
+use crate::provider::{self, BaseUrl, ProviderKind};
+use crate::secret::Secret;
+use crate::store::RoutingData;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Everything the data path needs to send a request to one provider.
+pub struct ProviderRoute {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base: BaseUrl,
+    /// The injected key; `None` passes the client's own credentials through.
+    pub key: Option<Secret<String>>,
+    pub enforce_models: bool,
+    /// Raw base URL, to tell whether the upstream client can be reused at the next reload.
+    base_url: String,
+    pub upstream: UpstreamClient,
+}
+
+/// A provider's standing in this snapshot, for the API and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderState {
+    pub id: Uuid,
+    pub name: String,
+    /// `enabled`, `disabled`, `excluded` or `error`.
+    pub status: &'static str,
+    pub hosts: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// An active agent token.
+#[derive(Debug)]
+pub struct TokenEntry {
+    pub id: Uuid,
+    pub user: Arc<str>,
+}
+
+/// One immutable routing state.
+pub struct Snapshot {
+    pub generation: u64,
+    pub loaded_at: OffsetDateTime,
+    /// The store's change counter this snapshot reflects.
+    pub counter: i64,
+    routes: HashMap<String, Arc<ProviderRoute>>,
+    pub providers: Vec<ProviderState>,
+    /// Active tokens, bucketed by the first 8 bytes of their SHA-256.
+    tokens: HashMap<u64, Vec<([u8; 32], Arc<TokenEntry>)>>,
+}
+
+impl Snapshot {
+    /// The snapshot before anything was loaded: routes nothing, accepts no token.
+    pub fn empty() -> Self {
+        Snapshot {
+            generation: 0,
+            loaded_at: OffsetDateTime::now_utc(),
+            counter: -1,
+            routes: HashMap::new(),
+            providers: Vec::new(),
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// The provider intercepting `key` ("host:port"), if any.
+    pub fn route(&self, key: &str) -> Option<&Arc<ProviderRoute>> {
+        self.routes.get(key)
+    }
+
+    /// The token whose SHA-256 is `digest`, if active. The bucket is found by a digest prefix;
+    /// the full fixed-length digests are then compared in constant time, so how long a compare
+    /// takes says nothing about how close a guess was.
+    pub fn token(&self, digest: &[u8; 32]) -> Option<&Arc<TokenEntry>> {
+        let bucket = self.tokens.get(&digest_prefix(digest))?;
+        let mut found = None;
+        for (stored, entry) in bucket {
+            if bool::from(stored.ct_eq(digest)) {
+                found = Some(entry);
+            }
+        }
+        found
+    }
+
+    /// Host → provider name, sorted, for `/router` and tests.
+    pub fn host_map(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self.routes.iter().map(|(h, r)| (h.clone(), r.name.clone())).collect();
+        out.sort();
+        out
+    }
+
+    /// Build the next snapshot from store data.
+    pub fn build(data: RoutingData, generation: u64, previous: &Snapshot, upstreams: &UpstreamFactory) -> Snapshot {
+        let reusable: HashMap<Uuid, &Arc<ProviderRoute>> = previous.routes.values().map(|r| (r.id, r)).collect();
+        let mut routes: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut providers = Vec::with_capacity(data.providers.len());
+
+        for row in data.providers {
+            let mut state = ProviderState {
+                id: row.id,
+                name: row.name.clone(),
+                status: "enabled",
+                hosts: Vec::new(),
+                warnings: Vec::new(),
+            };
+            let parsed = parse_row(&row);
+            let (kind, base, targets) = match parsed {
+                Ok(p) => p,
+                Err(reason) => {
+                    tracing::warn!(provider = %row.name, %reason, "provider excluded from routing");
+                    state.status = "error";
+                    state.warnings.push(reason);
+                    providers.push(state);
+                    continue;
+                }
+            };
+            let keys: Vec<String> = targets.iter().map(|t| t.key()).collect();
+            state.hosts = keys.clone();
+            if !row.enabled {
+                state.status = "disabled";
+                providers.push(state);
+                continue;
+            }
+            let taken: Vec<String> = keys
+                .iter()
+                .filter_map(|k| owners.get(k).map(|owner| format!("host {k} is already intercepted by provider {owner}")))
+                .collect();
+            if !taken.is_empty() {
+                tracing::warn!(provider = %row.name, warnings = ?taken, "provider excluded from routing");
+                state.status = "excluded";
+                state.warnings = taken;
+                providers.push(state);
+                continue;
+            }
+            let upstream = match reusable.get(&row.id) {
+                Some(prev) if prev.base_url == row.base_url => prev.upstream.clone(),
+                _ => upstreams.client(),
+            };
+            let route = Arc::new(ProviderRoute {
+                id: row.id,
+                name: row.name.clone(),
+                kind,
+                base,
+                key: row.keys.first().map(|k| k.api_key.clone()),
+                enforce_models: row.enforce_models,
+                base_url: row.base_url.clone(),
+                upstream,
+            });
+            for k in keys {
+                owners.insert(k.clone(), row.name.clone());
+                routes.insert(k, route.clone());
+            }
+            providers.push(state);
+        }
+
+        let mut tokens: HashMap<u64, Vec<([u8; 32], Arc<TokenEntry>)>> = HashMap::new();
+        for t in data.tokens {
+            let Ok(digest) = <[u8; 32]>::try_from(t.token_hash.as_slice()) else {
+                tracing::warn!(token_id = %t.id, "token row has a malformed hash; ignored");
+                continue;
+            };
+            let entry = Arc::new(TokenEntry { id: t.id, user: t.user.into() });
+            tokens.entry(digest_prefix(&digest)).or_default().push((digest, entry));
+        }
+
+        Snapshot {
+            generation,
+            loaded_at: OffsetDateTime::now_utc(),
+            counter: data.counter,
+            routes,
+            providers,
+            tokens,
+        }
+    }
+}
+
+fn digest_prefix(digest: &[u8; 32]) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(prefix)
+}
+
+type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::proxy::target::Target>);
+
+fn parse_row(row: &crate::store::Provider) -> Result<ParsedRow, String> {
+    let kind: ProviderKind = row.kind.parse().map_err(|e: provider::ProviderError| e.to_string())?;
+    let base = BaseUrl::parse(&row.base_url).map_err(|e| e.to_string())?;
+    let targets = provider::intercept_targets(&row.intercept_hosts, &base).map_err(|e| e.to_string())?;
+    Ok((kind, base, targets))
+}

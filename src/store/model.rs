@@ -1,0 +1,123 @@
+//! Row types and the inputs of writes. Clear-text keys and tokens only ever appear inside
+//! [`Secret`].
+
+use crate::provider::ProviderKind;
+use crate::secret::Secret;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A provider with its keys, as stored.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: Uuid,
+    pub name: String,
+    /// The stored kind; an unknown value (written by a newer version) excludes the provider.
+    pub kind: String,
+    pub base_url: String,
+    pub intercept_hosts: Vec<String>,
+    pub enabled: bool,
+    pub enforce_models: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    /// Oldest first; the first is the one injected.
+    pub keys: Vec<ProviderKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderKey {
+    pub id: Uuid,
+    pub api_key: Secret<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// An agent token; the clear token is never stored, only its SHA-256.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentToken {
+    pub id: Uuid,
+    #[sqlx(rename = "user_label")]
+    pub user: String,
+    pub token_hash: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A provider to create. Validated by the store before anything is written.
+#[derive(Debug, Clone)]
+pub struct NewProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub intercept_hosts: Vec<String>,
+    pub enabled: bool,
+    pub enforce_models: bool,
+    pub api_keys: Vec<Secret<String>>,
+}
+
+/// Fields to change on a provider; `None` leaves a field as it is. `api_keys: Some(..)`
+/// replaces every key.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderPatch {
+    pub name: Option<String>,
+    pub kind: Option<ProviderKind>,
+    pub base_url: Option<String>,
+    pub intercept_hosts: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub enforce_models: Option<bool>,
+    pub api_keys: Option<Vec<Secret<String>>>,
+}
+
+/// Everything the router is built from, read in one transaction.
+#[derive(Debug, Clone)]
+pub struct RoutingData {
+    pub providers: Vec<Provider>,
+    /// Active (not revoked) tokens.
+    pub tokens: Vec<AgentToken>,
+    /// The change counter the data reflects.
+    pub counter: i64,
+}
+
+/// The raw provider row; keys are attached afterwards.
+#[derive(sqlx::FromRow)]
+pub(super) struct ProviderRow {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub intercept_hosts: sqlx::types::Json<Vec<String>>,
+    pub enabled: bool,
+    pub enforce_models: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyRow {
+    pub id: Uuid,
+    pub provider_id: Uuid,
+    pub api_key: String,
+    pub created_at: OffsetDateTime,
+}
+
+impl ProviderRow {
+    pub(super) fn with_keys(self, keys: Vec<ProviderKey>) -> Provider {
+        Provider {
+            id: self.id,
+            name: self.name,
+            kind: self.kind,
+            base_url: self.base_url,
+            intercept_hosts: self.intercept_hosts.0,
+            enabled: self.enabled,
+            enforce_models: self.enforce_models,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            keys,
+        }
+    }
+}
+
+impl From<KeyRow> for ProviderKey {
+    fn from(row: KeyRow) -> Self {
+        ProviderKey { id: row.id, api_key: Secret::new(row.api_key), created_at: row.created_at }
+    }
+}

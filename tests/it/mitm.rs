@@ -1,0 +1,193 @@
+//! Interception: provider hosts are decrypted, re-sent to the provider's upstream with the
+//! provider's key, and streamed back.
+
+use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON, SSE_EVENTS, UPSTREAM_REQUEST_ID};
+use crate::support::*;
+
+async fn setup(providers: impl FnOnce(&MockUpstream) -> Vec<ProviderSpec>) -> (MockUpstream, TestProxy, TestCa) {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        providers: providers(&upstream),
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        ..Default::default()
+    })
+    .await;
+    (upstream, proxy, ca)
+}
+
+#[tokio::test]
+async fn json_request_gets_the_provider_key_and_the_upstream_body() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let resp = client
+        .post("https://api.openai.com/v1/chat/completions?trace=1")
+        .header("authorization", "Bearer sk-client-own-key")
+        .header("x_api_key", "sk-client-alias")
+        .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&request_id).is_ok(), "x-request-id is a UUID: {request_id}");
+    assert_eq!(resp.headers()["x-upstream-request-id"], UPSTREAM_REQUEST_ID);
+    assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
+
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/chat/completions?trace=1"));
+    let auth: Vec<_> = req.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, vec!["Bearer sk-provider-openai-0123456789"]);
+    for gone in ["x_api_key", "x-api-key", "proxy-authorization"] {
+        assert!(req.headers.get(gone).is_none(), "{gone} must not reach the upstream");
+    }
+    assert_eq!(req.headers["accept-encoding"], "identity");
+}
+
+#[tokio::test]
+async fn anthropic_key_is_sent_as_x_api_key() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::anthropic(u.base_url())]).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
+    let resp = client
+        .post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", "sk-ant-client")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), MESSAGES_JSON);
+    let seen = upstream.seen();
+    assert_eq!(seen[0].headers["x-api-key"], "sk-ant-provider-0123456789");
+    assert!(seen[0].headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn provider_without_a_key_passes_the_client_credentials_through() {
+    let (upstream, proxy, _) = setup(|u| {
+        let mut p = ProviderSpec::openai(u.base_url());
+        p.key = None;
+        vec![p]
+    })
+    .await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let resp = client
+        .post("https://api.openai.com/v1/chat/completions")
+        .header("authorization", "Bearer sk-byok")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.seen()[0].headers["authorization"], "Bearer sk-byok");
+}
+
+#[tokio::test]
+async fn http1_and_http2_clients_both_work() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    for (http, version) in [(Http::One, reqwest::Version::HTTP_11), (Http::Two, reqwest::Version::HTTP_2)] {
+        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
+        for _ in 0..3 {
+            let resp = client.post("https://api.openai.com/v1/chat/completions").body("{}").send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), version, "client side speaks {version:?}");
+            assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
+        }
+    }
+    assert_eq!(upstream.seen().len(), 6);
+    // The pooled upstream connection negotiated h2 with the mock (which offers it).
+    assert!(upstream.seen().iter().all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(proxy.mints(), 1, "one leaf for api.openai.com, reused by every connection");
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    for http in [Http::One, Http::Two] {
+        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
+        let mut resp = client.get("https://api.openai.com/v1/sse").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        // The upstream holds events two and three until we have event one: if the proxy
+        // buffered, this chunk would never come (and the upstream would report a timeout).
+        let first = tokio::time::timeout(WAIT, resp.chunk()).await.expect("first event in time").unwrap();
+        assert_eq!(first.as_deref(), Some(SSE_EVENTS[0].as_bytes()));
+        upstream.release();
+        let mut rest = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap() {
+            rest.extend_from_slice(&chunk);
+        }
+        assert_eq!(String::from_utf8(rest).unwrap(), SSE_EVENTS[1..].concat());
+        assert!(!upstream.released_by_timeout(), "{http:?}: the client got event one before the upstream sent the rest");
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_upstream() {
+    let (_upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = client.post("https://api.openai.com/echo").body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
+}
+
+#[tokio::test]
+async fn inner_host_different_from_connect_host_gets_421() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    let mut tls = raw::connect_tls(proxy.addr, "api.openai.com:443", &proxy.token, "api.openai.com", &proxy.ca_pem)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await.unwrap().ok();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 421"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("x-request-id"), "{text}");
+    assert!(upstream.seen().is_empty(), "nothing reaches the upstream");
+}
+
+#[tokio::test]
+async fn sni_naming_another_host_aborts_before_any_mint() {
+    let (_upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    let result = raw::connect_tls(proxy.addr, "api.openai.com:443", &proxy.token, "evil.example", &proxy.ca_pem).await;
+    assert!(result.is_err(), "handshake must fail");
+    assert_eq!(proxy.mints(), 0, "no leaf is minted for a name the client chose");
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_with_request_id() {
+    // A provider whose upstream port has nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_upstream, proxy, _) = setup(|_| vec![ProviderSpec::openai(format!("https://127.0.0.1:{closed}"))]).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
+    let resp = client.get("https://api.openai.com/v1/models").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body = resp.text().await.unwrap();
+    assert_eq!(body, "the provider's upstream could not be reached\n", "generic body, no internals");
+}
+
+#[tokio::test]
+async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
+    let resp = client.get("https://api.openai.com/v1/chat/completions").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let generation = proxy.generation();
+    assert!(proxy.app.store.delete_provider("openai").await.unwrap());
+    proxy.wait_for_generation(generation).await;
+
+    // Same keep-alive connection, accepted for the old provider: refused, never re-routed.
+    let resp = client.get("https://api.openai.com/v1/chat/completions").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(upstream.seen().len(), 1);
+    assert!(proxy.app.router.load().route("api.openai.com:443").is_none());
+}

@@ -1,0 +1,30 @@
+//! A real HTTP client configured as an agent: `HTTPS_PROXY` with the token in the userinfo,
+//! trusting the proxy's CA (and, for tunnel tests, the upstream's).
+
+use super::tls::client_config;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    /// ALPN offers only http/1.1.
+    One,
+    /// ALPN offers h2 and http/1.1; the proxy picks h2.
+    Two,
+}
+
+pub fn agent_client(proxy: SocketAddr, token: &str, trusted_pems: &[&str], http: Http) -> reqwest::Client {
+    let alpn: &[&[u8]] = match http {
+        Http::One => &[b"http/1.1"],
+        Http::Two => &[b"h2", b"http/1.1"],
+    };
+    let tls = client_config(trusted_pems, alpn);
+    let proxy = reqwest::Proxy::all(format!("http://{proxy}")).unwrap().basic_auth("agent", token);
+    let mut builder = reqwest::Client::builder()
+        .proxy(proxy)
+        .use_preconfigured_tls(tls)
+        .timeout(super::WAIT);
+    if http == Http::One {
+        builder = builder.http1_only();
+    }
+    builder.build().unwrap()
+}

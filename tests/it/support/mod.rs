@@ -1,0 +1,31 @@
+//! The shared test harness: a test CA, a mock provider upstream on loopback TLS, the proxy
+//! started in-process on 127.0.0.1:0, and clients configured with the proxy as an agent would.
+//! Nothing leaves the machine: clients use real provider names (`api.openai.com`), the proxy
+//! intercepts them and sends the requests to the local upstream.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod proxy;
+pub mod raw;
+pub mod tls;
+pub mod upstream;
+
+pub use client::{agent_client, Http};
+pub use proxy::{ProviderSpec, TestProxy, TestProxyOptions};
+pub use tls::TestCa;
+pub use upstream::MockUpstream;
+
+use std::time::Duration;
+
+/// Upper bound for any single wait in a test: loops stop by themselves.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Poll `check` every 10 ms until it holds or [`WAIT`] passes.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,134 @@
+//! The proxy, started in-process with its own temp dir (SQLite file, generated CA).
+
+use aibridge_proxy::app::App;
+use aibridge_proxy::config::{AppConfig, NonProviderHosts};
+use aibridge_proxy::provider::ProviderKind;
+use aibridge_proxy::secret::Secret;
+use aibridge_proxy::store::{NewProvider, Store};
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+/// A provider to create before the proxy starts.
+#[derive(Clone)]
+pub struct ProviderSpec {
+    pub name: &'static str,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub intercept_hosts: Vec<String>,
+    pub key: Option<&'static str>,
+}
+
+impl ProviderSpec {
+    /// `api.openai.com` intercepted and sent to `base_url` with key `sk-provider-openai`.
+    pub fn openai(base_url: String) -> Self {
+        ProviderSpec {
+            name: "openai",
+            kind: ProviderKind::Openai,
+            base_url,
+            intercept_hosts: vec!["api.openai.com".into()],
+            key: Some("sk-provider-openai-0123456789"),
+        }
+    }
+
+    /// `api.anthropic.com` intercepted and sent to `base_url` with key `sk-ant-provider`.
+    pub fn anthropic(base_url: String) -> Self {
+        ProviderSpec {
+            name: "anthropic",
+            kind: ProviderKind::Anthropic,
+            base_url,
+            intercept_hosts: vec!["api.anthropic.com".into()],
+            key: Some("sk-ant-provider-0123456789"),
+        }
+    }
+}
+
+pub struct TestProxyOptions {
+    pub providers: Vec<ProviderSpec>,
+    /// PEM of the upstream's CA, written to a file and passed as `--upstream-ca-file`.
+    pub upstream_ca_pem: Option<String>,
+    pub allow_private_cidrs: Vec<&'static str>,
+    pub non_provider_hosts: NonProviderHosts,
+    pub extra_ports: Vec<u16>,
+    /// A CA (cert PEM, key PEM) to use instead of generating one.
+    pub ca_files: Option<(String, String)>,
+}
+
+impl Default for TestProxyOptions {
+    fn default() -> Self {
+        TestProxyOptions {
+            providers: Vec::new(),
+            upstream_ca_pem: None,
+            allow_private_cidrs: Vec::new(),
+            non_provider_hosts: NonProviderHosts::Tunnel,
+            extra_ports: Vec::new(),
+            ca_files: None,
+        }
+    }
+}
+
+pub struct TestProxy {
+    pub app: App,
+    pub addr: SocketAddr,
+    /// An active agent token.
+    pub token: String,
+    pub token_id: uuid::Uuid,
+    /// The proxy CA's certificate, for clients to trust.
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    pub async fn start(opts: TestProxyOptions) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("aibridge.db").display());
+        let store = Store::connect(&db_url).await.unwrap();
+        for p in &opts.providers {
+            store
+                .create_provider(NewProvider {
+                    name: p.name.to_string(),
+                    kind: p.kind,
+                    base_url: p.base_url.clone(),
+                    intercept_hosts: p.intercept_hosts.clone(),
+                    enabled: true,
+                    enforce_models: false,
+                    api_keys: p.key.map(|k| Secret::new(k.to_string())).into_iter().collect(),
+                })
+                .await
+                .unwrap();
+        }
+        let (row, token) = store.create_token("alice").await.unwrap();
+        store.close().await;
+
+        if let Some((cert, key)) = &opts.ca_files {
+            std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
+            aibridge_proxy::ca::files::write_private(&dir.path().join("ca-key.pem"), key.as_bytes()).unwrap();
+        }
+        let mut config = AppConfig::new(db_url, dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+        if let Some(pem) = &opts.upstream_ca_pem {
+            let path = dir.path().join("upstream-ca.pem");
+            std::fs::write(&path, pem).unwrap();
+            config.upstream_ca_file = Some(path);
+        }
+        config.proxy.allow_private_cidrs = opts.allow_private_cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        config.proxy.non_provider_hosts = opts.non_provider_hosts;
+        config.proxy.connect_ports.extend(&opts.extra_ports);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::start(config, listener).await.unwrap();
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        TestProxy { addr: app.proxy_addr, app, token: token.expose().clone(), token_id: row.id, ca_pem, dir }
+    }
+
+    /// The router generation now; with [`TestProxy::wait_for_generation`] to see a change land.
+    pub fn generation(&self) -> u64 {
+        self.app.router.load().generation
+    }
+
+    pub async fn wait_for_generation(&self, above: u64) {
+        let router = self.app.router.clone();
+        super::eventually("router reload", move || router.load().generation > above).await;
+    }
+
+    pub fn mints(&self) -> u64 {
+        self.app.leaves.stats().mints.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
