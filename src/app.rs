@@ -46,19 +46,28 @@ impl App {
     pub async fn start(config: AppConfig, listener: TcpListener) -> Result<App, AppError> {
         config.validate().map_err(AppError::Config)?;
         let crypto = Arc::new(rustls::crypto::ring::default_provider());
-        let paths = CaPaths { cert: config.ca_cert.clone(), key: config.ca_key.clone() };
+        let paths = CaPaths {
+            cert: config.ca_cert.clone(),
+            key: config.ca_key.clone(),
+        };
         let (ca, ca_generated) = CertificateAuthority::load_or_generate(&paths)?;
         if ca_generated {
             tracing::info!(cert = %paths.cert.display(), key = %paths.key.display(), "generated a new CA; agents must trust the certificate (see certs/README.md)");
         }
         let ca = Arc::new(ca);
-        let leaves = Arc::new(LeafCache::new(ca, config.cert_cache_size, config.leaf_validity, crypto.clone()));
+        let leaves = Arc::new(LeafCache::new(
+            ca,
+            config.cert_cache_size,
+            config.leaf_validity,
+            crypto.clone(),
+        ));
 
         let store = Store::connect(&config.database_url).await?;
         // Provider upstreams are operator-configured; base-URL egress checks come with the
         // admin API's write-time validation.
         let upstream_dialer = Dialer::new(EgressPolicy::allow_all(), config.proxy.connect_timeout);
-        let upstreams = UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
+        let upstreams =
+            UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
         let router = Arc::new(Router::new());
         let shutdown = Shutdown::new();
 
@@ -70,10 +79,23 @@ impl App {
         shutdown.spawn(reloader.run(shutdown.clone()));
 
         let proxy_addr = listener.local_addr()?;
-        let state = Arc::new(ProxyState::new(config.proxy.clone(), router.clone(), leaves.clone(), shutdown.clone()));
+        let state = Arc::new(ProxyState::new(
+            config.proxy.clone(),
+            router.clone(),
+            leaves.clone(),
+            shutdown.clone(),
+        ));
         shutdown.spawn(proxy::serve(state, listener));
         tracing::info!(listen = %proxy_addr, database = store.backend_name(), "proxy listening");
-        Ok(App { proxy_addr, router, leaves, store, shutdown, ca_generated, reload_stats })
+        Ok(App {
+            proxy_addr,
+            router,
+            leaves,
+            store,
+            shutdown,
+            ca_generated,
+            reload_stats,
+        })
     }
 
     /// Stop accepting, let in-flight work finish up to `grace`, close the database.

@@ -88,7 +88,11 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// Defaults for everything but where the database and the CA live.
-    pub fn new(database_url: impl Into<String>, ca_cert: impl Into<PathBuf>, ca_key: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        database_url: impl Into<String>,
+        ca_cert: impl Into<PathBuf>,
+        ca_key: impl Into<PathBuf>,
+    ) -> Self {
         AppConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             database_url: database_url.into(),

@@ -5,7 +5,7 @@
 //! the store accepted is a row the router can use, and a row written by an older version that no
 //! longer parses is excluded alone, with this module's error as its reason.
 
-use crate::proxy::target::{Host, Target, TargetError};
+use crate::proxy::target::{Target, TargetError};
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -66,9 +66,11 @@ pub enum ProviderError {
 pub fn validate_name(name: &str) -> Result<(), ProviderError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .split('-')
-            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        && name.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
     if ok {
         Ok(())
     } else {
@@ -98,10 +100,9 @@ impl BaseUrl {
         let uri: http::Uri = s
             .parse()
             .map_err(|_| ProviderError::BaseUrl("is not a valid absolute URL"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or(ProviderError::BaseUrl("must be absolute (http:// or https://)"))?;
+        let scheme = uri.scheme().cloned().ok_or(ProviderError::BaseUrl(
+            "must be absolute (http:// or https://)",
+        ))?;
         let default_port = match scheme.as_str() {
             "https" => 443,
             "http" => 80,
@@ -117,7 +118,12 @@ impl BaseUrl {
         let target = Target::parse_with_default_port(authority.as_str(), default_port)
             .map_err(|_| ProviderError::BaseUrl("has a malformed host or port"))?;
         let prefix = uri.path().trim_end_matches('/').to_string();
-        Ok(BaseUrl { scheme, authority, target, prefix })
+        Ok(BaseUrl {
+            scheme,
+            authority,
+            target,
+            prefix,
+        })
     }
 
     /// The upstream URI for a request path-and-query (which starts with `/`).
@@ -151,11 +157,17 @@ pub fn parse_intercept_host(s: &str) -> Result<Target, ProviderError> {
 }
 
 /// The hosts a provider claims: the configured list, or the base URL's own host:port.
-pub fn intercept_targets(intercept_hosts: &[String], base: &BaseUrl) -> Result<Vec<Target>, ProviderError> {
+pub fn intercept_targets(
+    intercept_hosts: &[String],
+    base: &BaseUrl,
+) -> Result<Vec<Target>, ProviderError> {
     if intercept_hosts.is_empty() {
         return Ok(vec![base.target().clone()]);
     }
-    intercept_hosts.iter().map(|h| parse_intercept_host(h)).collect()
+    intercept_hosts
+        .iter()
+        .map(|h| parse_intercept_host(h))
+        .collect()
 }
 
 /// Normalize intercept hosts for storage: each in its canonical `host` (port 443) or
@@ -164,17 +176,16 @@ pub fn normalize_intercept_hosts(hosts: &[String]) -> Result<Vec<String>, Provid
     let mut out: Vec<String> = Vec::with_capacity(hosts.len());
     for h in hosts {
         let t = parse_intercept_host(h)?;
-        let canonical = if t.port == 443 { t.host.to_string() } else { t.key() };
+        let canonical = if t.port == 443 {
+            t.host.to_string()
+        } else {
+            t.key()
+        };
         if !out.contains(&canonical) {
             out.push(canonical);
         }
     }
     Ok(out)
-}
-
-/// Whether a host is a domain (not an IP literal); used in messages.
-pub fn is_domain(host: &Host) -> bool {
-    !host.is_ip()
 }
 
 #[cfg(test)]
@@ -186,7 +197,17 @@ mod tests {
         for ok in ["openai", "my-openai-2", "a", "x1-y2"] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "OpenAI", "-a", "a-", "a--b", "a_b", "a b", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "OpenAI",
+            "-a",
+            "a-",
+            "a--b",
+            "a_b",
+            "a b",
+            "é",
+            &"a".repeat(64),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
@@ -195,10 +216,16 @@ mod tests {
     fn base_urls() {
         let b = BaseUrl::parse("https://api.openai.com").unwrap();
         assert_eq!(b.target().key(), "api.openai.com:443");
-        assert_eq!(b.join("/v1/chat?x=1").unwrap().to_string(), "https://api.openai.com/v1/chat?x=1");
+        assert_eq!(
+            b.join("/v1/chat?x=1").unwrap().to_string(),
+            "https://api.openai.com/v1/chat?x=1"
+        );
         let b = BaseUrl::parse("http://127.0.0.1:8080/prefix/").unwrap();
         assert_eq!(b.target().key(), "127.0.0.1:8080");
-        assert_eq!(b.join("/v1/x").unwrap().to_string(), "http://127.0.0.1:8080/prefix/v1/x");
+        assert_eq!(
+            b.join("/v1/x").unwrap().to_string(),
+            "http://127.0.0.1:8080/prefix/v1/x"
+        );
         let b = BaseUrl::parse("https://API.Example.COM:8443/v1").unwrap();
         assert_eq!(b.target().key(), "api.example.com:8443");
         for bad in [
@@ -219,8 +246,15 @@ mod tests {
 
     #[test]
     fn intercept_hosts_normalize() {
-        let hosts = vec!["API.OpenAI.com.".to_string(), "api.openai.com:443".to_string(), "x.com:8443".to_string()];
-        assert_eq!(normalize_intercept_hosts(&hosts).unwrap(), vec!["api.openai.com", "x.com:8443"]);
+        let hosts = vec![
+            "API.OpenAI.com.".to_string(),
+            "api.openai.com:443".to_string(),
+            "x.com:8443".to_string(),
+        ];
+        assert_eq!(
+            normalize_intercept_hosts(&hosts).unwrap(),
+            vec!["api.openai.com", "x.com:8443"]
+        );
         assert!(normalize_intercept_hosts(&["a b".to_string()]).is_err());
         assert!(normalize_intercept_hosts(&["x.com:99999".to_string()]).is_err());
     }

@@ -45,7 +45,9 @@ impl Shutdown {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.token.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Number of tasks still alive (for tests and metrics).

@@ -56,9 +56,15 @@ impl BridgeError {
     /// The sentence the client sees.
     fn public_message(&self) -> &'static str {
         match self {
-            BridgeError::Misdirected => "misdirected request: the host does not match the CONNECT target",
-            BridgeError::RouteGone => "the provider for this host was removed or changed; retry the request",
-            BridgeError::Connect(_) | BridgeError::EgressDenied(_) => "the provider's upstream could not be reached",
+            BridgeError::Misdirected => {
+                "misdirected request: the host does not match the CONNECT target"
+            }
+            BridgeError::RouteGone => {
+                "the provider for this host was removed or changed; retry the request"
+            }
+            BridgeError::Connect(_) | BridgeError::EgressDenied(_) => {
+                "the provider's upstream could not be reached"
+            }
             _ => "the request could not be forwarded to the provider",
         }
     }
@@ -84,10 +90,16 @@ impl BridgeError {
 
 /// A plain-text error response carrying the request id.
 pub fn error_response(status: StatusCode, message: &str, request_id: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Full::from(format!("{message}\n")).map_err(|e| match e {}).boxed_unsync());
+    let mut resp = Response::new(
+        Full::from(format!("{message}\n"))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(super::REQUEST_ID, v);
     }

@@ -43,21 +43,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepare a client request's headers for the upstream.
-pub fn prepare_request(headers: &mut HeaderMap, kind: ProviderKind, key: Option<&str>) -> Result<(), InvalidKey> {
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    kind: ProviderKind,
+    key: Option<&str>,
+) -> Result<(), InvalidKey> {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     // Usage is parsed from the bytes as they pass; a compressed answer would hide it.
-    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let Some(key) = key else {
         return Ok(());
     };
-    let aliases: Vec<HeaderName> = headers.keys().filter(|n| is_credential(n.as_str())).cloned().collect();
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_credential(n.as_str()))
+        .cloned()
+        .collect();
     for name in aliases {
         headers.remove(name);
     }
     let (name, value) = match kind {
         ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.to_string()),
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => (header::AUTHORIZATION, format!("Bearer {key}")),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            (header::AUTHORIZATION, format!("Bearer {key}"))
+        }
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| InvalidKey)?;
     value.set_sensitive(true);
@@ -87,7 +100,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -109,7 +125,15 @@ mod tests {
         prepare_request(&mut h, ProviderKind::Openai, Some("sk-provider")).unwrap();
         let auth: Vec<_> = h.get_all("authorization").iter().collect();
         assert_eq!(auth, vec!["Bearer sk-provider"]);
-        for gone in ["x-api-key", "x_api_key", "api_key", "proxy-authorization", "connection", "x-custom", "host"] {
+        for gone in [
+            "x-api-key",
+            "x_api_key",
+            "api_key",
+            "proxy-authorization",
+            "connection",
+            "x-custom",
+            "host",
+        ] {
             assert!(h.get(gone).is_none(), "{gone} must be removed");
         }
         assert_eq!(h["content-type"], "application/json");
@@ -123,7 +147,10 @@ mod tests {
         assert_eq!(h["x-api-key"], "sk-ant");
         assert!(h.get("authorization").is_none());
 
-        let mut h = headers(&[("authorization", "Bearer mine"), ("proxy-authorization", "Basic x")]);
+        let mut h = headers(&[
+            ("authorization", "Bearer mine"),
+            ("proxy-authorization", "Basic x"),
+        ]);
         prepare_request(&mut h, ProviderKind::Openai, None).unwrap();
         assert_eq!(h["authorization"], "Bearer mine");
         assert!(h.get("proxy-authorization").is_none());

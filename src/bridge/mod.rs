@@ -32,7 +32,11 @@ pub struct RequestContext {
 }
 
 /// Send `req` to `route`'s upstream and stream back its answer. Errors become responses.
-pub async fn forward(route: &ProviderRoute, req: Request<Incoming>, ctx: &RequestContext) -> Response<ProxyBody> {
+pub async fn forward(
+    route: &ProviderRoute,
+    req: Request<Incoming>,
+    ctx: &RequestContext,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -72,14 +76,25 @@ pub async fn forward(route: &ProviderRoute, req: Request<Incoming>, ctx: &Reques
     response
 }
 
-async fn send(route: &ProviderRoute, req: Request<Incoming>) -> Result<Response<ProxyBody>, BridgeError> {
+async fn send(
+    route: &ProviderRoute,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, BridgeError> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
     parts.uri = route.base.join(path_and_query)?;
     // The client picks the upstream protocol from ALPN; the request itself is version-neutral.
     parts.version = Version::HTTP_11;
-    headers::prepare_request(&mut parts.headers, route.kind, route.key.as_ref().map(|k| k.expose().as_str()))
-        .map_err(|_| BridgeError::InvalidKey)?;
+    headers::prepare_request(
+        &mut parts.headers,
+        route.kind,
+        route.key.as_ref().map(|k| k.expose().as_str()),
+    )
+    .map_err(|_| BridgeError::InvalidKey)?;
     let body = body.map_err(Into::into).boxed_unsync();
     let resp = route
         .upstream

@@ -52,9 +52,14 @@ impl UpstreamFactory {
         extra_ca_file: Option<&Path>,
         dialer: Dialer,
     ) -> Result<Self, UpstreamTlsError> {
-        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
         if let Some(path) = extra_ca_file {
-            let ca_error = |reason: String| UpstreamTlsError::CaFile { path: path.display().to_string(), reason };
+            let ca_error = |reason: String| UpstreamTlsError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .map_err(|e| ca_error(e.to_string()))?
                 .collect::<Result<_, _>>()
@@ -70,7 +75,10 @@ impl UpstreamFactory {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(UpstreamFactory { tls: Arc::new(tls), dialer })
+        Ok(UpstreamFactory {
+            tls: Arc::new(tls),
+            dialer,
+        })
     }
 
     /// A fresh client with its own connection pool.

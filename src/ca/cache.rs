@@ -33,10 +33,24 @@ pub struct LeafCache {
 }
 
 impl LeafCache {
-    pub fn new(ca: Arc<CertificateAuthority>, capacity: u64, validity: Duration, crypto: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        capacity: u64,
+        validity: Duration,
+        crypto: Arc<CryptoProvider>,
+    ) -> Self {
         let margin = Duration::from_secs(3600).min(validity / 2);
-        let cache = Cache::builder().max_capacity(capacity).time_to_live(validity - margin).build();
-        LeafCache { ca, cache, validity, crypto, stats: CacheStats::default() }
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(validity - margin)
+            .build();
+        LeafCache {
+            ca,
+            cache,
+            validity,
+            crypto,
+            stats: CacheStats::default(),
+        }
     }
 
     /// The server configuration for `host`, minting its leaf on first use.
@@ -62,7 +76,11 @@ impl LeafCache {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Ok(Arc::new(config))
         });
-        let counter = if result.is_ok() { &self.stats.mints } else { &self.stats.mint_errors };
+        let counter = if result.is_ok() {
+            &self.stats.mints
+        } else {
+            &self.stats.mint_errors
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         self.stats
             .mint_micros

@@ -58,8 +58,11 @@ fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Read one TLV; returns (tag, whole element, value, rest).
-fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), DerError> {
+/// One DER element: (tag, whole element, value, what follows).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Read one TLV.
+fn read_tlv(input: &[u8]) -> Result<Tlv<'_>, DerError> {
     let (&tag, rest) = input.split_first().ok_or(DerError("truncated"))?;
     let (&first, rest) = rest.split_first().ok_or(DerError("truncated"))?;
     let (len, rest) = if first < 0x80 {
@@ -69,7 +72,9 @@ fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), DerError> {
         if n == 0 || n > 4 || rest.len() < n {
             return Err(DerError("bad length"));
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -115,12 +120,21 @@ mod tests {
         let encoded = tlv(OCTET_STRING, &value);
         assert_eq!(&encoded[..4], &[OCTET_STRING, 0x82, 0x01, 0x2c]);
         let (tag, whole, body, rest) = read_tlv(&encoded).unwrap();
-        assert_eq!((tag, whole.len(), body, rest.len()), (OCTET_STRING, 304, &value[..], 0));
+        assert_eq!(
+            (tag, whole.len(), body, rest.len()),
+            (OCTET_STRING, 304, &value[..], 0)
+        );
     }
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
-        for input in [&[][..], &[0x30], &[0x30, 0x85, 1, 1, 1, 1, 1], &[0x30, 0x05, 0x02], &[0x04, 0x00]] {
+        for input in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x85, 1, 1, 1, 1, 1],
+            &[0x30, 0x05, 0x02],
+            &[0x04, 0x00],
+        ] {
             assert!(sec1_to_pkcs8(input).is_err());
         }
     }

@@ -11,11 +11,17 @@ pub enum FileError {
     #[error("{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     TooOpen { path: String, mode: u32 },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> FileError {
-    FileError::Io { path: path.display().to_string(), source }
+    FileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Refuse a private file whose permission bits let anyone but the owner read or write it.
@@ -23,9 +29,16 @@ pub fn check_private(path: &Path) -> Result<(), FileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(|e| io_error(path, e))?.permissions().mode() & 0o777;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| io_error(path, e))?
+            .permissions()
+            .mode()
+            & 0o777;
         if mode & 0o077 != 0 {
-            return Err(FileError::TooOpen { path: path.display().to_string(), mode });
+            return Err(FileError::TooOpen {
+                path: path.display().to_string(),
+                mode,
+            });
         }
     }
     #[cfg(not(unix))]
@@ -68,7 +81,9 @@ pub fn remove_if_exists(path: &Path) -> Result<(), FileError> {
 
 fn create_parent(path: &Path) -> Result<(), FileError> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e)),
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))
+        }
         _ => Ok(()),
     }
 }
@@ -85,9 +100,15 @@ mod tests {
         write_private(&path, b"secret").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(write_private(&path, b"again").is_err(), "existing files are never reused");
+        assert!(
+            write_private(&path, b"again").is_err(),
+            "existing files are never reused"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = check_private(&path).unwrap_err().to_string();
-        assert!(err.contains("chmod 600") && err.contains("key.pem"), "{err}");
+        assert!(
+            err.contains("chmod 600") && err.contains("key.pem"),
+            "{err}"
+        );
     }
 }

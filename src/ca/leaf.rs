@@ -6,8 +6,8 @@
 
 use crate::proxy::target::Host;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::time::Duration;
@@ -57,7 +57,11 @@ pub(super) fn mint(
     chain.push(cert.der().clone());
     chain.extend(ca_chain.iter().cloned());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    Ok(Leaf { chain, key, not_after: params.not_after })
+    Ok(Leaf {
+        chain,
+        key,
+        not_after: params.not_after,
+    })
 }
 
 /// A random positive 128-bit serial (RFC 5280 allows up to 20 octets).

@@ -13,8 +13,8 @@ pub use cache::{CacheStats, LeafCache};
 pub use leaf::Leaf;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -89,7 +89,10 @@ impl CertificateAuthority {
                 Ok((Self::load(paths)?, true))
             }
             (true, true) => Ok((Self::load(paths)?, false)),
-            _ => Err(CaError::HalfPresent { cert: display(&paths.cert), key: display(&paths.key) }),
+            _ => Err(CaError::HalfPresent {
+                cert: display(&paths.cert),
+                key: display(&paths.key),
+            }),
         }
     }
 
@@ -97,22 +100,35 @@ impl CertificateAuthority {
     pub fn load(paths: &CaPaths) -> Result<Self, CaError> {
         let (cert_name, key_name) = (display(&paths.cert), display(&paths.key));
         files::check_private(&paths.key)?;
-        let cert_pem = std::fs::read_to_string(&paths.cert)
-            .map_err(|source| files::FileError::Io { path: cert_name.clone(), source })?;
-        let key_pem = crate::secret::Secret::new(
-            std::fs::read_to_string(&paths.key)
-                .map_err(|source| files::FileError::Io { path: key_name.clone(), source })?,
-        );
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|_| CaError::NoCertificate(cert_name.clone()))?;
-        let ca_der = chain.first().ok_or_else(|| CaError::NoCertificate(cert_name.clone()))?;
-        let key = load_key_pair(key_pem.expose().as_bytes()).ok_or_else(|| CaError::BadKey(key_name.clone()))?;
+        let cert_pem =
+            std::fs::read_to_string(&paths.cert).map_err(|source| files::FileError::Io {
+                path: cert_name.clone(),
+                source,
+            })?;
+        let key_pem =
+            crate::secret::Secret::new(std::fs::read_to_string(&paths.key).map_err(|source| {
+                files::FileError::Io {
+                    path: key_name.clone(),
+                    source,
+                }
+            })?);
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|_| CaError::NoCertificate(cert_name.clone()))?;
+        let ca_der = chain
+            .first()
+            .ok_or_else(|| CaError::NoCertificate(cert_name.clone()))?;
+        let key = load_key_pair(key_pem.expose().as_bytes())
+            .ok_or_else(|| CaError::BadKey(key_name.clone()))?;
 
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(ca_der).map_err(|_| CaError::BadCertificate(cert_name.clone()))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca_der)
+            .map_err(|_| CaError::BadCertificate(cert_name.clone()))?;
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(CaError::Mismatch { cert: cert_name, key: key_name });
+            return Err(CaError::Mismatch {
+                cert: cert_name,
+                key: key_name,
+            });
         }
         if !parsed.is_ca() {
             return Err(CaError::NotCa(cert_name));
@@ -127,8 +143,14 @@ impl CertificateAuthority {
         if not_before > now + Duration::from_secs(3600) {
             return Err(CaError::NotYetValid(cert_name, not_before));
         }
-        let issuer = Issuer::from_ca_cert_der(ca_der, key).map_err(|_| CaError::BadCertificate(cert_name))?;
-        Ok(CertificateAuthority { issuer, chain, cert_pem, not_after })
+        let issuer = Issuer::from_ca_cert_der(ca_der, key)
+            .map_err(|_| CaError::BadCertificate(cert_name))?;
+        Ok(CertificateAuthority {
+            issuer,
+            chain,
+            cert_pem,
+            not_after,
+        })
     }
 
     /// The CA certificate (and chain) as PEM, exactly as loaded; never contains key material.
@@ -141,7 +163,11 @@ impl CertificateAuthority {
     }
 
     /// Mint a leaf for one host; see [`leaf`] for its shape.
-    pub fn mint(&self, host: &crate::proxy::target::Host, validity: Duration) -> Result<Leaf, CaError> {
+    pub fn mint(
+        &self,
+        host: &crate::proxy::target::Host,
+        validity: Duration,
+    ) -> Result<Leaf, CaError> {
         leaf::mint(&self.issuer, &self.chain, self.not_after, host, validity)
     }
 }
@@ -163,7 +189,11 @@ pub fn generate_files(paths: &CaPaths, force: bool) -> Result<(), CaError> {
     dn.push(DnType::OrganizationName, "aibridge-proxy");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::from_secs(3600);
     params.not_after = now + CA_VALIDITY;

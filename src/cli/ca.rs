@@ -17,7 +17,10 @@ pub struct CaFileArgs {
 
 impl CaFileArgs {
     pub fn paths(&self) -> CaPaths {
-        CaPaths { cert: self.ca_cert.clone(), key: self.ca_key.clone() }
+        CaPaths {
+            cert: self.ca_cert.clone(),
+            key: self.ca_key.clone(),
+        }
     }
 }
 

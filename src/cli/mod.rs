@@ -10,13 +10,28 @@ use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "aibridge-proxy", version, about = "Forward proxy between AI agents and LLM providers")]
+#[command(
+    name = "aibridge-proxy",
+    version,
+    about = "Forward proxy between AI agents and LLM providers"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "AIBRIDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log level or filter (RUST_LOG overrides it).
-    #[arg(long, global = true, env = "AIBRIDGE_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIBRIDGE_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,

@@ -75,14 +75,18 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     fn keys(&self) -> anyhow::Result<Option<Vec<Secret<String>>>> {
-        let Some(var) = &self.key_env else { return Ok(None) };
-        let key = std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+        let Some(var) = &self.key_env else {
+            return Ok(None);
+        };
+        let key =
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
         Ok(Some(vec![Secret::new(key)]))
     }
 }
 
 fn parse_kind(s: &str) -> Result<ProviderKind, String> {
-    s.parse().map_err(|e: crate::provider::ProviderError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::provider::ProviderError| e.to_string())
 }
 
 pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
@@ -91,7 +95,10 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
             let store = db.connect().await?;
             let providers = store.list_providers().await?;
             store.close().await;
-            println!("{:<20}  {:<18}  {:<8}  {:<40}  {:<30}  keys", "name", "kind", "enabled", "base_url", "intercept_hosts");
+            println!(
+                "{:<20}  {:<18}  {:<8}  {:<40}  {:<30}  keys",
+                "name", "kind", "enabled", "base_url", "intercept_hosts"
+            );
             for p in providers {
                 let keys: Vec<String> = p.keys.iter().map(|k| mask(k.api_key.expose())).collect();
                 println!(
@@ -106,7 +113,15 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        ProvidersCommand::Create { db, name, kind, base_url, common, disabled, enforce_models } => {
+        ProvidersCommand::Create {
+            db,
+            name,
+            kind,
+            base_url,
+            common,
+            disabled,
+            enforce_models,
+        } => {
             let api_keys = common.keys()?.unwrap_or_default();
             let store = db.connect().await?;
             let created = store
@@ -122,7 +137,12 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
                 .await;
             store.close().await;
             let p = created?;
-            println!("created provider {} ({}) intercepting {}", p.name, p.id, hosts_text(&p.intercept_hosts, &p.base_url));
+            println!(
+                "created provider {} ({}) intercepting {}",
+                p.name,
+                p.id,
+                hosts_text(&p.intercept_hosts, &p.base_url)
+            );
             Ok(0)
         }
         ProvidersCommand::Update {

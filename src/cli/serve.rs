@@ -29,13 +29,23 @@ pub struct ServeArgs {
     #[arg(long, env = "AIBRIDGE_CERT_CACHE_SIZE", default_value_t = config::DEFAULT_CERT_CACHE_SIZE)]
     cert_cache_size: u64,
     /// Ports CONNECT (and plain forwarding) may target.
-    #[arg(long, env = "AIBRIDGE_CONNECT_PORTS", value_delimiter = ',', default_value = "443,80")]
+    #[arg(
+        long,
+        env = "AIBRIDGE_CONNECT_PORTS",
+        value_delimiter = ',',
+        default_value = "443,80"
+    )]
     connect_ports: Vec<u16>,
     /// Agent authentication.
     #[arg(long, env = "AIBRIDGE_AUTH", value_enum, default_value = "token")]
     auth: AuthMode,
     /// What to do with hosts no provider intercepts.
-    #[arg(long, env = "AIBRIDGE_NON_PROVIDER_HOSTS", value_enum, default_value = "tunnel")]
+    #[arg(
+        long,
+        env = "AIBRIDGE_NON_PROVIDER_HOSTS",
+        value_enum,
+        default_value = "tunnel"
+    )]
     non_provider_hosts: NonProviderHosts,
     /// Private/reserved ranges tunnels may reach anyway (comma-separated CIDRs).
     #[arg(long, env = "AIBRIDGE_ALLOW_PRIVATE_CIDRS", value_delimiter = ',')]
@@ -94,7 +104,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         return Ok(EXIT_CONFIG);
     }
     if config.proxy.auth == AuthMode::None {
-        tracing::warn!("--auth none: anyone who can reach {} can use the proxy and its provider keys", config.listen);
+        tracing::warn!(
+            "--auth none: anyone who can reach {} can use the proxy and its provider keys",
+            config.listen
+        );
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -127,7 +140,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
 /// The lines an agent needs, printed once, when the CA was just generated.
 fn print_agent_setup(addr: SocketAddr, ca_cert: &std::path::Path) {
     let ca = std::fs::canonicalize(ca_cert).unwrap_or_else(|_| ca_cert.to_path_buf());
-    println!("# aibridge-proxy is ready. Create a token with: aibridge-proxy token create --user NAME");
+    println!(
+        "# aibridge-proxy is ready. Create a token with: aibridge-proxy token create --user NAME"
+    );
     println!("# then, in the agent's environment:");
     println!("HTTPS_PROXY=http://agent:TOKEN@{addr}");
     println!("SSL_CERT_FILE={}", ca.display());

@@ -33,7 +33,10 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
             let store = db.connect().await?;
             let (row, token) = store.create_token(&user).await?;
             store.close().await;
-            eprintln!("created token {} for user {:?}; it is shown only now:", row.id, row.user);
+            eprintln!(
+                "created token {} for user {:?}; it is shown only now:",
+                row.id, row.user
+            );
             println!("{}", token.expose());
             Ok(0)
         }
@@ -43,8 +46,15 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
             store.close().await;
             println!("{:<36}  {:<20}  {:<8}  created_at", "id", "user", "status");
             for t in tokens {
-                let status = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:<36}  {:<20}  {:<8}  {}", t.id, t.user, status, t.created_at);
+                let status = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36}  {:<20}  {:<8}  {}",
+                    t.id, t.user, status, t.created_at
+                );
             }
             Ok(0)
         }

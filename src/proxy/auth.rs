@@ -62,9 +62,16 @@ impl Authenticated {
 }
 
 /// Authenticate a request against the snapshot's tokens.
-pub fn authenticate(headers: &HeaderMap, snapshot: &Snapshot, mode: AuthMode) -> Result<Authenticated, AuthError> {
+pub fn authenticate(
+    headers: &HeaderMap,
+    snapshot: &Snapshot,
+    mode: AuthMode,
+) -> Result<Authenticated, AuthError> {
     if mode == AuthMode::None {
-        return Ok(Authenticated { token_id: None, user: Arc::from("anonymous") });
+        return Ok(Authenticated {
+            token_id: None,
+            user: Arc::from("anonymous"),
+        });
     }
     let mut values = headers.get_all(PROXY_AUTHORIZATION).iter();
     let value = values.next().ok_or(AuthError::Missing)?;
@@ -74,7 +81,10 @@ pub fn authenticate(headers: &HeaderMap, snapshot: &Snapshot, mode: AuthMode) ->
     let token = basic_password(value.as_bytes())?;
     let digest = crate::store::hash_token(&token);
     let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
-    Ok(Authenticated { token_id: Some(entry.id), user: entry.user.clone() })
+    Ok(Authenticated {
+        token_id: Some(entry.id),
+        user: entry.user.clone(),
+    })
 }
 
 /// The password of a Basic credential: `Basic base64(user:password)`, scheme case-insensitive.
@@ -112,17 +122,38 @@ mod tests {
         assert_eq!(ok(format!("Basic {}", b64("user:tok"))).unwrap(), "tok");
         assert_eq!(ok(format!("basic {}", b64("user:tok"))).unwrap(), "tok");
         assert_eq!(ok(format!("BASIC {}", b64(":tok"))).unwrap(), "tok");
-        assert_eq!(ok(format!("Basic {}", b64("u:a:b:c"))).unwrap(), "a:b:c", "password keeps its colons");
+        assert_eq!(
+            ok(format!("Basic {}", b64("u:a:b:c"))).unwrap(),
+            "a:b:c",
+            "password keeps its colons"
+        );
         assert_eq!(ok(format!("Bearer {}", b64("u:t"))), Err(AuthError::Scheme));
         assert_eq!(ok("Digest abc".into()), Err(AuthError::Scheme));
         assert_eq!(ok("Basic".into()), Err(AuthError::Scheme));
         assert_eq!(ok("Basic !!!".into()), Err(AuthError::Malformed));
-        assert_eq!(ok(format!("Basic {}", b64("nocolon"))), Err(AuthError::Malformed));
-        assert_eq!(ok(format!("Basic {}", b64("tokenasuser:"))), Err(AuthError::Malformed));
-        assert_eq!(ok("Basic dXNlcjp0b2s".into()), Err(AuthError::Malformed), "missing padding");
-        assert_eq!(ok("Basic dXNl cjp0b2s=".into()), Err(AuthError::Malformed), "space inside");
+        assert_eq!(
+            ok(format!("Basic {}", b64("nocolon"))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            ok(format!("Basic {}", b64("tokenasuser:"))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            ok("Basic dXNlcjp0b2s".into()),
+            Err(AuthError::Malformed),
+            "missing padding"
+        );
+        assert_eq!(
+            ok("Basic dXNl cjp0b2s=".into()),
+            Err(AuthError::Malformed),
+            "space inside"
+        );
         let non_utf8 = base64::engine::general_purpose::STANDARD.encode([b'u', b':', 0xff, 0xfe]);
         assert_eq!(ok(format!("Basic {non_utf8}")), Err(AuthError::Malformed));
-        assert_eq!(ok(format!("Basic {}", b64(&format!("u:{}", "x".repeat(8192))))), Err(AuthError::Malformed));
+        assert_eq!(
+            ok(format!("Basic {}", b64(&format!("u:{}", "x".repeat(8192))))),
+            Err(AuthError::Malformed)
+        );
     }
 }

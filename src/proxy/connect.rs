@@ -17,26 +17,65 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Route one request that arrived on the proxy listener.
-pub async fn handle(state: Arc<ProxyState>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if super::head_size(&req) > state.config.max_header_bytes {
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return reject(
+            peer,
+            status,
+            "head_too_large",
+            "request header fields too large",
+        );
+    }
     if req.method() == Method::CONNECT {
         handle_connect(state, peer, req).await
     } else if req.uri().scheme().is_some() {
         forward::handle(state, peer, req).await
     } else {
-        reject(peer, StatusCode::BAD_REQUEST, "not_proxy_request", "send CONNECT or an absolute-form request")
+        reject(
+            peer,
+            StatusCode::BAD_REQUEST,
+            "not_proxy_request",
+            "send CONNECT or an absolute-form request",
+        )
     }
 }
 
-async fn handle_connect(state: Arc<ProxyState>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle_connect(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let target = match connect_target(&req) {
         Ok(t) => t,
-        Err(e) => return reject(peer, StatusCode::BAD_REQUEST, e.reason(), "malformed CONNECT target"),
+        Err(e) => {
+            return reject(
+                peer,
+                StatusCode::BAD_REQUEST,
+                e.reason(),
+                "malformed CONNECT target",
+            )
+        }
     };
     if !state.config.connect_ports.contains(&target.port) {
-        return reject(peer, StatusCode::BAD_REQUEST, "port_not_allowed", "CONNECT port not allowed");
+        return reject(
+            peer,
+            StatusCode::BAD_REQUEST,
+            "port_not_allowed",
+            "CONNECT port not allowed",
+        );
     }
     if has_body(&req) {
-        return reject(peer, StatusCode::BAD_REQUEST, "connect_with_body", "CONNECT must not have a body");
+        return reject(
+            peer,
+            StatusCode::BAD_REQUEST,
+            "connect_with_body",
+            "CONNECT must not have a body",
+        );
     }
     let snapshot = state.router.snapshot();
     let who = match auth::authenticate(req.headers(), &snapshot, state.config.auth) {
@@ -48,27 +87,50 @@ async fn handle_connect(state: Arc<ProxyState>, peer: SocketAddr, mut req: Reque
         let provider_id = route.id;
         tracing::debug!(%peer, target = %key, provider = %route.name, user = %who.user(), "intercepting");
         let upgrade = hyper::upgrade::on(&mut req);
-        let session = mitm::Session { state: state.clone(), target, key, provider_id, auth: who };
+        let session = mitm::Session {
+            state: state.clone(),
+            target,
+            key,
+            provider_id,
+            auth: who,
+        };
         state.shutdown.spawn(session.serve(upgrade));
         return established();
     }
     drop(snapshot);
     if state.config.non_provider_hosts == NonProviderHosts::Deny {
-        return reject(peer, StatusCode::FORBIDDEN, "non_provider_denied", "destination not allowed");
+        return reject(
+            peer,
+            StatusCode::FORBIDDEN,
+            "non_provider_denied",
+            "destination not allowed",
+        );
     }
     let upstream = match state.dialer.dial(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) if e.is_denied() => {
             tracing::info!(%peer, target = %key, error = %e, "tunnel refused");
-            return reject(peer, StatusCode::FORBIDDEN, e.reason(), "destination not allowed");
+            return reject(
+                peer,
+                StatusCode::FORBIDDEN,
+                e.reason(),
+                "destination not allowed",
+            );
         }
         Err(e) => {
             tracing::info!(%peer, target = %key, error = %e, "tunnel dial failed");
-            return reject(peer, StatusCode::BAD_GATEWAY, e.reason(), "could not connect to destination");
+            return reject(
+                peer,
+                StatusCode::BAD_GATEWAY,
+                e.reason(),
+                "could not connect to destination",
+            );
         }
     };
     tracing::debug!(%peer, target = %key, user = %who.user(), "tunnelling");
-    state.shutdown.spawn(tunnel::relay(hyper::upgrade::on(&mut req), upstream, key));
+    state
+        .shutdown
+        .spawn(tunnel::relay(hyper::upgrade::on(&mut req), upstream, key));
     established()
 }
 
@@ -76,7 +138,11 @@ async fn handle_connect(state: Arc<ProxyState>, peer: SocketAddr, mut req: Reque
 fn connect_target(req: &Request<Incoming>) -> Result<Target, TargetError> {
     let uri = req.uri();
     let authority = uri.authority().ok_or(TargetError::NotAuthorityForm)?;
-    if uri.scheme().is_some() || uri.path_and_query().is_some_and(|pq| !pq.as_str().is_empty()) {
+    if uri.scheme().is_some()
+        || uri
+            .path_and_query()
+            .is_some_and(|pq| !pq.as_str().is_empty())
+    {
         return Err(TargetError::NotAuthorityForm);
     }
     Target::parse(authority.as_str())
@@ -111,13 +177,23 @@ pub(super) fn auth_required(peer: SocketAddr, e: AuthError) -> Response<ProxyBod
 }
 
 /// A refusal: status, one-line body, connection closed. The reason is logged, not sent.
-pub(super) fn reject(peer: SocketAddr, status: StatusCode, reason: &'static str, message: &str) -> Response<ProxyBody> {
+pub(super) fn reject(
+    peer: SocketAddr,
+    status: StatusCode,
+    reason: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
     tracing::info!(%peer, status = status.as_u16(), reason, "request refused");
-    let body = Full::from(format!("{message}\n")).map_err(|e| match e {}).boxed_unsync();
+    let body = Full::from(format!("{message}\n"))
+        .map_err(|e| match e {})
+        .boxed_unsync();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }

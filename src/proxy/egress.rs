@@ -69,7 +69,9 @@ impl EgressError {
         match self {
             EgressError::Denied(_) => "private_address",
             EgressError::Resolve(_) | EgressError::NoAddress => "dns",
-            EgressError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "connect_refused",
+            EgressError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connect_refused"
+            }
             EgressError::Connect(_) => "connect_error",
             EgressError::Timeout => "connect_timeout",
             EgressError::NoHost => "bad_uri",
@@ -104,19 +106,31 @@ pub struct EgressPolicy {
 impl EgressPolicy {
     /// Public addresses only, plus the given CIDRs.
     pub fn public_only(allowed: Vec<IpNet>) -> Self {
-        EgressPolicy { allowed, allow_all: false }
+        EgressPolicy {
+            allowed,
+            allow_all: false,
+        }
     }
 
     /// Every address.
     pub fn allow_all() -> Self {
-        EgressPolicy { allowed: Vec::new(), allow_all: true }
+        EgressPolicy {
+            allowed: Vec::new(),
+            allow_all: true,
+        }
     }
 
     /// Classify one address.
     pub fn check(&self, addr: SocketAddr) -> Result<AllowedAddr, EgressError> {
         let ip = addr.ip();
         let inner = unwrap_embedded(ip);
-        if self.allow_all || !is_reserved(ip) || self.allowed.iter().any(|n| n.contains(&ip) || n.contains(&inner)) {
+        if self.allow_all
+            || !is_reserved(ip)
+            || self
+                .allowed
+                .iter()
+                .any(|n| n.contains(&ip) || n.contains(&inner))
+        {
             return Ok(AllowedAddr(addr));
         }
         Err(EgressError::Denied(ip))
@@ -205,7 +219,10 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(policy: EgressPolicy, connect_timeout: Duration) -> Self {
-        Dialer { policy: Arc::new(policy), connect_timeout }
+        Dialer {
+            policy: Arc::new(policy),
+            connect_timeout,
+        }
     }
 
     pub fn policy(&self) -> &EgressPolicy {
@@ -232,10 +249,20 @@ impl tower_service::Service<http::Uri> for Dialer {
         let dialer = self.clone();
         Box::pin(async move {
             let authority = uri.authority().ok_or(EgressError::NoHost)?;
-            let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
-            let target = crate::proxy::target::Target::parse_with_default_port(authority.as_str(), default_port)
-                .map_err(|_| EgressError::NoHost)?;
-            dialer.dial(&target.host, target.port).await.map(TokioIo::new)
+            let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            };
+            let target = crate::proxy::target::Target::parse_with_default_port(
+                authority.as_str(),
+                default_port,
+            )
+            .map_err(|_| EgressError::NoHost)?;
+            dialer
+                .dial(&target.host, target.port)
+                .await
+                .map(TokioIo::new)
         })
     }
 }
@@ -272,10 +299,22 @@ mod tests {
             "2002:a9fe:a9fe::",
             "::127.0.0.1",
         ] {
-            assert!(policy.check(sa(denied)).is_err(), "{denied} must be refused");
+            assert!(
+                policy.check(sa(denied)).is_err(),
+                "{denied} must be refused"
+            );
         }
-        for allowed in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
-            assert!(policy.check(sa(allowed)).is_ok(), "{allowed} must be allowed");
+        for allowed in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(
+                policy.check(sa(allowed)).is_ok(),
+                "{allowed} must be allowed"
+            );
         }
     }
 

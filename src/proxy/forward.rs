@@ -18,17 +18,49 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use uuid::Uuid;
 
-pub(super) async fn handle(state: Arc<ProxyState>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(super) async fn handle(
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     if req.uri().scheme_str() != Some("http") {
-        return reject(peer, StatusCode::BAD_REQUEST, "bad_scheme", "only http:// in absolute form; use CONNECT for TLS");
+        return reject(
+            peer,
+            StatusCode::BAD_REQUEST,
+            "bad_scheme",
+            "only http:// in absolute form; use CONNECT for TLS",
+        );
     }
-    let target = match req.uri().authority().map(|a| Target::parse_with_default_port(a.as_str(), 80)) {
+    let target = match req
+        .uri()
+        .authority()
+        .map(|a| Target::parse_with_default_port(a.as_str(), 80))
+    {
         Some(Ok(t)) => t,
-        Some(Err(e)) => return reject(peer, StatusCode::BAD_REQUEST, e.reason(), "malformed request target"),
-        None => return reject(peer, StatusCode::BAD_REQUEST, "no_host", "malformed request target"),
+        Some(Err(e)) => {
+            return reject(
+                peer,
+                StatusCode::BAD_REQUEST,
+                e.reason(),
+                "malformed request target",
+            )
+        }
+        None => {
+            return reject(
+                peer,
+                StatusCode::BAD_REQUEST,
+                "no_host",
+                "malformed request target",
+            )
+        }
     };
     if !state.config.connect_ports.contains(&target.port) {
-        return reject(peer, StatusCode::BAD_REQUEST, "port_not_allowed", "port not allowed");
+        return reject(
+            peer,
+            StatusCode::BAD_REQUEST,
+            "port_not_allowed",
+            "port not allowed",
+        );
     }
     let snapshot = state.router.snapshot();
     let who = match auth::authenticate(req.headers(), &snapshot, state.config.auth) {
@@ -38,12 +70,20 @@ pub(super) async fn handle(state: Arc<ProxyState>, peer: SocketAddr, req: Reques
     let request_id = Uuid::new_v4().to_string();
     if let Some(route) = snapshot.route(&target.key()).cloned() {
         drop(snapshot);
-        let ctx = RequestContext { request_id, user: who.user().clone() };
+        let ctx = RequestContext {
+            request_id,
+            user: who.user().clone(),
+        };
         return bridge::forward(&route, req, &ctx).await;
     }
     drop(snapshot);
     if state.config.non_provider_hosts == NonProviderHosts::Deny {
-        return reject(peer, StatusCode::FORBIDDEN, "non_provider_denied", "destination not allowed");
+        return reject(
+            peer,
+            StatusCode::FORBIDDEN,
+            "non_provider_denied",
+            "destination not allowed",
+        );
     }
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -58,10 +98,18 @@ pub(super) async fn handle(state: Arc<ProxyState>, peer: SocketAddr, req: Reques
             let err = BridgeError::from_client(e);
             tracing::info!(%peer, target = %target, reason = err.reason(), error = %err, "plain forward failed");
             match err {
-                BridgeError::EgressDenied(_) => {
-                    reject(peer, StatusCode::FORBIDDEN, "private_address", "destination not allowed")
-                }
-                _ => reject(peer, StatusCode::BAD_GATEWAY, err.reason(), "could not reach destination"),
+                BridgeError::EgressDenied(_) => reject(
+                    peer,
+                    StatusCode::FORBIDDEN,
+                    "private_address",
+                    "destination not allowed",
+                ),
+                _ => reject(
+                    peer,
+                    StatusCode::BAD_GATEWAY,
+                    err.reason(),
+                    "could not reach destination",
+                ),
             }
         }
     }

@@ -42,7 +42,8 @@ impl Session {
             }
         };
         let timeout = self.state.config.tls_handshake_timeout;
-        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+        let acceptor =
+            LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
         let start = match tokio::time::timeout(timeout, acceptor).await {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
@@ -81,7 +82,10 @@ impl Session {
         self.serve_decrypted(tls).await;
     }
 
-    async fn serve_decrypted(self, tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>) {
+    async fn serve_decrypted(
+        self,
+        tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
+    ) {
         let config = &self.state.config;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -89,6 +93,7 @@ impl Session {
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_bytes)
+            .max_headers(super::MAX_HEADER_FIELDS)
             .keep_alive(true);
         builder
             .http2()
@@ -119,6 +124,13 @@ impl Session {
     /// One decrypted request.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let request_id = Uuid::new_v4().to_string();
+        if super::head_size(&req) > self.state.config.max_header_bytes {
+            return bridge::error::error_response(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large",
+                &request_id,
+            );
+        }
         if !authority_matches(&req, &self.target) {
             tracing::info!(request_id, target = %self.key, reason = "misdirected", "inner authority differs from CONNECT host");
             return BridgeError::Misdirected.into_response(&request_id);
@@ -133,7 +145,10 @@ impl Session {
                 }
             }
         };
-        let ctx = RequestContext { request_id, user: self.auth.user().clone() };
+        let ctx = RequestContext {
+            request_id,
+            user: self.auth.user().clone(),
+        };
         bridge::forward(&route, req, &ctx).await
     }
 }

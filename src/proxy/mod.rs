@@ -44,15 +44,41 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    pub fn new(config: ProxyConfig, router: Arc<Router>, leaves: Arc<LeafCache>, shutdown: Shutdown) -> Self {
+    pub fn new(
+        config: ProxyConfig,
+        router: Arc<Router>,
+        leaves: Arc<LeafCache>,
+        shutdown: Shutdown,
+    ) -> Self {
         let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
         let dialer = Dialer::new(policy, config.connect_timeout);
         let forward_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .build(dialer.clone());
-        ProxyState { config, router, leaves, dialer, forward_client, shutdown }
+        ProxyState {
+            config,
+            router,
+            leaves,
+            dialer,
+            forward_client,
+            shutdown,
+        }
     }
+}
+
+/// Most header fields a request may carry (hyper answers 431 beyond it).
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// The size of a request head as parsed. hyper's buffer limit only bites when a head arrives in
+/// pieces, so the `--max-header-bytes` limit is also enforced on what was parsed.
+pub(crate) fn head_size<B>(req: &http::Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    line + req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
 }
 
 /// Accept connections until shutdown.
@@ -87,8 +113,11 @@ async fn serve_connection(state: Arc<ProxyState>, stream: TcpStream, peer: Socke
         .timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(state.config.max_header_bytes)
+        .max_headers(MAX_HEADER_FIELDS)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -176,7 +176,10 @@ fn split_host_port(s: &str) -> Result<(&str, Option<&str>), TargetError> {
 
 /// Only canonical decimal 1–65535: no sign, no leading zero, no spaces.
 fn parse_port(p: &str) -> Result<u16, TargetError> {
-    let canonical = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && !p.starts_with('0');
+    let canonical = !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && !p.starts_with('0');
     if !canonical {
         return Err(TargetError::BadPort);
     }
@@ -223,13 +226,17 @@ fn valid_label(label: &str) -> bool {
         && label.len() <= MAX_LABEL
         && !label.starts_with('-')
         && !label.ends_with('-')
-        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Names resolvers may read as IPv4 (`2130706433`, `0177.0.0.1`, `127.1`, `0x7f.1`): an
 /// all-digit last label (no TLD is numeric), or hex-prefixed labels throughout.
 fn looks_numeric(labels: &[&str]) -> bool {
-    let last_numeric = labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let last_numeric = labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     let hexish = labels.iter().any(|l| l.starts_with("0x"))
         && labels.iter().all(|l| {
             let digits = l.strip_prefix("0x").unwrap_or(l);
@@ -248,7 +255,8 @@ mod tests {
         let long_label = format!("{}.com:443", "a".repeat(64));
         let ok_label = format!("{}.com:443", "a".repeat(63));
         let long_name = format!("{}.com:443", "a.".repeat(125));
-        let cases: Vec<(&str, Result<(&str, u16), TargetError>)> = vec![
+        type Case<'a> = (&'a str, Result<(&'a str, u16), TargetError>);
+        let cases: Vec<Case> = vec![
             ("api.openai.com:443", Ok(("api.openai.com", 443))),
             ("API.OpenAI.COM:443", Ok(("api.openai.com", 443))),
             ("api.openai.com.:443", Ok(("api.openai.com", 443))),
@@ -294,8 +302,14 @@ mod tests {
             ("1.2.3.4.5:443", Err(NumericHost)),
             ("1.2.3.example.com:443", Ok(("1.2.3.example.com", 443))),
             ("_dmarc.example.com:443", Ok(("_dmarc.example.com", 443))),
-            ("xn--pi-7ia.openai.com:443", Ok(("xn--pi-7ia.openai.com", 443))),
-            ("XN--PI-7IA.openai.com:443", Ok(("xn--pi-7ia.openai.com", 443))),
+            (
+                "xn--pi-7ia.openai.com:443",
+                Ok(("xn--pi-7ia.openai.com", 443)),
+            ),
+            (
+                "XN--PI-7IA.openai.com:443",
+                Ok(("xn--pi-7ia.openai.com", 443)),
+            ),
             ("-api.openai.com:443", Err(BadHost)),
             ("api-.openai.com:443", Err(BadHost)),
             ("localhost:443", Ok(("localhost", 443))),
@@ -306,11 +320,18 @@ mod tests {
         assert!(cases.len() >= 40);
         for (input, expected) in &cases {
             let got = Target::parse(input);
-            let got_view = got.as_ref().map(|t| (t.host.to_string(), t.port)).map_err(Clone::clone);
+            let got_view = got
+                .as_ref()
+                .map(|t| (t.host.to_string(), t.port))
+                .map_err(Clone::clone);
             let want_view = expected.clone().map(|(h, p)| (h.to_string(), p));
             assert_eq!(got_view, want_view, "input {input:?}");
             if let Ok(t) = got {
-                assert_eq!(Target::parse(&t.key()), Ok(t.clone()), "key round-trips for {input:?}");
+                assert_eq!(
+                    Target::parse(&t.key()),
+                    Ok(t.clone()),
+                    "key round-trips for {input:?}"
+                );
             }
         }
     }
@@ -319,12 +340,26 @@ mod tests {
     fn default_port_and_bare_hosts() {
         let t = Target::parse_with_default_port("api.openai.com", 443).unwrap();
         assert_eq!(t.key(), "api.openai.com:443");
-        assert_eq!(Target::parse_with_default_port("API.openai.com:8443", 443).unwrap().key(), "api.openai.com:8443");
-        assert_eq!(Target::parse_with_default_port("[::1]", 80).unwrap().key(), "[::1]:80");
+        assert_eq!(
+            Target::parse_with_default_port("API.openai.com:8443", 443)
+                .unwrap()
+                .key(),
+            "api.openai.com:8443"
+        );
+        assert_eq!(
+            Target::parse_with_default_port("[::1]", 80).unwrap().key(),
+            "[::1]:80"
+        );
         assert_eq!(Target::parse_with_default_port("x.com:", 443), Err(BadPort));
-        assert_eq!(Host::parse("Example.COM."), Ok(Host::Domain("example.com".into())));
+        assert_eq!(
+            Host::parse("Example.COM."),
+            Ok(Host::Domain("example.com".into()))
+        );
         assert_eq!(Host::parse("[::1]").unwrap().to_string(), "[::1]");
-        assert_eq!(Host::parse("10.0.0.1").unwrap(), Host::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            Host::parse("10.0.0.1").unwrap(),
+            Host::Ip("10.0.0.1".parse().unwrap())
+        );
         assert!(Host::parse("::1").is_err());
         assert!(Host::parse("a b").is_err());
         assert!(Host::parse("").is_err());
@@ -335,8 +370,10 @@ mod tests {
         let alphabet = ["a", ".", ":", "[", "]", "0", "1", "%", "-"];
         let mut inputs = vec![String::new()];
         for _ in 0..3 {
-            let next: Vec<String> =
-                inputs.iter().flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}"))).collect();
+            let next: Vec<String> = inputs
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
             inputs.extend(next);
         }
         for s in &inputs {

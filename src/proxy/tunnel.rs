@@ -17,7 +17,9 @@ pub(super) async fn relay(upgrade: OnUpgrade, mut upstream: TcpStream, target: S
     };
     let mut client = TokioIo::new(upgraded);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(%target, bytes_up = up, bytes_down = down, "tunnel closed"),
+        Ok((up, down)) => {
+            tracing::debug!(%target, bytes_up = up, bytes_down = down, "tunnel closed")
+        }
         Err(e) => tracing::debug!(%target, error = %e, "tunnel ended with an error"),
     }
 }

@@ -21,7 +21,10 @@ pub struct Router {
 
 impl Default for Router {
     fn default() -> Self {
-        Router { current: ArcSwap::from_pointee(Snapshot::empty()), ready: AtomicBool::new(false) }
+        Router {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            ready: AtomicBool::new(false),
+        }
     }
 }
 

@@ -40,7 +40,14 @@ impl Reloader {
     /// Subscribe to changes; call [`Reloader::reload`] once before serving, then [`Reloader::run`].
     pub fn new(store: Store, router: Arc<Router>, upstreams: UpstreamFactory) -> Self {
         let local = store.subscribe_local();
-        Reloader { store, router, upstreams, local, generation: 0, stats: Arc::default() }
+        Reloader {
+            store,
+            router,
+            upstreams,
+            local,
+            generation: 0,
+            stats: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> Arc<ReloadStats> {

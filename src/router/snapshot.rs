@@ -59,8 +59,11 @@ pub struct Snapshot {
     routes: HashMap<String, Arc<ProviderRoute>>,
     pub providers: Vec<ProviderState>,
     /// Active tokens, bucketed by the first 8 bytes of their SHA-256.
-    tokens: HashMap<u64, Vec<([u8; 32], Arc<TokenEntry>)>>,
+    tokens: HashMap<u64, TokenBucket>,
 }
+
+/// Tokens whose digests share a prefix: (SHA-256, entry).
+type TokenBucket = Vec<([u8; 32], Arc<TokenEntry>)>;
 
 impl Snapshot {
     /// The snapshot before anything was loaded: routes nothing, accepts no token.
@@ -96,14 +99,24 @@ impl Snapshot {
 
     /// Host → provider name, sorted, for `/router` and tests.
     pub fn host_map(&self) -> Vec<(String, String)> {
-        let mut out: Vec<_> = self.routes.iter().map(|(h, r)| (h.clone(), r.name.clone())).collect();
+        let mut out: Vec<_> = self
+            .routes
+            .iter()
+            .map(|(h, r)| (h.clone(), r.name.clone()))
+            .collect();
         out.sort();
         out
     }
 
     /// Build the next snapshot from store data.
-    pub fn build(data: RoutingData, generation: u64, previous: &Snapshot, upstreams: &UpstreamFactory) -> Snapshot {
-        let reusable: HashMap<Uuid, &Arc<ProviderRoute>> = previous.routes.values().map(|r| (r.id, r)).collect();
+    pub fn build(
+        data: RoutingData,
+        generation: u64,
+        previous: &Snapshot,
+        upstreams: &UpstreamFactory,
+    ) -> Snapshot {
+        let reusable: HashMap<Uuid, &Arc<ProviderRoute>> =
+            previous.routes.values().map(|r| (r.id, r)).collect();
         let mut routes: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut providers = Vec::with_capacity(data.providers.len());
@@ -136,7 +149,11 @@ impl Snapshot {
             }
             let taken: Vec<String> = keys
                 .iter()
-                .filter_map(|k| owners.get(k).map(|owner| format!("host {k} is already intercepted by provider {owner}")))
+                .filter_map(|k| {
+                    owners
+                        .get(k)
+                        .map(|owner| format!("host {k} is already intercepted by provider {owner}"))
+                })
                 .collect();
             if !taken.is_empty() {
                 tracing::warn!(provider = %row.name, warnings = ?taken, "provider excluded from routing");
@@ -166,14 +183,20 @@ impl Snapshot {
             providers.push(state);
         }
 
-        let mut tokens: HashMap<u64, Vec<([u8; 32], Arc<TokenEntry>)>> = HashMap::new();
+        let mut tokens: HashMap<u64, TokenBucket> = HashMap::new();
         for t in data.tokens {
             let Ok(digest) = <[u8; 32]>::try_from(t.token_hash.as_slice()) else {
                 tracing::warn!(token_id = %t.id, "token row has a malformed hash; ignored");
                 continue;
             };
-            let entry = Arc::new(TokenEntry { id: t.id, user: t.user.into() });
-            tokens.entry(digest_prefix(&digest)).or_default().push((digest, entry));
+            let entry = Arc::new(TokenEntry {
+                id: t.id,
+                user: t.user.into(),
+            });
+            tokens
+                .entry(digest_prefix(&digest))
+                .or_default()
+                .push((digest, entry));
         }
 
         Snapshot {
@@ -196,8 +219,12 @@ fn digest_prefix(digest: &[u8; 32]) -> u64 {
 type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::proxy::target::Target>);
 
 fn parse_row(row: &crate::store::Provider) -> Result<ParsedRow, String> {
-    let kind: ProviderKind = row.kind.parse().map_err(|e: provider::ProviderError| e.to_string())?;
+    let kind: ProviderKind = row
+        .kind
+        .parse()
+        .map_err(|e: provider::ProviderError| e.to_string())?;
     let base = BaseUrl::parse(&row.base_url).map_err(|e| e.to_string())?;
-    let targets = provider::intercept_targets(&row.intercept_hosts, &base).map_err(|e| e.to_string())?;
+    let targets =
+        provider::intercept_targets(&row.intercept_hosts, &base).map_err(|e| e.to_string())?;
     Ok((kind, base, targets))
 }

@@ -123,7 +123,10 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
             SQLITE_MIGRATIONS.run(&pool).await?;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -231,18 +234,29 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query(publish_sql(kind, Channel::Providers)).execute(&mut *tx).await?;
+            sqlx::query(publish_sql(kind, Channel::Providers))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         self.published();
-        self.get_provider(&id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+        self.get_provider(&id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound("provider"))
     }
 
     /// Apply a patch. A base URL whose host:port changes drops the provider's keys unless the
     /// same patch supplies keys: whoever can edit a provider must not be able to send its
     /// existing key to a host of their choosing.
-    pub async fn update_provider(&self, id_or_name: &str, patch: ProviderPatch) -> Result<Provider, StoreError> {
-        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+    pub async fn update_provider(
+        &self,
+        id_or_name: &str,
+        patch: ProviderPatch,
+    ) -> Result<Provider, StoreError> {
+        let current = self
+            .get_provider(id_or_name)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
         let name = patch.name.unwrap_or_else(|| current.name.clone());
         provider::validate_name(&name)?;
         let kind_str = match patch.kind {
@@ -306,11 +320,15 @@ impl Store {
                     .await?;
                 }
             }
-            sqlx::query(publish_sql(kind, Channel::Providers)).execute(&mut *tx).await?;
+            sqlx::query(publish_sql(kind, Channel::Providers))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         self.published();
-        self.get_provider(&current.id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+        self.get_provider(&current.id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound("provider"))
     }
 
     /// Delete a provider (its keys go with it). Returns whether it existed.
@@ -325,7 +343,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            sqlx::query(publish_sql(kind, Channel::Providers)).execute(&mut *tx).await?;
+            sqlx::query(publish_sql(kind, Channel::Providers))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             n > 0
         });
@@ -334,10 +354,21 @@ impl Store {
     }
 
     /// Add one key to a provider.
-    pub async fn add_key(&self, id_or_name: &str, api_key: Secret<String>) -> Result<ProviderKey, StoreError> {
+    pub async fn add_key(
+        &self,
+        id_or_name: &str,
+        api_key: Secret<String>,
+    ) -> Result<ProviderKey, StoreError> {
         validate_keys(std::slice::from_ref(&api_key))?;
-        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
-        let key = ProviderKey { id: Uuid::new_v4(), api_key, created_at: now() };
+        let current = self
+            .get_provider(id_or_name)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
+        let key = ProviderKey {
+            id: Uuid::new_v4(),
+            api_key,
+            created_at: now(),
+        };
         with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
@@ -347,7 +378,9 @@ impl Store {
                 .bind(key.created_at)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(publish_sql(kind, Channel::Providers)).execute(&mut *tx).await?;
+            sqlx::query(publish_sql(kind, Channel::Providers))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         self.published();
@@ -357,12 +390,17 @@ impl Store {
     // === tokens ===
 
     /// Create a token for `user`. The clear token is returned once and never stored.
-    pub async fn create_token(&self, user: &str) -> Result<(AgentToken, Secret<String>), StoreError> {
+    pub async fn create_token(
+        &self,
+        user: &str,
+    ) -> Result<(AgentToken, Secret<String>), StoreError> {
         let user = user.trim();
         if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
-            return Err(StoreError::InvalidInput("user must be 1 to 128 printable characters"));
+            return Err(StoreError::InvalidInput(
+                "user must be 1 to 128 printable characters",
+            ));
         }
-        let token = Secret::new(generate_token());
+        let token = Secret::new(generate_token()?);
         let row = AgentToken {
             id: Uuid::new_v4(),
             user: user.to_string(),
@@ -380,7 +418,9 @@ impl Store {
                 .bind(row.created_at)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(publish_sql(kind, Channel::Tokens)).execute(&mut *tx).await?;
+            sqlx::query(publish_sql(kind, Channel::Tokens))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         self.published();
@@ -404,14 +444,18 @@ impl Store {
     pub async fn revoke_token(&self, id: Uuid) -> Result<bool, StoreError> {
         let revoked = with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
-            let n = sqlx::query("UPDATE agent_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let n = sqlx::query(
+                "UPDATE agent_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if n > 0 {
-                sqlx::query(publish_sql(kind, Channel::Tokens)).execute(&mut *tx).await?;
+                sqlx::query(publish_sql(kind, Channel::Tokens))
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             n > 0
@@ -434,9 +478,10 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let counter: i64 = sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?;
+            let counter: i64 =
+                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
             let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
                 "SELECT {PROVIDER_COLUMNS} FROM ai_providers ORDER BY created_at, name"
             ))
@@ -453,7 +498,11 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(RoutingData { providers: attach_keys(rows, keys), tokens, counter })
+            Ok(RoutingData {
+                providers: attach_keys(rows, keys),
+                tokens,
+                counter,
+            })
         })
     }
 }
@@ -485,7 +534,9 @@ fn validate_keys(keys: &[Secret<String>]) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput("api keys must be 1 to 4096 visible ASCII characters"))
+        Err(StoreError::InvalidInput(
+            "api keys must be 1 to 4096 visible ASCII characters",
+        ))
     }
 }
 
@@ -501,15 +552,15 @@ fn now() -> OffsetDateTime {
 }
 
 /// A new agent token: `abp_` and 256 random bits, base64url.
-fn generate_token() -> String {
+fn generate_token() -> Result<String, StoreError> {
     use base64::Engine;
     let mut bytes = [0u8; 32];
-    // Without an entropy source no safe token can be made; the OS always has one on the
-    // platforms we build for, and getrandom only fails where it has none at all.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes = *Uuid::new_v4().as_bytes().repeat(2).first_chunk::<32>().unwrap_or(&[0; 32]);
-    }
-    format!("abp_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    getrandom::fill(&mut bytes)
+        .map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
+    Ok(format!(
+        "abp_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// The stored form of a token.

@@ -118,6 +118,10 @@ impl ProviderRow {
 
 impl From<KeyRow> for ProviderKey {
     fn from(row: KeyRow) -> Self {
-        ProviderKey { id: row.id, api_key: Secret::new(row.api_key), created_at: row.created_at }
+        ProviderKey {
+            id: row.id,
+            api_key: Secret::new(row.api_key),
+            created_at: row.created_at,
+        }
     }
 }

@@ -4,15 +4,23 @@ use crate::support::*;
 use base64::Engine;
 
 async fn connect_with(proxy: &TestProxy, auth_lines: &str) -> (String, tokio::net::TcpStream) {
-    let req = format!("CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n{auth_lines}\r\n");
+    let req = format!(
+        "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n{auth_lines}\r\n"
+    );
     raw::send_head(proxy.addr, req.as_bytes()).await
 }
 
 async fn assert_407(proxy: &TestProxy, auth_lines: &str) {
     let (head, mut stream) = connect_with(proxy, auth_lines).await;
     assert_eq!(raw::status(&head), 407, "{auth_lines:?}: {head}");
-    assert!(head.contains("proxy-authenticate: Basic realm=\"aibridge-proxy\""), "{head}");
-    assert!(raw::closes(&mut stream).await, "connection closes after a 407");
+    assert!(
+        head.contains("proxy-authenticate: Basic realm=\"aibridge-proxy\""),
+        "{head}"
+    );
+    assert!(
+        raw::closes(&mut stream).await,
+        "connection closes after a 407"
+    );
 }
 
 #[tokio::test]
@@ -25,10 +33,16 @@ async fn missing_garbled_wrong_and_ambiguous_credentials_get_407() {
         "Proxy-Authorization: Basic !!!notbase64\r\n".to_string(),
         format!("Proxy-Authorization: Bearer {}\r\n", proxy.token),
         format!("Proxy-Authorization: Basic {}\r\n", b64("agent:abp_wrong")),
-        format!("Proxy-Authorization: Basic {}\r\n", b64(&format!("{}:", proxy.token))),
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            b64(&format!("{}:", proxy.token))
+        ),
         format!("Proxy-Authorization: Basic {}\r\n", b64(&proxy.token)),
         format!("Proxy-Authorization: {good}\r\nProxy-Authorization: {good}\r\n"),
-        format!("Proxy-Authorization: Basic {}\r\n", b64(&format!("agent:{}", "x".repeat(8192)))),
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            b64(&format!("agent:{}", "x".repeat(8192)))
+        ),
     ];
     for case in &cases {
         assert_407(&proxy, case).await;
@@ -39,7 +53,10 @@ async fn missing_garbled_wrong_and_ambiguous_credentials_get_407() {
     assert_eq!(raw::status(&head), 407);
     let mut body = Vec::new();
     use tokio::io::AsyncReadExt;
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut body)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(body, b"Proxy Authentication Required\n");
 }
 
@@ -53,9 +70,15 @@ async fn a_correct_token_is_accepted_with_any_scheme_case() {
         ..Default::default()
     })
     .await;
-    let encoded = raw::basic(&proxy.token).trim_start_matches("Basic ").to_string();
+    let encoded = raw::basic(&proxy.token)
+        .trim_start_matches("Basic ")
+        .to_string();
     for scheme in ["Basic", "basic", "BASIC"] {
-        let (head, _) = connect_with(&proxy, &format!("Proxy-Authorization: {scheme} {encoded}\r\n")).await;
+        let (head, _) = connect_with(
+            &proxy,
+            &format!("Proxy-Authorization: {scheme} {encoded}\r\n"),
+        )
+        .await;
         assert_eq!(raw::status(&head), 200, "{scheme}: {head}");
     }
 }

@@ -70,7 +70,10 @@ async fn connect_targets_table() {
         let (head, mut stream) = raw::send_head(proxy.addr, req.as_bytes()).await;
         assert_eq!(raw::status(&head), *expected, "CONNECT {target:?}: {head}");
         if *expected != 200 {
-            assert!(raw::closes(&mut stream).await, "{target}: connection closes after a refusal");
+            assert!(
+                raw::closes(&mut stream).await,
+                "{target}: connection closes after a refusal"
+            );
         }
     }
     // Still serving, and the three spellings of api.openai.com shared one leaf.

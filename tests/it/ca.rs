@@ -9,11 +9,17 @@ async fn intercepting_proxy() -> (MockUpstream, TestProxy) {
     intercepting_proxy_with_ca(None).await
 }
 
-async fn intercepting_proxy_with_ca(ca_files: Option<(String, String)>) -> (MockUpstream, TestProxy) {
+async fn intercepting_proxy_with_ca(
+    ca_files: Option<(String, String)>,
+) -> (MockUpstream, TestProxy) {
     let ca = TestCa::new();
     let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
     let mut provider = ProviderSpec::openai(upstream.base_url());
-    provider.intercept_hosts = vec!["api.openai.com".into(), "new.example.com".into(), "127.0.0.1".into()];
+    provider.intercept_hosts = vec![
+        "api.openai.com".into(),
+        "new.example.com".into(),
+        "127.0.0.1".into(),
+    ];
     let proxy = TestProxy::start(TestProxyOptions {
         providers: vec![provider],
         upstream_ca_pem: Some(ca.cert_pem.clone()),
@@ -32,22 +38,38 @@ async fn fifty_concurrent_connects_to_a_new_host_mint_one_leaf() {
     for _ in 0..50 {
         let (addr, token, ca) = (proxy.addr, proxy.token.clone(), proxy.ca_pem.clone());
         tasks.push(tokio::spawn(async move {
-            raw::connect_tls(addr, "new.example.com:443", &token, "new.example.com", &ca).await.map(|_| ())
+            raw::connect_tls(addr, "new.example.com:443", &token, "new.example.com", &ca)
+                .await
+                .map(|_| ())
         }));
     }
     for t in tasks {
         t.await.unwrap().expect("handshake succeeds");
     }
-    assert_eq!(proxy.mints(), 1, "exactly one mint for fifty concurrent first CONNECTs");
-    let hits = proxy.app.leaves.stats().hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        proxy.mints(),
+        1,
+        "exactly one mint for fifty concurrent first CONNECTs"
+    );
+    let hits = proxy
+        .app
+        .leaves
+        .stats()
+        .hits
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(hits, 49);
 }
 
 #[tokio::test]
 async fn leaves_have_one_san_server_auth_and_a_short_life() {
     let (_upstream, proxy) = intercepting_proxy().await;
-    for (target, sni, expect_ip) in [("api.openai.com:443", "api.openai.com", false), ("127.0.0.1:443", "127.0.0.1", true)] {
-        let tls = raw::connect_tls(proxy.addr, target, &proxy.token, sni, &proxy.ca_pem).await.unwrap();
+    for (target, sni, expect_ip) in [
+        ("api.openai.com:443", "api.openai.com", false),
+        ("127.0.0.1:443", "127.0.0.1", true),
+    ] {
+        let tls = raw::connect_tls(proxy.addr, target, &proxy.token, sni, &proxy.ca_pem)
+            .await
+            .unwrap();
         let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
         assert!(chain.len() >= 2, "leaf followed by the CA");
         let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
@@ -68,26 +90,72 @@ async fn leaves_have_one_san_server_auth_and_a_short_life() {
 }
 
 fn openssl(args: &[&str], dir: &std::path::Path) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed (.ci/run installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// CA files in the formats OpenSSL writes: (label, cert PEM, key PEM).
 fn openssl_cas() -> Vec<(&'static str, String, String)> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"];
+    let ext = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    ];
     let req = |key: &str, cert: &str| {
-        let mut args = vec!["req", "-x509", "-new", "-key", key, "-out", cert, "-days", "30", "-subj", "/CN=operator CA"];
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "30",
+            "-subj",
+            "/CN=operator CA",
+        ];
         args.extend(ext);
         openssl(&args, d);
     };
     openssl(&["genrsa", "-traditional", "-out", "rsa1.pem", "2048"], d);
     req("rsa1.pem", "rsa.crt");
-    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "rsa1.pem", "-out", "rsa8.pem"], d);
-    openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ec1.pem"], d);
+    openssl(
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "rsa1.pem", "-out", "rsa8.pem",
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec1.pem",
+        ],
+        d,
+    );
     req("ec1.pem", "ec.crt");
-    openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "ec1.pem", "-out", "ec8.pem"], d);
+    openssl(
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "ec1.pem", "-out", "ec8.pem",
+        ],
+        d,
+    );
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     assert!(read("rsa1.pem").contains("BEGIN RSA PRIVATE KEY"));
     assert!(read("ec1.pem").contains("BEGIN EC PRIVATE KEY"));
@@ -103,9 +171,16 @@ fn openssl_cas() -> Vec<(&'static str, String, String)> {
 async fn operator_cas_in_every_key_format_sign_leaves_clients_accept() {
     for (label, cert, key) in openssl_cas() {
         let (_upstream, proxy) = intercepting_proxy_with_ca(Some((cert.clone(), key))).await;
-        assert_eq!(proxy.ca_pem, cert, "{label}: the operator's CA is used, not a generated one");
+        assert_eq!(
+            proxy.ca_pem, cert,
+            "{label}: the operator's CA is used, not a generated one"
+        );
         let client = agent_client(proxy.addr, &proxy.token, &[&cert], Http::One);
-        let resp = client.get("https://api.openai.com/v1/chat/completions").send().await.unwrap();
+        let resp = client
+            .get("https://api.openai.com/v1/chat/completions")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{label}");
     }
 }
@@ -114,10 +189,15 @@ async fn operator_cas_in_every_key_format_sign_leaves_clients_accept() {
 fn mismatched_cert_and_key_are_refused() {
     let cas = openssl_cas();
     let dir = tempfile::tempdir().unwrap();
-    let paths = aibridge_proxy::ca::CaPaths { cert: dir.path().join("ca.pem"), key: dir.path().join("ca-key.pem") };
+    let paths = aibridge_proxy::ca::CaPaths {
+        cert: dir.path().join("ca.pem"),
+        key: dir.path().join("ca-key.pem"),
+    };
     std::fs::write(&paths.cert, &cas[0].1).unwrap(); // RSA cert
     aibridge_proxy::ca::files::write_private(&paths.key, cas[2].2.as_bytes()).unwrap(); // EC key
-    let err = aibridge_proxy::ca::CertificateAuthority::load(&paths).unwrap_err().to_string();
+    let err = aibridge_proxy::ca::CertificateAuthority::load(&paths)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("do not belong together"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "no key material in errors");
 }

@@ -17,7 +17,13 @@ fn bin() -> Command {
 
 fn run(dir: &Path, args: &[&str]) -> Output {
     let db = format!("sqlite://{}", dir.join("cli.db").display());
-    bin().args(args).arg("--database-url").arg(db).current_dir(dir).output().unwrap()
+    bin()
+        .args(args)
+        .arg("--database-url")
+        .arg(db)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -33,7 +39,14 @@ fn ca_init_writes_a_0600_key_and_never_overwrites_without_force() {
     let dir = tempfile::tempdir().unwrap();
     let ca = |extra: &[&str]| {
         bin()
-            .args(["ca", "init", "--ca-cert", "c/ca.pem", "--ca-key", "c/ca-key.pem"])
+            .args([
+                "ca",
+                "init",
+                "--ca-cert",
+                "c/ca.pem",
+                "--ca-key",
+                "c/ca-key.pem",
+            ])
             .args(extra)
             .current_dir(dir.path())
             .output()
@@ -42,7 +55,10 @@ fn ca_init_writes_a_0600_key_and_never_overwrites_without_force() {
     let out = ca(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let key = dir.path().join("c/ca-key.pem");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let first = std::fs::read(&key).unwrap();
     assert!(!stdout(&out).contains("PRIVATE KEY"));
 
@@ -54,20 +70,48 @@ fn ca_init_writes_a_0600_key_and_never_overwrites_without_force() {
     let forced = ca(&["--force"]);
     assert!(forced.status.success());
     assert_ne!(std::fs::read(&key).unwrap(), first, "replaced");
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
 fn serve_refuses_a_group_readable_ca_key() {
     let dir = tempfile::tempdir().unwrap();
-    let init = bin().args(["ca", "init", "--ca-cert", "ca.pem", "--ca-key", "ca-key.pem"]).current_dir(dir.path()).output().unwrap();
+    let init = bin()
+        .args([
+            "ca",
+            "init",
+            "--ca-cert",
+            "ca.pem",
+            "--ca-key",
+            "ca-key.pem",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(init.status.success());
     let key = dir.path().join("ca-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run(dir.path(), &["serve", "--listen", "127.0.0.1:0", "--ca-cert", "ca.pem", "--ca-key", "ca-key.pem"]);
+    let out = run(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-cert",
+            "ca.pem",
+            "--ca-key",
+            "ca-key.pem",
+        ],
+    );
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("ca-key.pem") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("ca-key.pem") && err.contains("chmod 600"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -83,39 +127,117 @@ fn tokens_and_providers_from_the_command_line() {
     let list = stdout(&run(d, &["token", "list"]));
     assert!(list.contains("bob") && list.contains("active"), "{list}");
     assert!(!list.contains(&token), "token list never shows tokens");
-    let id = list.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert!(run(d, &["token", "revoke", &id]).status.success());
     assert!(stdout(&run(d, &["token", "list"])).contains("revoked"));
-    assert_eq!(run(d, &["token", "revoke", &id]).status.code(), Some(1), "already revoked");
+    assert_eq!(
+        run(d, &["token", "revoke", &id]).status.code(),
+        Some(1),
+        "already revoked"
+    );
 
     // The key comes from the environment variable named by --key-env, never from argv.
     let db = format!("sqlite://{}", d.join("cli.db").display());
     let create = bin()
-        .args(["providers", "create", "--name", "openai", "--kind", "openai", "--base-url", "https://api.openai.com"])
+        .args([
+            "providers",
+            "create",
+            "--name",
+            "openai",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://api.openai.com",
+        ])
         .args(["--key-env", "TEST_OPENAI_KEY", "--database-url", &db])
         .env("TEST_OPENAI_KEY", "sk-secret-value-abcd")
         .output()
         .unwrap();
     assert!(create.status.success(), "{}", stderr(&create));
     let list = stdout(&run(d, &["providers", "list"]));
-    assert!(list.contains("openai") && list.contains("sk-...abcd"), "{list}");
+    assert!(
+        list.contains("openai") && list.contains("sk-...abcd"),
+        "{list}"
+    );
     assert!(!list.contains("sk-secret-value-abcd"), "keys are masked");
 
-    let missing_env = run(d, &["providers", "create", "--name", "other", "--kind", "anthropic", "--base-url", "https://x.example", "--key-env", "NOPE_NOT_SET"]);
+    let missing_env = run(
+        d,
+        &[
+            "providers",
+            "create",
+            "--name",
+            "other",
+            "--kind",
+            "anthropic",
+            "--base-url",
+            "https://x.example",
+            "--key-env",
+            "NOPE_NOT_SET",
+        ],
+    );
     assert!(!missing_env.status.success());
     assert!(stderr(&missing_env).contains("NOPE_NOT_SET"));
 
-    let bad = run(d, &["providers", "create", "--name", "Bad_Name", "--kind", "openai", "--base-url", "https://x.example"]);
+    let bad = run(
+        d,
+        &[
+            "providers",
+            "create",
+            "--name",
+            "Bad_Name",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://x.example",
+        ],
+    );
     assert!(!bad.status.success());
-    let dup = run(d, &["providers", "create", "--name", "openai", "--kind", "openai", "--base-url", "https://x.example"]);
+    let dup = run(
+        d,
+        &[
+            "providers",
+            "create",
+            "--name",
+            "openai",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://x.example",
+        ],
+    );
     assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
 
-    let upd = run(d, &["providers", "update", "openai", "--intercept-host", "API.OpenAI.com", "--enabled", "false"]);
+    let upd = run(
+        d,
+        &[
+            "providers",
+            "update",
+            "openai",
+            "--intercept-host",
+            "API.OpenAI.com",
+            "--enabled",
+            "false",
+        ],
+    );
     assert!(upd.status.success(), "{}", stderr(&upd));
     let list = stdout(&run(d, &["providers", "list"]));
-    assert!(list.contains("false") && list.contains("api.openai.com"), "{list}");
+    assert!(
+        list.contains("false") && list.contains("api.openai.com"),
+        "{list}"
+    );
     assert!(run(d, &["providers", "delete", "openai"]).status.success());
-    assert_eq!(run(d, &["providers", "delete", "openai"]).status.code(), Some(1));
+    assert_eq!(
+        run(d, &["providers", "delete", "openai"]).status.code(),
+        Some(1)
+    );
 }
 
 /// Kills the child on drop so a failing test never leaves a server behind.
@@ -142,7 +264,13 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     let db = format!("sqlite://{}", d.join("cli.db").display());
     let mut child = Child(
         bin()
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &db,
+            ])
             .arg("--upstream-ca-file")
             .arg(&upstream_ca_file)
             .current_dir(&d)
@@ -154,13 +282,31 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     // First start: the CA is generated under certs/ and the agent lines are printed.
     let stdout = child.0.stdout.take().unwrap();
     let lines: Vec<String> = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).take_while(|l| !l.starts_with("REQUESTS_CA_BUNDLE")).collect()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.starts_with("REQUESTS_CA_BUNDLE"))
+            .collect()
     })
     .await
     .unwrap();
-    assert!(lines.iter().any(|l| l == &format!("HTTPS_PROXY=http://agent:TOKEN@127.0.0.1:{port}")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("SSL_CERT_FILE=") && l.ends_with("certs/ca.pem")), "{lines:?}");
-    let key_mode = std::fs::metadata(d.join("certs/ca-key.pem")).unwrap().permissions().mode() & 0o777;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("HTTPS_PROXY=http://agent:TOKEN@127.0.0.1:{port}")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("SSL_CERT_FILE=") && l.ends_with("certs/ca.pem")),
+        "{lines:?}"
+    );
+    let key_mode = std::fs::metadata(d.join("certs/ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(key_mode, 0o600);
     let ca_pem = std::fs::read_to_string(d.join("certs/ca.pem")).unwrap();
 
@@ -168,30 +314,69 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     let token_out = run(&d, &["token", "create", "--user", "carol"]);
     let token = stdout_last_line(&token_out);
     let create = bin()
-        .args(["providers", "create", "--name", "openai", "--kind", "openai", "--base-url", &upstream.base_url()])
-        .args(["--intercept-host", "api.openai.com", "--key-env", "K", "--database-url", &db])
+        .args([
+            "providers",
+            "create",
+            "--name",
+            "openai",
+            "--kind",
+            "openai",
+            "--base-url",
+            &upstream.base_url(),
+        ])
+        .args([
+            "--intercept-host",
+            "api.openai.com",
+            "--key-env",
+            "K",
+            "--database-url",
+            &db,
+        ])
         .env("K", "sk-from-cli-0123456789")
         .output()
         .unwrap();
     assert!(create.status.success(), "{}", stderr(&create));
 
     // The running proxy sees both within its poll interval; retry until it does.
-    let client = agent_client(format!("127.0.0.1:{port}").parse().unwrap(), &token, &[&ca_pem], Http::Two);
+    let client = agent_client(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        &token,
+        &[&ca_pem],
+        Http::Two,
+    );
     let deadline = tokio::time::Instant::now() + WAIT;
     let resp = loop {
-        match client.post("https://api.openai.com/v1/chat/completions").body("{}").send().await {
+        match client
+            .post("https://api.openai.com/v1/chat/completions")
+            .body("{}")
+            .send()
+            .await
+        {
             Ok(r) if r.status() == 200 => break r,
             _ => {
-                assert!(tokio::time::Instant::now() < deadline, "serve never picked up the CLI's changes");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "serve never picked up the CLI's changes"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     };
-    assert_eq!(resp.text().await.unwrap(), crate::support::upstream::CHAT_JSON);
-    assert_eq!(upstream.seen().last().unwrap().headers["authorization"], "Bearer sk-from-cli-0123456789");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        crate::support::upstream::CHAT_JSON
+    );
+    assert_eq!(
+        upstream.seen().last().unwrap().headers["authorization"],
+        "Bearer sk-from-cli-0123456789"
+    );
 
     let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = tokio::task::spawn_blocking(move || {
         let status = child.0.wait();
         drop(child);
@@ -204,5 +389,10 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
 }
 
 fn stdout_last_line(o: &Output) -> String {
-    stdout(o).lines().last().unwrap_or_default().trim().to_string()
+    stdout(o)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }

@@ -4,7 +4,9 @@
 use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON, SSE_EVENTS, UPSTREAM_REQUEST_ID};
 use crate::support::*;
 
-async fn setup(providers: impl FnOnce(&MockUpstream) -> Vec<ProviderSpec>) -> (MockUpstream, TestProxy, TestCa) {
+async fn setup(
+    providers: impl FnOnce(&MockUpstream) -> Vec<ProviderSpec>,
+) -> (MockUpstream, TestProxy, TestCa) {
     let ca = TestCa::new();
     let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
     let proxy = TestProxy::start(TestProxyOptions {
@@ -30,18 +32,27 @@ async fn json_request_gets_the_provider_key_and_the_upstream_body() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert!(uuid::Uuid::parse_str(&request_id).is_ok(), "x-request-id is a UUID: {request_id}");
+    assert!(
+        uuid::Uuid::parse_str(&request_id).is_ok(),
+        "x-request-id is a UUID: {request_id}"
+    );
     assert_eq!(resp.headers()["x-upstream-request-id"], UPSTREAM_REQUEST_ID);
     assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
 
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
-    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/v1/chat/completions?trace=1"));
+    assert_eq!(
+        (req.method.as_str(), req.path.as_str()),
+        ("POST", "/v1/chat/completions?trace=1")
+    );
     let auth: Vec<_> = req.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, vec!["Bearer sk-provider-openai-0123456789"]);
     for gone in ["x_api_key", "x-api-key", "proxy-authorization"] {
-        assert!(req.headers.get(gone).is_none(), "{gone} must not reach the upstream");
+        assert!(
+            req.headers.get(gone).is_none(),
+            "{gone} must not reach the upstream"
+        );
     }
     assert_eq!(req.headers["accept-encoding"], "identity");
 }
@@ -81,16 +92,27 @@ async fn provider_without_a_key_passes_the_client_credentials_through() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(upstream.seen()[0].headers["authorization"], "Bearer sk-byok");
+    assert_eq!(
+        upstream.seen()[0].headers["authorization"],
+        "Bearer sk-byok"
+    );
 }
 
 #[tokio::test]
 async fn http1_and_http2_clients_both_work() {
     let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
-    for (http, version) in [(Http::One, reqwest::Version::HTTP_11), (Http::Two, reqwest::Version::HTTP_2)] {
+    for (http, version) in [
+        (Http::One, reqwest::Version::HTTP_11),
+        (Http::Two, reqwest::Version::HTTP_2),
+    ] {
         let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
         for _ in 0..3 {
-            let resp = client.post("https://api.openai.com/v1/chat/completions").body("{}").send().await.unwrap();
+            let resp = client
+                .post("https://api.openai.com/v1/chat/completions")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.version(), version, "client side speaks {version:?}");
             assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
@@ -98,8 +120,15 @@ async fn http1_and_http2_clients_both_work() {
     }
     assert_eq!(upstream.seen().len(), 6);
     // The pooled upstream connection negotiated h2 with the mock (which offers it).
-    assert!(upstream.seen().iter().all(|s| s.version == http::Version::HTTP_2));
-    assert_eq!(proxy.mints(), 1, "one leaf for api.openai.com, reused by every connection");
+    assert!(upstream
+        .seen()
+        .iter()
+        .all(|s| s.version == http::Version::HTTP_2));
+    assert_eq!(
+        proxy.mints(),
+        1,
+        "one leaf for api.openai.com, reused by every connection"
+    );
 }
 
 #[tokio::test]
@@ -107,20 +136,34 @@ async fn sse_events_arrive_one_by_one() {
     let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
     for http in [Http::One, Http::Two] {
         let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
-        let mut resp = client.get("https://api.openai.com/v1/sse").send().await.unwrap();
+        let mut resp = client
+            .get("https://api.openai.com/v1/sse")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         // The upstream holds events two and three until we have event one: if the proxy
         // buffered, this chunk would never come (and the upstream would report a timeout).
-        let first = tokio::time::timeout(WAIT, resp.chunk()).await.expect("first event in time").unwrap();
+        let first = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("first event in time")
+            .unwrap();
         assert_eq!(first.as_deref(), Some(SSE_EVENTS[0].as_bytes()));
         upstream.release();
         let mut rest = Vec::new();
-        while let Some(chunk) = tokio::time::timeout(WAIT, resp.chunk()).await.unwrap().unwrap() {
+        while let Some(chunk) = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             rest.extend_from_slice(&chunk);
         }
         assert_eq!(String::from_utf8(rest).unwrap(), SSE_EVENTS[1..].concat());
-        assert!(!upstream.released_by_timeout(), "{http:?}: the client got event one before the upstream sent the rest");
+        assert!(
+            !upstream.released_by_timeout(),
+            "{http:?}: the client got event one before the upstream sent the rest"
+        );
     }
 }
 
@@ -129,7 +172,12 @@ async fn request_bodies_stream_to_the_upstream() {
     let (_upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
     let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let resp = client.post("https://api.openai.com/echo").body(body.clone()).send().await.unwrap();
+    let resp = client
+        .post("https://api.openai.com/echo")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
 }
@@ -137,13 +185,24 @@ async fn request_bodies_stream_to_the_upstream() {
 #[tokio::test]
 async fn inner_host_different_from_connect_host_gets_421() {
     let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
-    let mut tls = raw::connect_tls(proxy.addr, "api.openai.com:443", &proxy.token, "api.openai.com", &proxy.ca_pem)
+    let mut tls = raw::connect_tls(
+        proxy.addr,
+        "api.openai.com:443",
+        &proxy.token,
+        "api.openai.com",
+        &proxy.ca_pem,
+    )
+    .await
+    .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await.unwrap().ok();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 421"), "{text}");
     assert!(text.to_ascii_lowercase().contains("x-request-id"), "{text}");
@@ -153,9 +212,20 @@ async fn inner_host_different_from_connect_host_gets_421() {
 #[tokio::test]
 async fn sni_naming_another_host_aborts_before_any_mint() {
     let (_upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
-    let result = raw::connect_tls(proxy.addr, "api.openai.com:443", &proxy.token, "evil.example", &proxy.ca_pem).await;
+    let result = raw::connect_tls(
+        proxy.addr,
+        "api.openai.com:443",
+        &proxy.token,
+        "evil.example",
+        &proxy.ca_pem,
+    )
+    .await;
     assert!(result.is_err(), "handshake must fail");
-    assert_eq!(proxy.mints(), 0, "no leaf is minted for a name the client chose");
+    assert_eq!(
+        proxy.mints(),
+        0,
+        "no leaf is minted for a name the client chose"
+    );
 }
 
 #[tokio::test]
@@ -165,20 +235,32 @@ async fn upstream_down_gives_502_with_request_id() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let (_upstream, proxy, _) = setup(|_| vec![ProviderSpec::openai(format!("https://127.0.0.1:{closed}"))]).await;
+    let (_upstream, proxy, _) =
+        setup(|_| vec![ProviderSpec::openai(format!("https://127.0.0.1:{closed}"))]).await;
     let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let resp = client.get("https://api.openai.com/v1/models").send().await.unwrap();
+    let resp = client
+        .get("https://api.openai.com/v1/models")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().contains_key("x-request-id"));
     let body = resp.text().await.unwrap();
-    assert_eq!(body, "the provider's upstream could not be reached\n", "generic body, no internals");
+    assert_eq!(
+        body, "the provider's upstream could not be reached\n",
+        "generic body, no internals"
+    );
 }
 
 #[tokio::test]
 async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
     let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
     let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let resp = client.get("https://api.openai.com/v1/chat/completions").send().await.unwrap();
+    let resp = client
+        .get("https://api.openai.com/v1/chat/completions")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 
     let generation = proxy.generation();
@@ -186,8 +268,17 @@ async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
     proxy.wait_for_generation(generation).await;
 
     // Same keep-alive connection, accepted for the old provider: refused, never re-routed.
-    let resp = client.get("https://api.openai.com/v1/chat/completions").send().await.unwrap();
+    let resp = client
+        .get("https://api.openai.com/v1/chat/completions")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(upstream.seen().len(), 1);
-    assert!(proxy.app.router.load().route("api.openai.com:443").is_none());
+    assert!(proxy
+        .app
+        .router
+        .load()
+        .route("api.openai.com:443")
+        .is_none());
 }

@@ -21,7 +21,10 @@ async fn echo_server() -> u16 {
 }
 
 fn connect_request(target: &str, token: &str) -> String {
-    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n", raw::basic(token))
+    format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        raw::basic(token)
+    )
 }
 
 #[tokio::test]
@@ -41,7 +44,10 @@ async fn bytes_reach_a_local_echo_server_when_loopback_is_allowed() {
     };
     let mut echoed = vec![0u8; payload.len()];
     let read = async {
-        tokio::time::timeout(WAIT, r.read_exact(&mut echoed)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, r.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
     };
     tokio::join!(write, read);
     assert_eq!(echoed, payload);
@@ -61,7 +67,12 @@ async fn tls_through_a_tunnel_sees_the_destination_certificate() {
     .await;
     // The client trusts only the upstream's CA: success proves the proxy did not intercept.
     let client = agent_client(proxy.addr, &proxy.token, &[&ca.cert_pem], Http::One);
-    let resp = client.post(format!("https://localhost:{port}/echo")).body("through").send().await.unwrap();
+    let resp = client
+        .post(format!("https://localhost:{port}/echo"))
+        .body("through")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "through");
     assert_eq!(proxy.mints(), 0);
@@ -70,15 +81,33 @@ async fn tls_through_a_tunnel_sees_the_destination_certificate() {
 #[tokio::test]
 async fn private_destinations_are_refused_without_an_allowed_cidr() {
     let port = echo_server().await;
-    let proxy = TestProxy::start(TestProxyOptions { extra_ports: vec![port], ..Default::default() }).await;
-    for target in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
-        let (head, mut stream) = raw::send_head(proxy.addr, connect_request(&target, &proxy.token).as_bytes()).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        extra_ports: vec![port],
+        ..Default::default()
+    })
+    .await;
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (head, mut stream) = raw::send_head(
+            proxy.addr,
+            connect_request(&target, &proxy.token).as_bytes(),
+        )
+        .await;
         assert_eq!(raw::status(&head), 403, "{target}: {head}");
         assert!(raw::closes(&mut stream).await);
     }
     // Metadata and embedded-IPv4 forms are refused on the default ports too.
-    for target in ["169.254.169.254:443", "[::ffff:169.254.169.254]:443", "[64:ff9b::a9fe:a9fe]:443", "0.0.0.0:443"] {
-        let (head, _) = raw::send_head(proxy.addr, connect_request(target, &proxy.token).as_bytes()).await;
+    for target in [
+        "169.254.169.254:443",
+        "[::ffff:169.254.169.254]:443",
+        "[64:ff9b::a9fe:a9fe]:443",
+        "0.0.0.0:443",
+    ] {
+        let (head, _) =
+            raw::send_head(proxy.addr, connect_request(target, &proxy.token).as_bytes()).await;
         assert_eq!(raw::status(&head), 403, "{target}: {head}");
     }
 }
@@ -93,7 +122,11 @@ async fn deny_mode_refuses_every_non_provider_host() {
         ..Default::default()
     })
     .await;
-    let (head, _) = raw::send_head(proxy.addr, connect_request(&format!("127.0.0.1:{port}"), &proxy.token).as_bytes()).await;
+    let (head, _) = raw::send_head(
+        proxy.addr,
+        connect_request(&format!("127.0.0.1:{port}"), &proxy.token).as_bytes(),
+    )
+    .await;
     assert_eq!(raw::status(&head), 403, "{head}");
 }
 
@@ -109,7 +142,11 @@ async fn unreachable_destination_gets_502() {
         ..Default::default()
     })
     .await;
-    let (head, _) = raw::send_head(proxy.addr, connect_request(&format!("127.0.0.1:{closed}"), &proxy.token).as_bytes()).await;
+    let (head, _) = raw::send_head(
+        proxy.addr,
+        connect_request(&format!("127.0.0.1:{closed}"), &proxy.token).as_bytes(),
+    )
+    .await;
     assert_eq!(raw::status(&head), 502, "{head}");
 }
 
@@ -123,7 +160,10 @@ async fn plain_http_is_forwarded_without_proxy_credentials() {
             tokio::spawn(async move {
                 let head = raw::read_head(&mut s).await;
                 let body = head.to_ascii_lowercase();
-                let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = s.write_all(resp.as_bytes()).await;
             });
         }
@@ -135,17 +175,29 @@ async fn plain_http_is_forwarded_without_proxy_credentials() {
     })
     .await;
     let client = agent_client(proxy.addr, &proxy.token, &[], Http::One);
-    let resp = client.get(format!("http://127.0.0.1:{port}/hello")).send().await.unwrap();
+    let resp = client
+        .get(format!("http://127.0.0.1:{port}/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = resp.text().await.unwrap();
-    assert!(seen.starts_with("get /hello http/1.1"), "origin-form upstream: {seen}");
+    assert!(
+        seen.starts_with("get /hello http/1.1"),
+        "origin-form upstream: {seen}"
+    );
     assert!(!seen.contains("proxy-authorization"), "{seen}");
 
     // Without credentials: 407.
     let anonymous = reqwest::Client::builder()
         .proxy(reqwest::Proxy::http(format!("http://{}", proxy.addr)).unwrap())
+        .use_preconfigured_tls(crate::support::tls::client_config(&[], &[]))
         .build()
         .unwrap();
-    let resp = anonymous.get(format!("http://127.0.0.1:{port}/hello")).send().await.unwrap();
+    let resp = anonymous
+        .get(format!("http://127.0.0.1:{port}/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 407);
 }

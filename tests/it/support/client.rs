@@ -12,13 +12,20 @@ pub enum Http {
     Two,
 }
 
-pub fn agent_client(proxy: SocketAddr, token: &str, trusted_pems: &[&str], http: Http) -> reqwest::Client {
+pub fn agent_client(
+    proxy: SocketAddr,
+    token: &str,
+    trusted_pems: &[&str],
+    http: Http,
+) -> reqwest::Client {
     let alpn: &[&[u8]] = match http {
         Http::One => &[b"http/1.1"],
         Http::Two => &[b"h2", b"http/1.1"],
     };
     let tls = client_config(trusted_pems, alpn);
-    let proxy = reqwest::Proxy::all(format!("http://{proxy}")).unwrap().basic_auth("agent", token);
+    let proxy = reqwest::Proxy::all(format!("http://{proxy}"))
+        .unwrap()
+        .basic_auth("agent", token);
     let mut builder = reqwest::Client::builder()
         .proxy(proxy)
         .use_preconfigured_tls(tls)

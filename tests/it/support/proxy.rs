@@ -91,7 +91,11 @@ impl TestProxy {
                     intercept_hosts: p.intercept_hosts.clone(),
                     enabled: true,
                     enforce_models: false,
-                    api_keys: p.key.map(|k| Secret::new(k.to_string())).into_iter().collect(),
+                    api_keys: p
+                        .key
+                        .map(|k| Secret::new(k.to_string()))
+                        .into_iter()
+                        .collect(),
                 })
                 .await
                 .unwrap();
@@ -101,21 +105,40 @@ impl TestProxy {
 
         if let Some((cert, key)) = &opts.ca_files {
             std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
-            aibridge_proxy::ca::files::write_private(&dir.path().join("ca-key.pem"), key.as_bytes()).unwrap();
+            aibridge_proxy::ca::files::write_private(
+                &dir.path().join("ca-key.pem"),
+                key.as_bytes(),
+            )
+            .unwrap();
         }
-        let mut config = AppConfig::new(db_url, dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+        let mut config = AppConfig::new(
+            db_url,
+            dir.path().join("ca.pem"),
+            dir.path().join("ca-key.pem"),
+        );
         if let Some(pem) = &opts.upstream_ca_pem {
             let path = dir.path().join("upstream-ca.pem");
             std::fs::write(&path, pem).unwrap();
             config.upstream_ca_file = Some(path);
         }
-        config.proxy.allow_private_cidrs = opts.allow_private_cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        config.proxy.allow_private_cidrs = opts
+            .allow_private_cidrs
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = App::start(config, listener).await.unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-        TestProxy { addr: app.proxy_addr, app, token: token.expose().clone(), token_id: row.id, ca_pem, dir }
+        TestProxy {
+            addr: app.proxy_addr,
+            app,
+            token: token.expose().clone(),
+            token_id: row.id,
+            ca_pem,
+            dir,
+        }
     }
 
     /// The router generation now; with [`TestProxy::wait_for_generation`] to see a change land.
@@ -129,6 +152,10 @@ impl TestProxy {
     }
 
     pub fn mints(&self) -> u64 {
-        self.app.leaves.stats().mints.load(std::sync::atomic::Ordering::SeqCst)
+        self.app
+            .leaves
+            .stats()
+            .mints
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -8,7 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub fn basic(token: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("agent:{token}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("agent:{token}"))
+    )
 }
 
 /// Send raw bytes, read the response head (up to the blank line) and return it with the stream.
@@ -31,13 +34,18 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
             }
         }
     };
-    tokio::time::timeout(super::WAIT, read).await.expect("response head in time");
+    tokio::time::timeout(super::WAIT, read)
+        .await
+        .expect("response head in time");
     String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The status code of a response head ("HTTP/1.1 407 ..." → 407); 0 if there is none.
 pub fn status(head: &str) -> u16 {
-    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether the server closes the connection (EOF) after what it already sent.
@@ -51,7 +59,10 @@ pub async fn closes(stream: &mut TcpStream) -> bool {
 
 /// CONNECT through the proxy and return the stream after a 200.
 pub async fn connect(proxy: SocketAddr, target: &str, token: &str) -> TcpStream {
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n", basic(token));
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(token)
+    );
     let (head, stream) = send_head(proxy, req.as_bytes()).await;
     assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
     stream
@@ -69,5 +80,7 @@ pub async fn connect_tls(
     let config = super::tls::client_config(&[ca_pem], &[b"http/1.1"]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    tokio::time::timeout(super::WAIT, connector.connect(name, tcp)).await.expect("handshake in time")
+    tokio::time::timeout(super::WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
 }

@@ -66,7 +66,9 @@ impl MockUpstream {
                 let acceptor = acceptor.clone();
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(respond(&s, req).await) }
@@ -113,7 +115,11 @@ fn full(s: impl Into<Bytes>) -> Body {
 async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     shared.seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
-        path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: req.version(),
         headers: req.headers().clone(),
     });
@@ -129,10 +135,18 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/v1/messages" => json(MESSAGES_JSON),
         "/v1/sse" => sse(shared),
         "/echo" => {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             Response::new(full(body))
         }
-        _ => Response::builder().status(StatusCode::NOT_FOUND).body(full("not found")).unwrap(),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(full("not found"))
+            .unwrap(),
     }
 }
 
@@ -141,12 +155,21 @@ fn sse(shared: &Shared) -> Response<Body> {
     let release = shared.release.clone();
     let by_timeout = shared.released_by_timeout.clone();
     tokio::spawn(async move {
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(SSE_EVENTS[0].as_bytes())))).await;
-        if tokio::time::timeout(super::WAIT / 2, release.notified()).await.is_err() {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(
+                SSE_EVENTS[0].as_bytes(),
+            ))))
+            .await;
+        if tokio::time::timeout(super::WAIT / 2, release.notified())
+            .await
+            .is_err()
+        {
             by_timeout.store(true, Ordering::SeqCst);
         }
         for event in &SSE_EVENTS[1..] {
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(event.as_bytes())))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
+                .await;
         }
     });
     let stream = tokio_stream_from(rx);
