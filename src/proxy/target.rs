@@ -1,35 +1,95 @@
-//! Request targets: the `host:port` of a `CONNECT` (authority form, RFC 9112 §3.2.3) or the
-//! authority of an absolute-form URI, normalized into a [`Target`].
+//! Request targets: the request-target of a `CONNECT` (authority form `host:port`, RFC 9112
+//! §3.2.3) or the authority of an absolute-form URI, turned into a normalized [`Target`].
 //!
-//! This is the only place host names are normalized (lowercase, one trailing dot removed, IPv6
-//! in brackets), so router keys and leaf certificate names always agree. Anything that is not a
-//! plain DNS name or IP literal is refused rather than repaired: no percent-decoding, no
+//! This is the only place host names are normalized (ASCII lowercase, one trailing dot removed,
+//! IPv6 in brackets), so router keys and leaf-certificate names always agree. Anything that is
+//! not a plain DNS name or IP literal is refused rather than repaired: no percent-decoding, no
 //! userinfo, no numeric host spellings (`2130706433`, `0177.0.0.1`, `0x7f.1`) that resolvers
-//! read as IPv4 and policy checks might not. Pure, bounded, and it never panics.
+//! read as IPv4 but policy checks might not.
+//!
+//! The module is pure (no I/O), bounds its work by refusing long input up front, and never
+//! panics on any input.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Longest input considered; longer is refused before any work.
+/// Longest input considered; anything longer is refused before any other work.
 const MAX_INPUT: usize = 300;
+/// Longest DNS name (RFC 1035 §2.3.4), without the trailing dot.
 const MAX_NAME: usize = 253;
+/// Longest DNS label (RFC 1035 §2.3.4).
 const MAX_LABEL: usize = 63;
+/// Longest canonical port spelling ("65535").
+const MAX_PORT_DIGITS: usize = 5;
 
-/// A normalized host: a lowercase ASCII domain without trailing dot, or an IP literal.
+/// A host, normalized: lowercase ASCII domain without trailing dot, or an IP literal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     Domain(String),
     Ip(IpAddr),
 }
 
-/// A normalized `host:port`.
+impl Host {
+    /// Parse and normalize a host alone (no port), with the same rules as [`Target::parse`].
+    /// IPv6 must be bracketed (`[::1]`); any `:` outside brackets is refused as [`TargetError::BadIpv6`].
+    pub fn parse(s: &str) -> Result<Host, TargetError> {
+        check_input(s)?;
+        match split_authority(s)? {
+            (raw, None) => parse_raw_host(raw),
+            // A colon after the host is either a port or an unbracketed IPv6: neither is a host.
+            (_, Some(_)) => Err(TargetError::BadIpv6),
+        }
+    }
+
+    /// Whether this is an IP literal.
+    pub fn is_ip(&self) -> bool {
+        matches!(self, Host::Ip(_))
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Domain(d) => f.write_str(d),
+            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
+            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
+        }
+    }
+}
+
+/// A normalized `host:port`; the port is always 1..=65535.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     pub host: Host,
     pub port: u16,
 }
 
-/// Why a target was refused. Every variant answers `400`.
+impl Target {
+    /// Parse an authority-form target `host:port`; the port is required.
+    pub fn parse(s: &str) -> Result<Target, TargetError> {
+        parse_target(s, None)
+    }
+
+    /// Parse `host` or `host:port`, using `default_port` when the port is absent (intercept
+    /// hosts, URI authorities). A `default_port` of 0 is refused as [`TargetError::BadPort`]
+    /// so that every `Target` has a usable port.
+    pub fn parse_with_default_port(s: &str, default_port: u16) -> Result<Target, TargetError> {
+        parse_target(s, Some(default_port))
+    }
+
+    /// The router key, `host:port` (IPv6 bracketed), e.g. `api.openai.com:443`, `[::1]:443`.
+    pub fn key(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a target was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     #[error("empty target")]
@@ -53,7 +113,7 @@ pub enum TargetError {
 }
 
 impl TargetError {
-    /// A static label for metrics and logs.
+    /// A static snake_case label for metrics and logs (bounded cardinality).
     pub fn reason(&self) -> &'static str {
         match self {
             TargetError::Empty => "empty_target",
@@ -69,115 +129,140 @@ impl TargetError {
     }
 }
 
-impl Host {
-    /// Parse a host alone (no port). IPv6 must be bracketed: `[::1]`.
-    pub fn parse(s: &str) -> Result<Host, TargetError> {
-        check_characters(s)?;
-        if let Some(inner) = s.strip_prefix('[') {
-            let inner = inner.strip_suffix(']').ok_or(TargetError::BadIpv6)?;
-            return parse_ipv6(inner);
-        }
-        parse_name(s)
-    }
-
-    pub fn is_ip(&self) -> bool {
-        matches!(self, Host::Ip(_))
-    }
+/// The host part of an authority, before validation.
+#[derive(Debug, Clone, Copy)]
+enum RawHost<'a> {
+    /// The contents between `[` and `]`.
+    Bracketed(&'a str),
+    /// Everything before the port separator.
+    Plain(&'a str),
 }
 
-impl fmt::Display for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Host::Domain(d) => f.write_str(d),
-            Host::Ip(IpAddr::V4(v4)) => write!(f, "{v4}"),
-            Host::Ip(IpAddr::V6(v6)) => write!(f, "[{v6}]"),
-        }
-    }
-}
-
-impl Target {
-    /// Parse an authority-form target; the port is required.
-    pub fn parse(s: &str) -> Result<Target, TargetError> {
-        parse_authority(s, None)
-    }
-
-    /// Parse `host` or `host:port`, with `default_port` when the port is absent (intercept
-    /// hosts, URI authorities).
-    pub fn parse_with_default_port(s: &str, default_port: u16) -> Result<Target, TargetError> {
-        parse_authority(s, Some(default_port))
-    }
-
-    /// The router key: `host:port`, IPv6 bracketed.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
-
-fn parse_authority(s: &str, default_port: Option<u16>) -> Result<Target, TargetError> {
-    check_characters(s)?;
-    let (host_part, port_part) = split_host_port(s)?;
-    let port = match (port_part, default_port) {
+/// Shared body of both `Target` parsers; `default_port` is `None` when the port is required.
+fn parse_target(s: &str, default_port: Option<u16>) -> Result<Target, TargetError> {
+    check_input(s)?;
+    let (raw, port) = split_authority(s)?;
+    let host = parse_raw_host(raw)?;
+    let port = match (port, default_port) {
         (Some(p), _) => parse_port(p)?,
+        (None, Some(0)) => return Err(TargetError::BadPort),
         (None, Some(d)) => d,
         (None, None) => return Err(TargetError::MissingPort),
-    };
-    let host = match host_part.strip_prefix('[') {
-        Some(inner) => parse_ipv6(inner.strip_suffix(']').ok_or(TargetError::BadIpv6)?)?,
-        None => parse_name(host_part)?,
     };
     Ok(Target { host, port })
 }
 
-/// Refuse what no authority may contain, before any splitting.
-fn check_characters(s: &str) -> Result<(), TargetError> {
+/// Refuse what no authority may contain, before any splitting. Checks run in a fixed order so
+/// each input gets one stable error.
+fn check_input(s: &str) -> Result<(), TargetError> {
     if s.is_empty() {
         return Err(TargetError::Empty);
     }
     if s.len() > MAX_INPUT {
         return Err(TargetError::BadHost);
     }
+    // Visible ASCII only: no whitespace, controls or non-ASCII. `%` is refused too: percent-
+    // decoding would give two spellings of one host, so none is ever done.
     if !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) || s.contains('%') {
         return Err(TargetError::BadCharacter);
     }
     if s.contains('@') {
         return Err(TargetError::Userinfo);
     }
-    if s.contains("://") || s.bytes().any(|b| matches!(b, b'/' | b'?' | b'#' | b'*')) {
+    // Paths, queries, fragments, `*` (asterisk form) and schemes (`x://`, caught by `/`).
+    if s.bytes().any(|b| matches!(b, b'/' | b'?' | b'#' | b'*')) {
         return Err(TargetError::NotAuthorityForm);
     }
     Ok(())
 }
 
-/// Split into host and optional port: after `]` for bracketed IPv6, else at the last colon.
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), TargetError> {
-    if s.starts_with('[') {
-        let close = s.find(']').ok_or(TargetError::BadIpv6)?;
-        let (host, rest) = s.split_at(close + 1);
-        return match rest {
-            "" => Ok((host, None)),
-            _ => match rest.strip_prefix(':') {
-                Some(port) => Ok((host, Some(port))),
-                None => Err(TargetError::BadIpv6),
-            },
-        };
+/// Split into host and optional port text: after the `]` for bracketed IPv6, else at the last
+/// colon. Only the bracket structure is checked here.
+fn split_authority(s: &str) -> Result<(RawHost<'_>, Option<&str>), TargetError> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or(TargetError::BadIpv6)?;
+        if after.is_empty() {
+            return Ok((RawHost::Bracketed(inner), None));
+        }
+        let port = after.strip_prefix(':').ok_or(TargetError::BadIpv6)?;
+        return Ok((RawHost::Bracketed(inner), Some(port)));
     }
     match s.rsplit_once(':') {
-        Some((host, _)) if host.contains(':') => Err(TargetError::BadIpv6),
-        Some((host, port)) => Ok((host, Some(port))),
-        None => Ok((s, None)),
+        Some((host, port)) => Ok((RawHost::Plain(host), Some(port))),
+        None => Ok((RawHost::Plain(s), None)),
     }
 }
 
-/// Only canonical decimal 1–65535: no sign, no leading zero, no spaces.
+fn parse_raw_host(raw: RawHost<'_>) -> Result<Host, TargetError> {
+    match raw {
+        RawHost::Bracketed(inner) => parse_ipv6(inner),
+        // A colon left in the host means an unbracketed IPv6 literal (or garbage like it).
+        RawHost::Plain(host) if host.contains(':') => Err(TargetError::BadIpv6),
+        RawHost::Plain(host) => parse_name(host),
+    }
+}
+
+/// Bracket contents must be a plain IPv6 address. `Ipv6Addr` refuses IPv4 (`[1.2.3.4]`) and
+/// zone ids; `%` never gets this far anyway.
+fn parse_ipv6(inner: &str) -> Result<Host, TargetError> {
+    inner
+        .parse::<Ipv6Addr>()
+        .map(|ip| Host::Ip(IpAddr::V6(ip)))
+        .map_err(|_| TargetError::BadIpv6)
+}
+
+/// A dotted-quad IPv4 address or a DNS name, normalized.
+fn parse_name(raw: &str) -> Result<Host, TargetError> {
+    // Exactly one trailing dot is the root label; a second one leaves an empty label below.
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    // `Ipv4Addr` accepts only canonical dotted-quad (no leading zeros, no short forms).
+    if let Ok(v4) = name.parse::<Ipv4Addr>() {
+        return Ok(Host::Ip(IpAddr::V4(v4)));
+    }
+    validate_name(&name)?;
+    if looks_numeric(&name) {
+        return Err(TargetError::NumericHost);
+    }
+    Ok(Host::Domain(name))
+}
+
+/// Length and label syntax of an already-lowercased name without trailing dot.
+fn validate_name(name: &str) -> Result<(), TargetError> {
+    if name.is_empty() || name.len() > MAX_NAME || !name.split('.').all(valid_label) {
+        return Err(TargetError::BadHost);
+    }
+    Ok(())
+}
+
+/// 1..=63 bytes of `[a-z0-9_-]`, not starting or ending with `-`. Underscores are allowed for
+/// service names like `_dmarc`; uppercase is already gone.
+fn valid_label(label: &str) -> bool {
+    (1..=MAX_LABEL).contains(&label.len())
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Names resolvers (inet_aton, WHATWG URL) may read as IPv4 although they are not dotted-quad:
+/// an all-digit last label (`2130706433`, `127.1`, `0177.0.0.1`, `1.2.3.4.5`; no TLD is
+/// numeric), or a `0x` label in a name made only of hex digits, dots and `x` (`0x7f000001`).
+fn looks_numeric(name: &str) -> bool {
+    let last_all_digits = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
+    let hex_form = name.split('.').any(|l| l.starts_with("0x"))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'x');
+    last_all_digits || hex_form
+}
+
+/// Only canonical decimal 1..=65535: 1–5 digits, no sign, no leading zero.
 fn parse_port(p: &str) -> Result<u16, TargetError> {
-    let canonical = !p.is_empty()
-        && p.len() <= 5
+    let canonical = (1..=MAX_PORT_DIGITS).contains(&p.len())
         && p.bytes().all(|b| b.is_ascii_digit())
         && !p.starts_with('0');
     if !canonical {
@@ -189,193 +274,237 @@ fn parse_port(p: &str) -> Result<u16, TargetError> {
     }
 }
 
-fn parse_ipv6(inner: &str) -> Result<Host, TargetError> {
-    if inner.contains('.') && !inner.contains(':') {
-        return Err(TargetError::BadIpv6);
-    }
-    inner
-        .parse::<Ipv6Addr>()
-        .map(|ip| Host::Ip(IpAddr::V6(ip)))
-        .map_err(|_| TargetError::BadIpv6)
-}
-
-/// A DNS name (LDH labels plus `_`) or a dotted-quad IPv4 address.
-fn parse_name(s: &str) -> Result<Host, TargetError> {
-    if s.contains(':') || s.contains('[') || s.contains(']') {
-        return Err(TargetError::BadIpv6);
-    }
-    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-    if let Ok(v4) = name.parse::<Ipv4Addr>() {
-        return Ok(Host::Ip(IpAddr::V4(v4)));
-    }
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(TargetError::BadHost);
-    }
-    let labels: Vec<&str> = name.split('.').collect();
-    if !labels.iter().all(|l| valid_label(l)) {
-        return Err(TargetError::BadHost);
-    }
-    if looks_numeric(&labels) {
-        return Err(TargetError::NumericHost);
-    }
-    Ok(Host::Domain(name))
-}
-
-fn valid_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= MAX_LABEL
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-/// Names resolvers may read as IPv4 (`2130706433`, `0177.0.0.1`, `127.1`, `0x7f.1`): an
-/// all-digit last label (no TLD is numeric), or hex-prefixed labels throughout.
-fn looks_numeric(labels: &[&str]) -> bool {
-    let last_numeric = labels
-        .last()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    let hexish = labels.iter().any(|l| l.starts_with("0x"))
-        && labels.iter().all(|l| {
-            let digits = l.strip_prefix("0x").unwrap_or(l);
-            digits.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-    last_numeric || hexish
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use TargetError::*;
 
+    /// What a successful parse looks like: the displayed host and the port.
+    type Expect = Result<(String, u16), TargetError>;
+    type Row = (String, Expect);
+
+    fn ok(input: &str, host: &str, port: u16) -> Row {
+        (input.to_string(), Ok((host.to_string(), port)))
+    }
+
+    fn err(input: &str, e: TargetError) -> Row {
+        (input.to_string(), Err(e))
+    }
+
+    /// Every rule of `Target::parse`, one or more rows each.
+    fn authority_rows() -> Vec<Row> {
+        let label63 = "a".repeat(63);
+        let label64 = "a".repeat(64);
+        // 63 + 1 + 63 + 1 + 63 + 1 + 61 = 253 and 254 bytes.
+        let name253 = format!("{label63}.{label63}.{label63}.{}", "b".repeat(61));
+        let name254 = format!("{label63}.{label63}.{label63}.{}", "b".repeat(62));
+        vec![
+            // Domains and normalization.
+            ok("api.openai.com:443", "api.openai.com", 443),
+            ok("API.OpenAI.COM:443", "api.openai.com", 443),
+            ok("api.openai.com.:443", "api.openai.com", 443),
+            err("api.openai.com..:443", BadHost),
+            err(".api.openai.com:443", BadHost),
+            err("api..openai.com:443", BadHost),
+            err(".:443", BadHost),
+            err(":443", BadHost),
+            ok("localhost:443", "localhost", 443),
+            ok("_dmarc.example.com:443", "_dmarc.example.com", 443),
+            ok("xn--pi-7ia.openai.com:443", "xn--pi-7ia.openai.com", 443),
+            ok("XN--PI-7IA.openai.com:443", "xn--pi-7ia.openai.com", 443),
+            ok("a-b.example.com:443", "a-b.example.com", 443),
+            err("-api.openai.com:443", BadHost),
+            err("api-.openai.com:443", BadHost),
+            err("api!.openai.com:443", BadHost),
+            err("a]b.com:443", BadHost),
+            ok(
+                &format!("{label63}.com:443"),
+                &format!("{label63}.com"),
+                443,
+            ),
+            err(&format!("{label64}.com:443"), BadHost),
+            ok(&format!("{name253}:443"), &name253, 443),
+            ok(&format!("{name253}.:443"), &name253, 443),
+            err(&format!("{name254}:443"), BadHost),
+            err(&format!("{}:443", "a".repeat(MAX_INPUT)), BadHost),
+            // Ports.
+            err("api.openai.com", MissingPort),
+            err("api.openai.com:", BadPort),
+            err("api.openai.com:0", BadPort),
+            ok("api.openai.com:1", "api.openai.com", 1),
+            ok("api.openai.com:65535", "api.openai.com", 65535),
+            err("api.openai.com:65536", BadPort),
+            err("api.openai.com:99999999999", BadPort),
+            err("api.openai.com:-1", BadPort),
+            err("api.openai.com:+443", BadPort),
+            err("api.openai.com:0443", BadPort),
+            err("api.openai.com:44a", BadPort),
+            err("api.openai.com:443:443", BadIpv6),
+            // Characters.
+            err("", Empty),
+            err("api.openai.com:443 ", BadCharacter),
+            err(" api.openai.com:443", BadCharacter),
+            err("api.openai.com\t:443", BadCharacter),
+            err("api.openai.com:443\0", BadCharacter),
+            err("api.openai.com:443\r\n", BadCharacter),
+            err("api.openai.com:443\x7f", BadCharacter),
+            err("ápi.openai.com:443", BadCharacter),
+            err("api%2eopenai.com:443", BadCharacter),
+            // Userinfo and other request-target forms.
+            err("user:pw@api.openai.com:443", Userinfo),
+            err("@api.openai.com:443", Userinfo),
+            err("https://api.openai.com:443/", NotAuthorityForm),
+            err("https:api.openai.com:443/", NotAuthorityForm),
+            err("/", NotAuthorityForm),
+            err("*", NotAuthorityForm),
+            err("api.openai.com:443?x", NotAuthorityForm),
+            err("api.openai.com:443#x", NotAuthorityForm),
+            // IPv6.
+            ok("[::1]:443", "[::1]", 443),
+            ok("[0:0:0:0:0:0:0:1]:443", "[::1]", 443),
+            ok("[2001:DB8::1]:8443", "[2001:db8::1]", 8443),
+            ok("[::ffff:1.2.3.4]:443", "[::ffff:1.2.3.4]", 443),
+            err("::1:443", BadIpv6),
+            err("::1", BadIpv6),
+            err("2001:db8::1:443", BadIpv6),
+            err("[fe80::1%25eth0]:443", BadCharacter),
+            err("[::1]", MissingPort),
+            err("[::1]:", BadPort),
+            err("[::1]:0443", BadPort),
+            err("[::1]x:443", BadIpv6),
+            err("[::1]]:443", BadIpv6),
+            err("[::1:443", BadIpv6),
+            err("[]:443", BadIpv6),
+            err("[1.2.3.4]:443", BadIpv6),
+            err("[example.com]:443", BadIpv6),
+            // IPv4 and numeric spellings of it.
+            ok("127.0.0.1:443", "127.0.0.1", 443),
+            ok("127.0.0.1.:443", "127.0.0.1", 443),
+            ok("1.2.3.example.com:443", "1.2.3.example.com", 443),
+            ok("0x.example.com:443", "0x.example.com", 443),
+            err("2130706433:443", NumericHost),
+            err("0177.0.0.1:443", NumericHost),
+            err("010.0.0.1:443", NumericHost),
+            err("0x7f.1:443", NumericHost),
+            err("0X7F.0X1:443", NumericHost),
+            err("127.1:443", NumericHost),
+            err("0x7f000001:443", NumericHost),
+            err("1.2.3.4.5:443", NumericHost),
+            err("256.0.0.1:443", NumericHost),
+            err("example.123:443", NumericHost),
+        ]
+    }
+
+    fn view(r: &Result<Target, TargetError>) -> Expect {
+        r.as_ref()
+            .map(|t| (t.host.to_string(), t.port))
+            .map_err(Clone::clone)
+    }
+
     #[test]
     fn authority_form_table() {
-        let long_label = format!("{}.com:443", "a".repeat(64));
-        let ok_label = format!("{}.com:443", "a".repeat(63));
-        let long_name = format!("{}.com:443", "a.".repeat(125));
-        type Case<'a> = (&'a str, Result<(&'a str, u16), TargetError>);
-        let cases: Vec<Case> = vec![
-            ("api.openai.com:443", Ok(("api.openai.com", 443))),
-            ("API.OpenAI.COM:443", Ok(("api.openai.com", 443))),
-            ("api.openai.com.:443", Ok(("api.openai.com", 443))),
-            ("api.openai.com..:443", Err(BadHost)),
-            (".api.openai.com:443", Err(BadHost)),
-            ("api..openai.com:443", Err(BadHost)),
-            ("api.openai.com", Err(MissingPort)),
-            ("api.openai.com:", Err(BadPort)),
-            ("api.openai.com:0", Err(BadPort)),
-            ("api.openai.com:65536", Err(BadPort)),
-            ("api.openai.com:65535", Ok(("api.openai.com", 65535))),
-            ("api.openai.com:99999999999", Err(BadPort)),
-            ("api.openai.com:-1", Err(BadPort)),
-            ("api.openai.com:+443", Err(BadPort)),
-            ("api.openai.com:0443", Err(BadPort)),
-            ("api.openai.com:443 ", Err(BadCharacter)),
-            (" api.openai.com:443", Err(BadCharacter)),
-            ("api.openai.com\t:443", Err(BadCharacter)),
-            ("api.openai.com:443\0", Err(BadCharacter)),
-            ("api.openai.com:443\r\n", Err(BadCharacter)),
-            ("ápi.openai.com:443", Err(BadCharacter)),
-            ("api%2eopenai.com:443", Err(BadCharacter)),
-            ("user:pw@api.openai.com:443", Err(Userinfo)),
-            ("https://api.openai.com:443/", Err(NotAuthorityForm)),
-            ("/", Err(NotAuthorityForm)),
-            ("*", Err(NotAuthorityForm)),
-            ("", Err(Empty)),
-            ("[::1]:443", Ok(("[::1]", 443))),
-            ("[0:0:0:0:0:0:0:1]:443", Ok(("[::1]", 443))),
-            ("[2001:DB8::1]:8443", Ok(("[2001:db8::1]", 8443))),
-            ("::1:443", Err(BadIpv6)),
-            ("[fe80::1%25eth0]:443", Err(BadCharacter)),
-            ("[::1]", Err(MissingPort)),
-            ("[::1]x:443", Err(BadIpv6)),
-            ("[1.2.3.4]:443", Err(BadIpv6)),
-            ("[::1:443", Err(BadIpv6)),
-            ("127.0.0.1:443", Ok(("127.0.0.1", 443))),
-            ("0177.0.0.1:443", Err(NumericHost)),
-            ("0x7f.1:443", Err(NumericHost)),
-            ("0x7f000001:443", Err(NumericHost)),
-            ("2130706433:443", Err(NumericHost)),
-            ("127.1:443", Err(NumericHost)),
-            ("1.2.3.4.5:443", Err(NumericHost)),
-            ("1.2.3.example.com:443", Ok(("1.2.3.example.com", 443))),
-            ("_dmarc.example.com:443", Ok(("_dmarc.example.com", 443))),
-            (
-                "xn--pi-7ia.openai.com:443",
-                Ok(("xn--pi-7ia.openai.com", 443)),
-            ),
-            (
-                "XN--PI-7IA.openai.com:443",
-                Ok(("xn--pi-7ia.openai.com", 443)),
-            ),
-            ("-api.openai.com:443", Err(BadHost)),
-            ("api-.openai.com:443", Err(BadHost)),
-            ("localhost:443", Ok(("localhost", 443))),
-            (&long_label, Err(BadHost)),
-            (&ok_label, Ok((&ok_label[..67], 443))),
-            (&long_name, Err(BadHost)),
-        ];
-        assert!(cases.len() >= 40);
-        for (input, expected) in &cases {
-            let got = Target::parse(input);
-            let got_view = got
-                .as_ref()
-                .map(|t| (t.host.to_string(), t.port))
-                .map_err(Clone::clone);
-            let want_view = expected.clone().map(|(h, p)| (h.to_string(), p));
-            assert_eq!(got_view, want_view, "input {input:?}");
-            if let Ok(t) = got {
-                assert_eq!(
-                    Target::parse(&t.key()),
-                    Ok(t.clone()),
-                    "key round-trips for {input:?}"
-                );
+        let rows = authority_rows();
+        assert!(rows.len() >= 40, "only {} rows", rows.len());
+        for (input, expected) in &rows {
+            assert_eq!(&view(&Target::parse(input)), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn key_round_trips() {
+        for (input, _) in authority_rows() {
+            if let Ok(t) = Target::parse(&input) {
+                let key = t.key();
+                assert_eq!(key, t.to_string());
+                assert_eq!(Target::parse(&key), Ok(t), "key {key:?} of {input:?}");
             }
         }
     }
 
     #[test]
-    fn default_port_and_bare_hosts() {
-        let t = Target::parse_with_default_port("api.openai.com", 443).unwrap();
-        assert_eq!(t.key(), "api.openai.com:443");
+    fn default_port_and_host_table() {
+        let targets: Vec<(&str, Expect)> = vec![
+            ("api.openai.com", Ok(("api.openai.com".into(), 443))),
+            ("API.openai.com.", Ok(("api.openai.com".into(), 443))),
+            ("api.openai.com:8443", Ok(("api.openai.com".into(), 8443))),
+            ("[::1]", Ok(("[::1]".into(), 443))),
+            ("[::1]:80", Ok(("[::1]".into(), 80))),
+            ("10.0.0.1", Ok(("10.0.0.1".into(), 443))),
+            ("api.openai.com:", Err(BadPort)),
+            ("api.openai.com:0", Err(BadPort)),
+            ("::1", Err(BadIpv6)),
+            ("[::1]x", Err(BadIpv6)),
+            ("127.1", Err(NumericHost)),
+            ("u@api.openai.com", Err(Userinfo)),
+            ("", Err(Empty)),
+        ];
+        for (input, expected) in &targets {
+            let got = Target::parse_with_default_port(input, 443);
+            assert_eq!(&view(&got), expected, "input {input:?}");
+        }
         assert_eq!(
-            Target::parse_with_default_port("API.openai.com:8443", 443)
-                .unwrap()
-                .key(),
-            "api.openai.com:8443"
+            Target::parse_with_default_port("api.openai.com", 0),
+            Err(BadPort)
         );
-        assert_eq!(
-            Target::parse_with_default_port("[::1]", 80).unwrap().key(),
-            "[::1]:80"
-        );
-        assert_eq!(Target::parse_with_default_port("x.com:", 443), Err(BadPort));
-        assert_eq!(
-            Host::parse("Example.COM."),
-            Ok(Host::Domain("example.com".into()))
-        );
-        assert_eq!(Host::parse("[::1]").unwrap().to_string(), "[::1]");
-        assert_eq!(
-            Host::parse("10.0.0.1").unwrap(),
-            Host::Ip("10.0.0.1".parse().unwrap())
-        );
-        assert!(Host::parse("::1").is_err());
-        assert!(Host::parse("a b").is_err());
-        assert!(Host::parse("").is_err());
+
+        let hosts: Vec<(&str, Result<Host, TargetError>)> = vec![
+            ("Example.COM.", Ok(Host::Domain("example.com".into()))),
+            ("[::1]", Ok(Host::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)))),
+            (
+                "10.0.0.1",
+                Ok(Host::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))),
+            ),
+            ("::1", Err(BadIpv6)),
+            ("[::1]:443", Err(BadIpv6)),
+            ("example.com:443", Err(BadIpv6)),
+            ("a b", Err(BadCharacter)),
+            ("example..com", Err(BadHost)),
+            ("0x7f000001", Err(NumericHost)),
+            ("", Err(Empty)),
+        ];
+        for (input, expected) in &hosts {
+            assert_eq!(&Host::parse(input), expected, "input {input:?}");
+        }
+        assert!(Host::parse("[::1]").is_ok_and(|h| h.is_ip()));
+        assert!(Host::parse("example.com").is_ok_and(|h| !h.is_ip()));
+    }
+
+    #[test]
+    fn reasons_are_snake_case() {
+        let all = [
+            Empty,
+            BadCharacter,
+            Userinfo,
+            NotAuthorityForm,
+            MissingPort,
+            BadPort,
+            BadHost,
+            NumericHost,
+            BadIpv6,
+        ];
+        for e in all {
+            let r = e.reason();
+            assert!(
+                !r.is_empty()
+                    && r.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            );
+        }
     }
 
     #[test]
     fn short_strings_never_panic() {
-        let alphabet = ["a", ".", ":", "[", "]", "0", "1", "%", "-"];
+        let alphabet = ['a', '.', ':', '[', ']', '0', '1', '%'];
         let mut inputs = vec![String::new()];
+        let mut frontier = vec![String::new()];
         for _ in 0..3 {
-            let next: Vec<String> = inputs
+            frontier = frontier
                 .iter()
                 .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
                 .collect();
-            inputs.extend(next);
+            inputs.extend(frontier.iter().cloned());
         }
+        assert_eq!(inputs.len(), 1 + 8 + 64 + 512);
         for s in &inputs {
             let _ = Target::parse(s);
             let _ = Target::parse_with_default_port(s, 443);

@@ -113,16 +113,24 @@ fn full(s: impl Into<Bytes>) -> Body {
 }
 
 async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
     shared.seen.lock().unwrap().push(Seen {
-        method: req.method().to_string(),
-        path: req
-            .uri()
+        method: parts.method.to_string(),
+        path: parts
+            .uri
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_default(),
-        version: req.version(),
-        headers: req.headers().clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
     });
+    // Read the whole request first, as real providers do (an unread h2 body is reset, and a
+    // server that resets too many streams closes the connection).
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let json = |body: &'static str| {
         Response::builder()
             .header("content-type", "application/json")
@@ -130,19 +138,11 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .body(full(body))
             .unwrap()
     };
-    match req.uri().path() {
+    match parts.uri.path() {
         "/v1/chat/completions" => json(CHAT_JSON),
         "/v1/messages" => json(MESSAGES_JSON),
         "/v1/sse" => sse(shared),
-        "/echo" => {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Response::new(full(body))
-        }
+        "/echo" => Response::new(full(body)),
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(full("not found"))
