@@ -11,12 +11,14 @@
 
 pub mod model;
 
-pub use model::{AgentToken, NewProvider, Provider, ProviderKey, ProviderPatch, RoutingData};
+pub use model::{
+    AgentToken, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey, ProviderPatch, RoutingData,
+};
 
-use crate::provider::{self, ProviderError};
-use crate::secret::Secret;
-use model::{KeyRow, ProviderRow};
+use crate::provider::ProviderError;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
@@ -31,8 +33,8 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://aibridge.db";
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Why a store operation failed. `Database` carries sqlx's error for logs; the other variants
-/// are the caller's fault and safe to show.
+/// Why a store operation failed. `Database` and `Migrate` carry sqlx's error for logs; the
+/// other variants are the caller's doing and safe to show.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -75,6 +77,8 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     local: broadcast::Sender<()>,
+    /// The highest change counter committed through this handle.
+    last_committed: Arc<AtomicI64>,
 }
 
 /// Run `$body` with `$pool` bound to whichever pool the store has, and `$kind` to its [`Kind`].
@@ -82,66 +86,110 @@ pub struct Store {
 macro_rules! with_pool {
     ($store:expr, |$pool:ident, $kind:ident| $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => {
+            $crate::store::Backend::Sqlite($pool) => {
                 #[allow(unused_variables)]
-                let $kind = Kind::Sqlite;
+                let $kind = $crate::store::Kind::Sqlite;
                 $body
             }
-            Backend::Postgres($pool) => {
+            $crate::store::Backend::Postgres($pool) => {
                 #[allow(unused_variables)]
-                let $kind = Kind::Postgres;
+                let $kind = $crate::store::Kind::Postgres;
                 $body
             }
         }
     };
 }
 
-/// The statement that publishes a change inside the current transaction.
+/// Begin a write transaction whose first statement publishes the change: it bumps the change
+/// counter (taking the write lock, so concurrent writers queue instead of deadlocking on a lock
+/// upgrade, and each sees the previous one's commit) and, on PostgreSQL, queues the NOTIFY that
+/// commit delivers. Evaluates to `(transaction, counter)`.
+macro_rules! begin_write {
+    ($pool:expr, $kind:expr, $channel:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let counter: i64 = sqlx::query_scalar($crate::store::publish_sql($kind, $channel)).fetch_one(&mut *tx).await?;
+        (tx, counter)
+    }};
+}
+
+/// Every provider with its keys, oldest first, on `$conn` (a connection or transaction).
+macro_rules! select_providers {
+    ($conn:expr) => {{
+        let rows: Vec<$crate::store::model::ProviderRow> = sqlx::query_as(
+            "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at \
+             FROM ai_providers ORDER BY created_at, name",
+        )
+        .fetch_all(&mut *$conn)
+        .await?;
+        let keys: Vec<$crate::store::model::KeyRow> =
+            sqlx::query_as("SELECT id, provider_id, api_key, created_at FROM ai_provider_keys ORDER BY created_at, id")
+                .fetch_all(&mut *$conn)
+                .await?;
+        $crate::store::providers::attach_keys(rows, keys)
+    }};
+}
+
+mod models;
+mod providers;
+mod tokens;
+
+/// The statement that publishes a change; returns the new counter.
 fn publish_sql(kind: Kind, channel: Channel) -> &'static str {
     match (kind, channel) {
-        (Kind::Sqlite, _) => "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1",
+        (Kind::Sqlite, _) => "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1 RETURNING counter",
         (Kind::Postgres, Channel::Providers) => {
             "WITH c AS (UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1 RETURNING counter) \
-             SELECT pg_notify('ai_providers_changed', c.counter::text) FROM c"
+             SELECT c.counter, pg_notify('ai_providers_changed', c.counter::text) FROM c"
         }
         (Kind::Postgres, Channel::Tokens) => {
             "WITH c AS (UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1 RETURNING counter) \
-             SELECT pg_notify('agent_tokens_changed', c.counter::text) FROM c"
+             SELECT c.counter, pg_notify('agent_tokens_changed', c.counter::text) FROM c"
         }
     }
 }
 
-const PROVIDER_COLUMNS: &str =
-    "id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at";
+/// The channels a PostgreSQL subscriber listens on.
+pub const CHANNELS: [&str; 2] = ["ai_providers_changed", "agent_tokens_changed"];
 
 impl Store {
-    /// Connect (creating a SQLite file if missing, in WAL mode) and run pending migrations.
+    /// Open and migrate (the CLI's way in: it needs the database now).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let store = Store::open(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Open without requiring PostgreSQL to be up: its pool connects lazily, so `serve` can start
+    /// (tunnels, admin API) while the database is down and catch up when it returns. SQLite is
+    /// local and opened at once (created if missing, WAL mode).
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
         let backend = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options)
-                .await?;
-            SQLITE_MIGRATIONS.run(&pool).await?;
-            Backend::Sqlite(pool)
+            Backend::Sqlite(SqlitePoolOptions::new().max_connections(4).connect_with(options).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(10)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
-                .await?;
-            POSTGRES_MIGRATIONS.run(&pool).await?;
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy(url)?;
             Backend::Postgres(pool)
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
         let (local, _) = broadcast::channel(16);
-        Ok(Store { backend, local })
+        Ok(Store { backend, local, last_committed: Arc::new(AtomicI64::new(-1)) })
+    }
+
+    /// Apply pending migrations (PostgreSQL serializes concurrent migrators with a lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
     }
 
     /// The backend's name, for logs.
@@ -152,321 +200,50 @@ impl Store {
         }
     }
 
+    /// The PostgreSQL pool, for the LISTEN connection.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(pool),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Wakes on every mutation committed through this handle (or a clone of it).
     pub fn subscribe_local(&self) -> broadcast::Receiver<()> {
         self.local.subscribe()
     }
 
+    /// The highest change counter committed through this handle; a router whose snapshot
+    /// reflects at least this counter has seen this handle's writes.
+    pub fn last_committed(&self) -> i64 {
+        self.last_committed.load(Ordering::Acquire)
+    }
+
     /// The change counter: it moves on every committed mutation, from any process.
     pub async fn change_counter(&self) -> Result<i64, StoreError> {
         let counter: i64 = with_pool!(self, |pool, kind| {
-            sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
-                .fetch_one(pool)
-                .await?
+            sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1").fetch_one(pool).await?
         });
         Ok(counter)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        let ok: Result<i64, sqlx::Error> =
+            with_pool!(self, |pool, kind| sqlx::query_scalar("SELECT 1").fetch_one(pool).await);
+        ok.is_ok()
     }
 
     pub async fn close(&self) {
         with_pool!(self, |pool, kind| pool.close().await)
     }
 
-    fn published(&self) {
+    /// Record a committed change and wake in-process subscribers.
+    fn committed(&self, counter: i64) {
+        self.last_committed.fetch_max(counter, Ordering::AcqRel);
         // No receiver is fine: nobody in this process is listening.
         let _ = self.local.send(());
     }
-
-    // === providers ===
-
-    /// Every provider with its keys, oldest first.
-    pub async fn list_providers(&self) -> Result<Vec<Provider>, StoreError> {
-        with_pool!(self, |pool, kind| {
-            let mut conn = pool.acquire().await?;
-            let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
-                "SELECT {PROVIDER_COLUMNS} FROM ai_providers ORDER BY created_at, name"
-            ))
-            .fetch_all(&mut *conn)
-            .await?;
-            let keys: Vec<KeyRow> =
-                sqlx::query_as("SELECT id, provider_id, api_key, created_at FROM ai_provider_keys ORDER BY created_at, id")
-                    .fetch_all(&mut *conn)
-                    .await?;
-            Ok(attach_keys(rows, keys))
-        })
-    }
-
-    /// One provider by id or name.
-    pub async fn get_provider(&self, id_or_name: &str) -> Result<Option<Provider>, StoreError> {
-        let all = self.list_providers().await?;
-        Ok(all.into_iter().find(|p| matches_ref(p, id_or_name)))
-    }
-
-    /// Validate and insert a provider with its keys.
-    pub async fn create_provider(&self, new: NewProvider) -> Result<Provider, StoreError> {
-        provider::validate_name(&new.name)?;
-        provider::BaseUrl::parse(&new.base_url)?;
-        let hosts = provider::normalize_intercept_hosts(&new.intercept_hosts)?;
-        validate_keys(&new.api_keys)?;
-        let id = Uuid::new_v4();
-        let now = now();
-        with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            sqlx::query(&format!(
-                "INSERT INTO ai_providers ({PROVIDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
-            ))
-            .bind(id)
-            .bind(&new.name)
-            .bind(new.kind.as_str())
-            .bind(&new.base_url)
-            .bind(sqlx::types::Json(&hosts))
-            .bind(new.enabled)
-            .bind(new.enforce_models)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict(e, "a provider with that name already exists"))?;
-            for key in &new.api_keys {
-                sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(Uuid::new_v4())
-                    .bind(id)
-                    .bind(key.expose())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query(publish_sql(kind, Channel::Providers))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        self.published();
-        self.get_provider(&id.to_string())
-            .await?
-            .ok_or(StoreError::NotFound("provider"))
-    }
-
-    /// Apply a patch. A base URL whose host:port changes drops the provider's keys unless the
-    /// same patch supplies keys: whoever can edit a provider must not be able to send its
-    /// existing key to a host of their choosing.
-    pub async fn update_provider(
-        &self,
-        id_or_name: &str,
-        patch: ProviderPatch,
-    ) -> Result<Provider, StoreError> {
-        let current = self
-            .get_provider(id_or_name)
-            .await?
-            .ok_or(StoreError::NotFound("provider"))?;
-        let name = patch.name.unwrap_or_else(|| current.name.clone());
-        provider::validate_name(&name)?;
-        let kind_str = match patch.kind {
-            Some(k) => k.as_str().to_string(),
-            None => current.kind.clone(),
-        };
-        let base_url = patch.base_url.unwrap_or_else(|| current.base_url.clone());
-        let new_base = provider::BaseUrl::parse(&base_url)?;
-        let hosts = match &patch.intercept_hosts {
-            Some(h) => provider::normalize_intercept_hosts(h)?,
-            None => current.intercept_hosts.clone(),
-        };
-        let host_moved = provider::BaseUrl::parse(&current.base_url)
-            .map(|old| old.target() != new_base.target())
-            .unwrap_or(true);
-        let replace_keys = match patch.api_keys {
-            Some(keys) => {
-                validate_keys(&keys)?;
-                Some(keys)
-            }
-            None if host_moved && !current.keys.is_empty() => {
-                tracing::warn!(provider = %name, "base_url host changed without new keys: keys detached");
-                Some(Vec::new())
-            }
-            None => None,
-        };
-        let enabled = patch.enabled.unwrap_or(current.enabled);
-        let enforce_models = patch.enforce_models.unwrap_or(current.enforce_models);
-        let now = now();
-        with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "UPDATE ai_providers SET name = $2, kind = $3, base_url = $4, intercept_hosts = $5, \
-                 enabled = $6, enforce_models = $7, updated_at = $8 WHERE id = $1",
-            )
-            .bind(current.id)
-            .bind(&name)
-            .bind(&kind_str)
-            .bind(&base_url)
-            .bind(sqlx::types::Json(&hosts))
-            .bind(enabled)
-            .bind(enforce_models)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| conflict(e, "a provider with that name already exists"))?;
-            if let Some(keys) = &replace_keys {
-                sqlx::query("DELETE FROM ai_provider_keys WHERE provider_id = $1")
-                    .bind(current.id)
-                    .execute(&mut *tx)
-                    .await?;
-                for key in keys {
-                    sqlx::query(
-                        "INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(current.id)
-                    .bind(key.expose())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            sqlx::query(publish_sql(kind, Channel::Providers))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        self.published();
-        self.get_provider(&current.id.to_string())
-            .await?
-            .ok_or(StoreError::NotFound("provider"))
-    }
-
-    /// Delete a provider (its keys go with it). Returns whether it existed.
-    pub async fn delete_provider(&self, id_or_name: &str) -> Result<bool, StoreError> {
-        let Some(current) = self.get_provider(id_or_name).await? else {
-            return Ok(false);
-        };
-        let deleted = with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query("DELETE FROM ai_providers WHERE id = $1")
-                .bind(current.id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query(publish_sql(kind, Channel::Providers))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            n > 0
-        });
-        self.published();
-        Ok(deleted)
-    }
-
-    /// Add one key to a provider.
-    pub async fn add_key(
-        &self,
-        id_or_name: &str,
-        api_key: Secret<String>,
-    ) -> Result<ProviderKey, StoreError> {
-        validate_keys(std::slice::from_ref(&api_key))?;
-        let current = self
-            .get_provider(id_or_name)
-            .await?
-            .ok_or(StoreError::NotFound("provider"))?;
-        let key = ProviderKey {
-            id: Uuid::new_v4(),
-            api_key,
-            created_at: now(),
-        };
-        with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(key.id)
-                .bind(current.id)
-                .bind(key.api_key.expose())
-                .bind(key.created_at)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(publish_sql(kind, Channel::Providers))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        self.published();
-        Ok(key)
-    }
-
-    // === tokens ===
-
-    /// Create a token for `user`. The clear token is returned once and never stored.
-    pub async fn create_token(
-        &self,
-        user: &str,
-    ) -> Result<(AgentToken, Secret<String>), StoreError> {
-        let user = user.trim();
-        if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
-            return Err(StoreError::InvalidInput(
-                "user must be 1 to 128 printable characters",
-            ));
-        }
-        let token = Secret::new(generate_token()?);
-        let row = AgentToken {
-            id: Uuid::new_v4(),
-            user: user.to_string(),
-            token_hash: hash_token(token.expose()).to_vec(),
-            created_at: now(),
-            last_used_at: None,
-            revoked_at: None,
-        };
-        with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO agent_tokens (id, user_label, token_hash, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(row.id)
-                .bind(&row.user)
-                .bind(&row.token_hash)
-                .bind(row.created_at)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(publish_sql(kind, Channel::Tokens))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        self.published();
-        Ok((row, token))
-    }
-
-    /// All tokens, revoked ones included, oldest first.
-    pub async fn list_tokens(&self) -> Result<Vec<AgentToken>, StoreError> {
-        let rows = with_pool!(self, |pool, kind| {
-            sqlx::query_as(
-                "SELECT id, user_label, token_hash, created_at, last_used_at, revoked_at FROM agent_tokens \
-                 ORDER BY created_at, id",
-            )
-            .fetch_all(pool)
-            .await?
-        });
-        Ok(rows)
-    }
-
-    /// Revoke a token. Returns whether an active token was revoked.
-    pub async fn revoke_token(&self, id: Uuid) -> Result<bool, StoreError> {
-        let revoked = with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE agent_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n > 0 {
-                sqlx::query(publish_sql(kind, Channel::Tokens))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            n > 0
-        });
-        if revoked {
-            self.published();
-        }
-        Ok(revoked)
-    }
-
-    // === routing ===
 
     /// Providers, keys, active tokens and the change counter, read in one transaction so the
     /// router never mixes two states.
@@ -474,69 +251,15 @@ impl Store {
         with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
             if kind == Kind::Postgres {
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
             }
             let counter: i64 =
-                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let rows: Vec<ProviderRow> = sqlx::query_as(&format!(
-                "SELECT {PROVIDER_COLUMNS} FROM ai_providers ORDER BY created_at, name"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
-            let keys: Vec<KeyRow> =
-                sqlx::query_as("SELECT id, provider_id, api_key, created_at FROM ai_provider_keys ORDER BY created_at, id")
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let tokens: Vec<AgentToken> = sqlx::query_as(
-                "SELECT id, user_label, token_hash, created_at, last_used_at, revoked_at FROM agent_tokens \
-                 WHERE revoked_at IS NULL",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
+                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1").fetch_one(&mut *tx).await?;
+            let providers = select_providers!(tx);
+            let tokens: Vec<AgentToken> = sqlx::query_as(tokens::SELECT_ACTIVE).fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            Ok(RoutingData {
-                providers: attach_keys(rows, keys),
-                tokens,
-                counter,
-            })
+            Ok(RoutingData { providers, tokens, counter })
         })
-    }
-}
-
-fn attach_keys(rows: Vec<ProviderRow>, keys: Vec<KeyRow>) -> Vec<Provider> {
-    let mut keys: Vec<Option<KeyRow>> = keys.into_iter().map(Some).collect();
-    rows.into_iter()
-        .map(|row| {
-            let mine = keys
-                .iter_mut()
-                .filter(|k| k.as_ref().is_some_and(|k| k.provider_id == row.id))
-                .filter_map(Option::take)
-                .map(ProviderKey::from)
-                .collect();
-            row.with_keys(mine)
-        })
-        .collect()
-}
-
-fn matches_ref(p: &Provider, id_or_name: &str) -> bool {
-    p.name == id_or_name || Uuid::parse_str(id_or_name).is_ok_and(|id| id == p.id)
-}
-
-fn validate_keys(keys: &[Secret<String>]) -> Result<(), StoreError> {
-    let ok = keys.iter().all(|k| {
-        let k = k.expose();
-        !k.is_empty() && k.len() <= 4096 && k.bytes().all(|b| b.is_ascii_graphic())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidInput(
-            "api keys must be 1 to 4096 visible ASCII characters",
-        ))
     }
 }
 
@@ -551,16 +274,8 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-/// A new agent token: `abp_` and 256 random bits, base64url.
-fn generate_token() -> Result<String, StoreError> {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
-    Ok(format!(
-        "abp_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+fn parse_id(id_or_name: &str) -> Option<Uuid> {
+    Uuid::parse_str(id_or_name).ok()
 }
 
 /// The stored form of a token.

@@ -125,3 +125,40 @@ impl From<KeyRow> for ProviderKey {
         }
     }
 }
+
+/// A model offered by a provider.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Model {
+    pub id: Uuid,
+    pub provider_id: Uuid,
+    pub model: String,
+    pub display_name: Option<String>,
+    pub context_limit: Option<i64>,
+    pub enabled: bool,
+    pub is_default: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A model to create. `is_default` makes it the default (demoting the previous one); the first
+/// model becomes the default whatever it says.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    /// Provider id or name.
+    pub provider: String,
+    pub model: String,
+    pub display_name: Option<String>,
+    pub context_limit: Option<i64>,
+    pub enabled: bool,
+    pub is_default: bool,
+}
+
+/// Fields to change on a model; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ModelPatch {
+    pub model: Option<String>,
+    pub display_name: Option<Option<String>>,
+    pub context_limit: Option<Option<i64>>,
+    pub enabled: Option<bool>,
+    pub is_default: Option<bool>,
+}

@@ -1,0 +1,234 @@
+//! Providers and their keys.
+
+use super::model::{KeyRow, ProviderRow};
+use super::{conflict, now, parse_id, Channel, Store, StoreError};
+use super::{NewProvider, Provider, ProviderKey, ProviderPatch};
+use crate::provider;
+use crate::secret::Secret;
+use uuid::Uuid;
+
+/// What a provider's keys become in an update.
+enum KeyChange<'a> {
+    Keep,
+    Replace(&'a [Secret<String>]),
+}
+
+impl Store {
+    /// Every provider with its keys, oldest first.
+    pub async fn list_providers(&self) -> Result<Vec<Provider>, StoreError> {
+        with_pool!(self, |pool, kind| {
+            let mut conn = pool.acquire().await?;
+            Ok(select_providers!(conn))
+        })
+    }
+
+    /// One provider by id or name.
+    pub async fn get_provider(&self, id_or_name: &str) -> Result<Option<Provider>, StoreError> {
+        let all = self.list_providers().await?;
+        Ok(all.into_iter().find(|p| p.name == id_or_name || parse_id(id_or_name) == Some(p.id)))
+    }
+
+    /// Validate and insert a provider with its keys.
+    pub async fn create_provider(&self, new: NewProvider) -> Result<Provider, StoreError> {
+        provider::validate_name(&new.name)?;
+        provider::BaseUrl::parse(&new.base_url)?;
+        let hosts = provider::normalize_intercept_hosts(&new.intercept_hosts)?;
+        validate_keys(&new.api_keys)?;
+        let id = Uuid::new_v4();
+        let now = now();
+        let counter = with_pool!(self, |pool, kind| {
+            let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            sqlx::query(
+                "INSERT INTO ai_providers (id, name, kind, base_url, intercept_hosts, enabled, enforce_models, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+            )
+            .bind(id)
+            .bind(&new.name)
+            .bind(new.kind.as_str())
+            .bind(&new.base_url)
+            .bind(sqlx::types::Json(&hosts))
+            .bind(new.enabled)
+            .bind(new.enforce_models)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict(e, "a provider with that name already exists"))?;
+            for key in &new.api_keys {
+                sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(Uuid::new_v4())
+                    .bind(id)
+                    .bind(key.expose())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            counter
+        });
+        self.committed(counter);
+        self.get_provider(&id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+    }
+
+    /// Apply a patch. A base URL whose host:port changes drops the provider's keys unless the
+    /// same patch supplies keys: whoever can edit a provider must not be able to send its
+    /// existing key to a host of their choosing.
+    pub async fn update_provider(&self, id_or_name: &str, patch: ProviderPatch) -> Result<Provider, StoreError> {
+        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+        let name = patch.name.unwrap_or_else(|| current.name.clone());
+        provider::validate_name(&name)?;
+        let kind_str = patch.kind.map(|k| k.as_str().to_string()).unwrap_or_else(|| current.kind.clone());
+        let base_url = patch.base_url.unwrap_or_else(|| current.base_url.clone());
+        let new_base = provider::BaseUrl::parse(&base_url)?;
+        let hosts = match &patch.intercept_hosts {
+            Some(h) => provider::normalize_intercept_hosts(h)?,
+            None => current.intercept_hosts.clone(),
+        };
+        let host_moved =
+            provider::BaseUrl::parse(&current.base_url).map(|old| old.target() != new_base.target()).unwrap_or(true);
+        let keys = match &patch.api_keys {
+            Some(keys) => {
+                validate_keys(keys)?;
+                KeyChange::Replace(keys)
+            }
+            None if host_moved && !current.keys.is_empty() => {
+                tracing::warn!(provider = %name, "base_url host changed without new keys: keys detached");
+                KeyChange::Replace(&[])
+            }
+            None => KeyChange::Keep,
+        };
+        let enabled = patch.enabled.unwrap_or(current.enabled);
+        let enforce_models = patch.enforce_models.unwrap_or(current.enforce_models);
+        let now = now();
+        let counter = with_pool!(self, |pool, kind| {
+            let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            let updated = sqlx::query(
+                "UPDATE ai_providers SET name = $2, kind = $3, base_url = $4, intercept_hosts = $5, \
+                 enabled = $6, enforce_models = $7, updated_at = $8 WHERE id = $1",
+            )
+            .bind(current.id)
+            .bind(&name)
+            .bind(&kind_str)
+            .bind(&base_url)
+            .bind(sqlx::types::Json(&hosts))
+            .bind(enabled)
+            .bind(enforce_models)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict(e, "a provider with that name already exists"))?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound("provider"));
+            }
+            if let KeyChange::Replace(keys) = keys {
+                sqlx::query("DELETE FROM ai_provider_keys WHERE provider_id = $1")
+                    .bind(current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                for key in keys {
+                    sqlx::query(
+                        "INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(current.id)
+                    .bind(key.expose())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            counter
+        });
+        self.committed(counter);
+        self.get_provider(&current.id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+    }
+
+    /// Delete a provider (its keys and models go with it; the default model moves if it was
+    /// one of them). Returns whether it existed.
+    pub async fn delete_provider(&self, id_or_name: &str) -> Result<bool, StoreError> {
+        let Some(current) = self.get_provider(id_or_name).await? else {
+            return Ok(false);
+        };
+        let (deleted, counter) = with_pool!(self, |pool, kind| {
+            let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            let n = sqlx::query("DELETE FROM ai_providers WHERE id = $1")
+                .bind(current.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(super::models::ENSURE_DEFAULT).bind(now()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            (n > 0, counter)
+        });
+        self.committed(counter);
+        Ok(deleted)
+    }
+
+    /// Add one key to a provider.
+    pub async fn add_key(&self, id_or_name: &str, api_key: Secret<String>) -> Result<ProviderKey, StoreError> {
+        validate_keys(std::slice::from_ref(&api_key))?;
+        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+        let key = ProviderKey { id: Uuid::new_v4(), api_key, created_at: now() };
+        let counter = with_pool!(self, |pool, kind| {
+            let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(key.id)
+                .bind(current.id)
+                .bind(key.api_key.expose())
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match e.as_database_error() {
+                    Some(db) if db.is_foreign_key_violation() => StoreError::NotFound("provider"),
+                    _ => StoreError::Database(e),
+                })?;
+            tx.commit().await?;
+            counter
+        });
+        self.committed(counter);
+        Ok(key)
+    }
+
+    /// Remove one key. Returns whether it existed on that provider.
+    pub async fn delete_key(&self, id_or_name: &str, key_id: Uuid) -> Result<bool, StoreError> {
+        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+        let (deleted, counter) = with_pool!(self, |pool, kind| {
+            let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            let n = sqlx::query("DELETE FROM ai_provider_keys WHERE id = $1 AND provider_id = $2")
+                .bind(key_id)
+                .bind(current.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            (n > 0, counter)
+        });
+        self.committed(counter);
+        Ok(deleted)
+    }
+}
+
+pub(super) fn attach_keys(rows: Vec<ProviderRow>, keys: Vec<KeyRow>) -> Vec<Provider> {
+    let mut by_provider: std::collections::HashMap<Uuid, Vec<ProviderKey>> = std::collections::HashMap::new();
+    for key in keys {
+        by_provider.entry(key.provider_id).or_default().push(ProviderKey::from(key));
+    }
+    rows.into_iter()
+        .map(|row| {
+            let keys = by_provider.remove(&row.id).unwrap_or_default();
+            row.with_keys(keys)
+        })
+        .collect()
+}
+
+fn validate_keys(keys: &[Secret<String>]) -> Result<(), StoreError> {
+    let ok = keys.iter().all(|k| {
+        let k = k.expose();
+        !k.is_empty() && k.len() <= 4096 && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidInput("api keys must be 1 to 4096 visible ASCII characters"))
+    }
+}
