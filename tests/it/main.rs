@@ -10,4 +10,5 @@ mod bad_input;
 mod ca;
 mod cli;
 mod mitm;
+mod store;
 mod tunnel;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod db;
 pub mod proxy;
 pub mod raw;
 pub mod tls;
