@@ -1,11 +1,19 @@
-//! Wiring: build every component from an [`AppConfig`], spawn the listener and the reloader,
-//! and hand back a handle. Tests and `serve` start the proxy the same way.
+//! Wiring: build every component from an [`AppConfig`], spawn the listeners, the change
+//! subscription and the reloader, and hand back a handle. Tests and `serve` start the proxy the
+//! same way.
+//!
+//! Start-up order keeps one promise: subscribe first, then load, so a change committed during
+//! start-up is never missed. A database that is down at start leaves the router empty and
+//! `/readyz` false while tunnels and the admin API serve; the reloader keeps retrying.
 
+use crate::admin::{self, AdminState};
 use crate::bridge::upstream::{UpstreamFactory, UpstreamTlsError};
+use crate::ca::files::FileError;
 use crate::ca::{CaError, CaPaths, CertificateAuthority, LeafCache};
 use crate::config::AppConfig;
 use crate::proxy::egress::{Dialer, EgressPolicy};
 use crate::proxy::{self, ProxyState};
+use crate::pubsub::Subscription;
 use crate::router::reload::{ReloadStats, Reloader};
 use crate::router::Router;
 use crate::shutdown::Shutdown;
@@ -13,6 +21,7 @@ use crate::store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +30,8 @@ pub enum AppError {
     Config(Vec<String>),
     #[error("certificate authority: {0}")]
     Ca(#[from] CaError),
+    #[error("admin token: {0}")]
+    AdminToken(#[from] FileError),
     #[error("database: {0}")]
     Store(#[from] StoreError),
     #[error("upstream TLS: {0}")]
@@ -32,18 +43,26 @@ pub enum AppError {
 /// A running proxy.
 pub struct App {
     pub proxy_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub router: Arc<Router>,
     pub leaves: Arc<LeafCache>,
     pub store: Store,
     pub shutdown: Shutdown,
     /// Whether this start generated the CA (first start).
     pub ca_generated: bool,
+    /// Whether this start generated the admin token file.
+    pub admin_token_generated: bool,
     pub reload_stats: Arc<ReloadStats>,
 }
 
 impl App {
-    /// Start serving on `listener` (already bound, so tests can use port 0).
-    pub async fn start(config: AppConfig, listener: TcpListener) -> Result<App, AppError> {
+    /// Start serving on already-bound listeners (so tests can use port 0). Without an admin
+    /// listener the admin API is not served.
+    pub async fn start(
+        config: AppConfig,
+        proxy_listener: TcpListener,
+        admin_listener: Option<TcpListener>,
+    ) -> Result<App, AppError> {
         config.validate().map_err(AppError::Config)?;
         let crypto = Arc::new(rustls::crypto::ring::default_provider());
         let paths = CaPaths {
@@ -54,46 +73,71 @@ impl App {
         if ca_generated {
             tracing::info!(cert = %paths.cert.display(), key = %paths.key.display(), "generated a new CA; agents must trust the certificate (see certs/README.md)");
         }
-        let ca = Arc::new(ca);
+        let ca_pem = ca.cert_pem().to_string();
         let leaves = Arc::new(LeafCache::new(
-            ca,
+            Arc::new(ca),
             config.cert_cache_size,
             config.leaf_validity,
             crypto.clone(),
         ));
+        let (admin_token_hash, admin_token_generated) =
+            admin::load_or_create_admin_token(&config.admin_token_file)?;
 
-        let store = Store::connect(&config.database_url).await?;
-        // Provider upstreams are operator-configured; base-URL egress checks come with the
-        // admin API's write-time validation.
+        let store = Store::open(&config.database_url).await?;
+        // Provider upstreams are operator-configured; base-URL egress checks come with
+        // write-time validation (hardening issue).
         let upstream_dialer = Dialer::new(EgressPolicy::allow_all(), config.proxy.connect_timeout);
         let upstreams =
             UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
         let router = Arc::new(Router::new());
         let shutdown = Shutdown::new();
 
+        let subscription = Subscription::new(&store).await;
+        let subscription_live = subscription.live();
+        let wake = Arc::new(Notify::new());
         let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams);
         let reload_stats = reloader.stats();
         if let Err(e) = reloader.reload().await {
             tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
+            wake.notify_one();
         }
-        shutdown.spawn(reloader.run(shutdown.clone()));
+        shutdown.spawn(subscription.run(router.clone(), wake.clone(), shutdown.clone()));
+        shutdown.spawn(reloader.run(wake, shutdown.clone()));
 
-        let proxy_addr = listener.local_addr()?;
+        let proxy_addr = proxy_listener.local_addr()?;
         let state = Arc::new(ProxyState::new(
             config.proxy.clone(),
             router.clone(),
             leaves.clone(),
             shutdown.clone(),
         ));
-        shutdown.spawn(proxy::serve(state, listener));
-        tracing::info!(listen = %proxy_addr, database = store.backend_name(), "proxy listening");
+        shutdown.spawn(proxy::serve(state, proxy_listener));
+
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let admin_state = Arc::new(AdminState {
+                    store: store.clone(),
+                    router: router.clone(),
+                    ca_pem,
+                    admin_token_hash,
+                    subscription_live,
+                });
+                shutdown.spawn(admin::serve(listener, admin_state, shutdown.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+        tracing::info!(listen = %proxy_addr, admin = ?admin_addr, database = store.backend_name(), "proxy listening");
         Ok(App {
             proxy_addr,
+            admin_addr,
             router,
             leaves,
             store,
             shutdown,
             ca_generated,
+            admin_token_generated,
             reload_stats,
         })
     }

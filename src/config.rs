@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8888";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8889";
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "certs/admin-token";
 pub const DEFAULT_CA_CERT: &str = "certs/ca.pem";
 pub const DEFAULT_CA_KEY: &str = "certs/ca-key.pem";
 /// Leaf validity: short, so a leaked leaf key is worth little.
@@ -75,6 +77,9 @@ impl Default for ProxyConfig {
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The admin bearer token (0600), generated on first start if absent.
+    pub admin_token_file: PathBuf,
     pub database_url: String,
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
@@ -95,6 +100,8 @@ impl AppConfig {
     ) -> Self {
         AppConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8889)),
+            admin_token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE),
             database_url: database_url.into(),
             ca_cert: ca_cert.into(),
             ca_key: ca_key.into(),

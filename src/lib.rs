@@ -11,6 +11,7 @@
 //! `main.rs` only parses the command line and calls [`cli::run`]; everything else is here so
 //! tests and benches drive the same code in-process.
 
+pub mod admin;
 pub mod app;
 pub mod bridge;
 pub mod ca;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod provider;
 pub mod proxy;
+pub mod pubsub;
 pub mod router;
 pub mod secret;
 pub mod shutdown;

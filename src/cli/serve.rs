@@ -18,6 +18,12 @@ pub struct ServeArgs {
     /// Address of the proxy listener.
     #[arg(long, env = "AIBRIDGE_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Address of the admin API listener.
+    #[arg(long, env = "AIBRIDGE_ADMIN_LISTEN", default_value = config::DEFAULT_ADMIN_LISTEN)]
+    admin_listen: SocketAddr,
+    /// The admin API bearer token file (0600), generated on first start if absent.
+    #[arg(long, env = "AIBRIDGE_ADMIN_TOKEN_FILE", default_value = config::DEFAULT_ADMIN_TOKEN_FILE)]
+    admin_token_file: PathBuf,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -74,6 +80,8 @@ impl ServeArgs {
     fn into_config(self) -> AppConfig {
         AppConfig {
             listen: self.listen,
+            admin_listen: self.admin_listen,
+            admin_token_file: self.admin_token_file,
             database_url: self.db.url(),
             ca_cert: self.ca.ca_cert,
             ca_key: self.ca.ca_key,
@@ -112,11 +120,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.admin_listen))?;
     let grace = config.shutdown_grace;
     let ca_cert = config.ca_cert.clone();
-    let app = match App::start(config, listener).await {
+    let token_file = config.admin_token_file.clone();
+    let app = match App::start(config, listener, Some(admin_listener)).await {
         Ok(app) => app,
-        Err(e @ (AppError::Config(_) | AppError::Ca(_) | AppError::UpstreamTls(_))) => {
+        Err(
+            e @ (AppError::Config(_)
+            | AppError::Ca(_)
+            | AppError::AdminToken(_)
+            | AppError::UpstreamTls(_)),
+        ) => {
             eprintln!("error: {e}");
             return Ok(EXIT_CONFIG);
         }
@@ -124,6 +141,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     };
     if app.ca_generated {
         print_agent_setup(app.proxy_addr, &ca_cert);
+    }
+    if app.admin_token_generated {
+        tracing::info!(file = %token_file.display(), "generated the admin API token (0600)");
     }
     wait_for_signal().await;
     tracing::info!(grace = ?grace, "shutting down: no new connections, draining");

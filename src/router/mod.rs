@@ -12,11 +12,15 @@ pub use snapshot::{ProviderRoute, ProviderState, Snapshot, TokenEntry};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// The live snapshot plus whether one has ever been loaded from the store.
 pub struct Router {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// The change counter of the installed snapshot, for writers waiting to see their change.
+    counter: watch::Sender<i64>,
 }
 
 impl Default for Router {
@@ -24,6 +28,7 @@ impl Default for Router {
         Router {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             ready: AtomicBool::new(false),
+            counter: watch::Sender::new(-1),
         }
     }
 }
@@ -45,8 +50,20 @@ impl Router {
 
     /// Install a new snapshot; readers see it on their next load.
     pub fn install(&self, snapshot: Snapshot) {
+        let counter = snapshot.counter;
         self.current.store(Arc::new(snapshot));
         self.ready.store(true, Ordering::Release);
+        self.counter.send_replace(counter);
+    }
+
+    /// Wait until the serving snapshot reflects change `counter` (or a later one). Returns
+    /// whether it did within `timeout`. The admin API uses it so that a write's response means
+    /// "this proxy now routes accordingly".
+    pub async fn wait_for_counter(&self, counter: i64, timeout: Duration) -> bool {
+        let mut rx = self.counter.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c >= counter))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether a snapshot loaded from the store is serving (readiness).

@@ -1,10 +1,9 @@
 //! The reloader: the one task that writes the router.
 //!
-//! It subscribes before its first load, so a change committed during start-up is never missed.
-//! Wake-ups (an in-process change, or a poll that sees the store's change counter move, which
-//! catches other processes such as the CLI) are coalesced: everything pending when a reload
-//! starts is covered by that reload. Reloads are serialized by construction (one task). A failed
-//! reload keeps the previous snapshot serving and retries with backoff.
+//! It is woken through a [`Notify`] (see [`crate::pubsub`]); all events that arrived before a
+//! reload starts are covered by that reload, so a burst of events costs at most two. Reloads are
+//! serialized by construction (one task) and each snapshot gets the next generation. A failed
+//! reload keeps the previous snapshot serving and is retried with backoff until it succeeds.
 
 use super::{Router, Snapshot};
 use crate::bridge::upstream::UpstreamFactory;
@@ -13,10 +12,8 @@ use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
-/// How often the store's change counter is polled (SPEC §6: at most one second).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -31,21 +28,19 @@ pub struct Reloader {
     store: Store,
     router: Arc<Router>,
     upstreams: UpstreamFactory,
-    local: broadcast::Receiver<()>,
     generation: u64,
+    migrated: bool,
     stats: Arc<ReloadStats>,
 }
 
 impl Reloader {
-    /// Subscribe to changes; call [`Reloader::reload`] once before serving, then [`Reloader::run`].
     pub fn new(store: Store, router: Arc<Router>, upstreams: UpstreamFactory) -> Self {
-        let local = store.subscribe_local();
         Reloader {
             store,
             router,
             upstreams,
-            local,
             generation: 0,
+            migrated: false,
             stats: Arc::default(),
         }
     }
@@ -56,15 +51,23 @@ impl Reloader {
 
     /// Read the store and install a new snapshot. On error the previous snapshot stays.
     pub async fn reload(&mut self) -> Result<u64, StoreError> {
-        // Everything signalled so far is covered by the read below.
-        while self.local.try_recv().is_ok() {}
-        let data = match self.store.load_routing().await {
-            Ok(d) => d,
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
+        let result = self.try_reload().await;
+        let counter = if result.is_ok() {
+            &self.stats.ok
+        } else {
+            &self.stats.errors
         };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<u64, StoreError> {
+        if !self.migrated {
+            // A database that was down at start is migrated on its first successful contact.
+            self.store.migrate().await?;
+            self.migrated = true;
+        }
+        let data = self.store.load_routing().await?;
         self.generation += 1;
         let previous = self.router.snapshot();
         let snapshot = Snapshot::build(data, self.generation, &previous, &self.upstreams);
@@ -75,49 +78,24 @@ impl Reloader {
             "router reloaded"
         );
         self.router.install(snapshot);
-        self.stats.ok.fetch_add(1, Ordering::Relaxed);
         Ok(self.generation)
     }
 
-    /// Reload whenever the store changes, until shutdown.
-    pub async fn run(mut self, shutdown: Shutdown) {
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backoff = BACKOFF_MIN;
-        let mut failing = !self.router.is_ready();
+    /// Reload on every wake-up until shutdown, retrying failures with backoff.
+    pub async fn run(mut self, wake: Arc<Notify>, shutdown: Shutdown) {
         loop {
-            let wake = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.local.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
-                _ = poll.tick() => failing || self.counter_moved().await,
-            };
-            if !wake {
-                continue;
+                _ = wake.notified() => {}
             }
-            match self.reload().await {
-                Ok(_) => {
-                    failing = false;
-                    backoff = BACKOFF_MIN;
+            let mut backoff = BACKOFF_MIN;
+            while let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, retry_in = ?backoff, "router reload failed; previous snapshot keeps serving");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
-                Err(e) => {
-                    failing = true;
-                    tracing::warn!(error = %e, retry_in = ?backoff, "router reload failed; previous snapshot keeps serving");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    async fn counter_moved(&self) -> bool {
-        match self.store.change_counter().await {
-            Ok(counter) => counter != self.router.load().counter,
-            Err(e) => {
-                tracing::debug!(error = %e, "change counter poll failed");
-                true
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }

@@ -12,16 +12,17 @@
 pub mod model;
 
 pub use model::{
-    AgentToken, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey, ProviderPatch, RoutingData,
+    AgentToken, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey, ProviderPatch,
+    RoutingData,
 };
 
 use crate::provider::ProviderError;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
@@ -107,7 +108,9 @@ macro_rules! with_pool {
 macro_rules! begin_write {
     ($pool:expr, $kind:expr, $channel:expr) => {{
         let mut tx = $pool.begin().await?;
-        let counter: i64 = sqlx::query_scalar($crate::store::publish_sql($kind, $channel)).fetch_one(&mut *tx).await?;
+        let counter: i64 = sqlx::query_scalar($crate::store::publish_sql($kind, $channel))
+            .fetch_one(&mut *tx)
+            .await?;
         (tx, counter)
     }};
 }
@@ -169,7 +172,12 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            Backend::Sqlite(SqlitePoolOptions::new().max_connections(4).connect_with(options).await?)
+            Backend::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?,
+            )
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(10)
@@ -180,7 +188,11 @@ impl Store {
             return Err(StoreError::UnsupportedUrl);
         };
         let (local, _) = broadcast::channel(16);
-        Ok(Store { backend, local, last_committed: Arc::new(AtomicI64::new(-1)) })
+        Ok(Store {
+            backend,
+            local,
+            last_committed: Arc::new(AtomicI64::new(-1)),
+        })
     }
 
     /// Apply pending migrations (PostgreSQL serializes concurrent migrators with a lock).
@@ -222,7 +234,9 @@ impl Store {
     /// The change counter: it moves on every committed mutation, from any process.
     pub async fn change_counter(&self) -> Result<i64, StoreError> {
         let counter: i64 = with_pool!(self, |pool, kind| {
-            sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1").fetch_one(pool).await?
+            sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
+                .fetch_one(pool)
+                .await?
         });
         Ok(counter)
     }
@@ -230,7 +244,9 @@ impl Store {
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         let ok: Result<i64, sqlx::Error> =
-            with_pool!(self, |pool, kind| sqlx::query_scalar("SELECT 1").fetch_one(pool).await);
+            with_pool!(self, |pool, kind| sqlx::query_scalar("SELECT 1")
+                .fetch_one(pool)
+                .await);
         ok.is_ok()
     }
 
@@ -251,14 +267,24 @@ impl Store {
         with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
             if kind == Kind::Postgres {
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
             }
             let counter: i64 =
-                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1").fetch_one(&mut *tx).await?;
+                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
             let providers = select_providers!(tx);
-            let tokens: Vec<AgentToken> = sqlx::query_as(tokens::SELECT_ACTIVE).fetch_all(&mut *tx).await?;
+            let tokens: Vec<AgentToken> = sqlx::query_as(tokens::SELECT_ACTIVE)
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(RoutingData { providers, tokens, counter })
+            Ok(RoutingData {
+                providers,
+                tokens,
+                counter,
+            })
         })
     }
 }

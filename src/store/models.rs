@@ -29,19 +29,23 @@ impl Store {
     /// Every model, oldest first.
     pub async fn list_models(&self) -> Result<Vec<Model>, StoreError> {
         let rows = with_pool!(self, |pool, kind| {
-            sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM ai_models ORDER BY created_at, id"))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(&format!(
+                "SELECT {MODEL_COLUMNS} FROM ai_models ORDER BY created_at, id"
+            ))
+            .fetch_all(pool)
+            .await?
         });
         Ok(rows)
     }
 
     pub async fn get_model(&self, id: Uuid) -> Result<Option<Model>, StoreError> {
         let row = with_pool!(self, |pool, kind| {
-            sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM ai_models WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
+            sqlx::query_as(&format!(
+                "SELECT {MODEL_COLUMNS} FROM ai_models WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
         });
         Ok(row)
     }
@@ -49,9 +53,11 @@ impl Store {
     /// The default model, if any model exists.
     pub async fn default_model(&self) -> Result<Option<Model>, StoreError> {
         let row = with_pool!(self, |pool, kind| {
-            sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM ai_models WHERE is_default"))
-                .fetch_optional(pool)
-                .await?
+            sqlx::query_as(&format!(
+                "SELECT {MODEL_COLUMNS} FROM ai_models WHERE is_default"
+            ))
+            .fetch_optional(pool)
+            .await?
         });
         Ok(row)
     }
@@ -60,13 +66,20 @@ impl Store {
         validate_text("model", &new.model, false)?;
         validate_optional(&new.display_name)?;
         validate_limit(new.context_limit)?;
-        let provider = self.get_provider(&new.provider).await?.ok_or(StoreError::NotFound("provider"))?;
+        let provider = self
+            .get_provider(&new.provider)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
         let id = Uuid::new_v4();
         let now = now();
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
             if new.is_default {
-                sqlx::query(DEMOTE_OTHERS).bind(now).bind(id).execute(&mut *tx).await?;
+                sqlx::query(DEMOTE_OTHERS)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             sqlx::query(&format!(
                 "INSERT INTO ai_models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
@@ -82,12 +95,17 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| model_write_error(e, "this provider already has that model"))?;
-            sqlx::query(ENSURE_DEFAULT).bind(now).execute(&mut *tx).await?;
+            sqlx::query(ENSURE_DEFAULT)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             counter
         });
         self.committed(counter);
-        self.get_model(id).await?.ok_or(StoreError::NotFound("model"))
+        self.get_model(id)
+            .await?
+            .ok_or(StoreError::NotFound("model"))
     }
 
     /// Change a model. `is_default: true` promotes it (demoting the previous default);
@@ -106,17 +124,22 @@ impl Store {
         let now = now();
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
-            let current: Option<Model> =
-                sqlx::query_as(&format!("SELECT {MODEL_COLUMNS} FROM ai_models WHERE id = $1"))
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let current: Option<Model> = sqlx::query_as(&format!(
+                "SELECT {MODEL_COLUMNS} FROM ai_models WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some(current) = current else {
                 return Err(StoreError::NotFound("model"));
             };
             match patch.is_default {
                 Some(true) => {
-                    sqlx::query(DEMOTE_OTHERS).bind(now).bind(id).execute(&mut *tx).await?;
+                    sqlx::query(DEMOTE_OTHERS)
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Some(false) if current.is_default => {
                     let successor: Option<Uuid> = sqlx::query_scalar(
@@ -127,15 +150,22 @@ impl Store {
                     .await?;
                     let Some(successor) = successor else {
                         return Err(StoreError::Conflict(
-                            "the only model must stay the default; create another model first".into(),
+                            "the only model must stay the default; create another model first"
+                                .into(),
                         ));
                     };
-                    sqlx::query(DEMOTE_OTHERS).bind(now).bind(successor).execute(&mut *tx).await?;
-                    sqlx::query("UPDATE ai_models SET is_default = TRUE, updated_at = $1 WHERE id = $2")
+                    sqlx::query(DEMOTE_OTHERS)
                         .bind(now)
                         .bind(successor)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(
+                        "UPDATE ai_models SET is_default = TRUE, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(successor)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 _ => {}
             }
@@ -158,12 +188,17 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| model_write_error(e, "this provider already has that model"))?;
-            sqlx::query(ENSURE_DEFAULT).bind(now).execute(&mut *tx).await?;
+            sqlx::query(ENSURE_DEFAULT)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             counter
         });
         self.committed(counter);
-        self.get_model(id).await?.ok_or(StoreError::NotFound("model"))
+        self.get_model(id)
+            .await?
+            .ok_or(StoreError::NotFound("model"))
     }
 
     /// Delete a model; if it was the default, the oldest enabled model takes over.
@@ -171,12 +206,19 @@ impl Store {
         let now = now();
         let (deleted, counter) = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
-            let n = sqlx::query("DELETE FROM ai_models WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+            let n = sqlx::query("DELETE FROM ai_models WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if n == 0 {
                 tx.rollback().await?;
                 return Ok(false);
             }
-            sqlx::query(ENSURE_DEFAULT).bind(now).execute(&mut *tx).await?;
+            sqlx::query(ENSURE_DEFAULT)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             (true, counter)
         });
@@ -190,10 +232,11 @@ impl Store {
         let now = now();
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
-            let exists: Option<bool> = sqlx::query_scalar("SELECT is_default FROM ai_models WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<bool> =
+                sqlx::query_scalar("SELECT is_default FROM ai_models WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             match exists {
                 None => return Err(StoreError::NotFound("model")),
                 Some(true) => {
@@ -201,12 +244,18 @@ impl Store {
                     None
                 }
                 Some(false) => {
-                    sqlx::query(DEMOTE_OTHERS).bind(now).bind(id).execute(&mut *tx).await?;
-                    sqlx::query("UPDATE ai_models SET is_default = TRUE, updated_at = $1 WHERE id = $2")
+                    sqlx::query(DEMOTE_OTHERS)
                         .bind(now)
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query(
+                        "UPDATE ai_models SET is_default = TRUE, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                     tx.commit().await?;
                     Some(counter)
                 }
@@ -215,7 +264,9 @@ impl Store {
         if let Some(counter) = counter {
             self.committed(counter);
         }
-        self.get_model(id).await?.ok_or(StoreError::NotFound("model"))
+        self.get_model(id)
+            .await?
+            .ok_or(StoreError::NotFound("model"))
     }
 }
 
@@ -227,13 +278,19 @@ fn model_write_error(e: sqlx::Error, duplicate: &str) -> StoreError {
 }
 
 fn validate_text(field: &'static str, s: &str, allow_empty: bool) -> Result<(), StoreError> {
-    let ok = (allow_empty || !s.trim().is_empty()) && s.len() <= MAX_TEXT && !s.chars().any(char::is_control);
+    let ok = (allow_empty || !s.trim().is_empty())
+        && s.len() <= MAX_TEXT
+        && !s.chars().any(char::is_control);
     if ok {
         Ok(())
     } else if field == "model" {
-        Err(StoreError::InvalidInput("model must be 1 to 256 printable characters"))
+        Err(StoreError::InvalidInput(
+            "model must be 1 to 256 printable characters",
+        ))
     } else {
-        Err(StoreError::InvalidInput("display_name must be at most 256 printable characters"))
+        Err(StoreError::InvalidInput(
+            "display_name must be at most 256 printable characters",
+        ))
     }
 }
 
@@ -246,7 +303,9 @@ fn validate_optional(s: &Option<String>) -> Result<(), StoreError> {
 
 fn validate_limit(limit: Option<i64>) -> Result<(), StoreError> {
     match limit {
-        Some(l) if l <= 0 => Err(StoreError::InvalidInput("context_limit must be greater than zero")),
+        Some(l) if l <= 0 => Err(StoreError::InvalidInput(
+            "context_limit must be greater than zero",
+        )),
         _ => Ok(()),
     }
 }

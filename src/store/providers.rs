@@ -25,7 +25,9 @@ impl Store {
     /// One provider by id or name.
     pub async fn get_provider(&self, id_or_name: &str) -> Result<Option<Provider>, StoreError> {
         let all = self.list_providers().await?;
-        Ok(all.into_iter().find(|p| p.name == id_or_name || parse_id(id_or_name) == Some(p.id)))
+        Ok(all
+            .into_iter()
+            .find(|p| p.name == id_or_name || parse_id(id_or_name) == Some(p.id)))
     }
 
     /// Validate and insert a provider with its keys.
@@ -66,25 +68,38 @@ impl Store {
             counter
         });
         self.committed(counter);
-        self.get_provider(&id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+        self.get_provider(&id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound("provider"))
     }
 
     /// Apply a patch. A base URL whose host:port changes drops the provider's keys unless the
     /// same patch supplies keys: whoever can edit a provider must not be able to send its
     /// existing key to a host of their choosing.
-    pub async fn update_provider(&self, id_or_name: &str, patch: ProviderPatch) -> Result<Provider, StoreError> {
-        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+    pub async fn update_provider(
+        &self,
+        id_or_name: &str,
+        patch: ProviderPatch,
+    ) -> Result<Provider, StoreError> {
+        let current = self
+            .get_provider(id_or_name)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
         let name = patch.name.unwrap_or_else(|| current.name.clone());
         provider::validate_name(&name)?;
-        let kind_str = patch.kind.map(|k| k.as_str().to_string()).unwrap_or_else(|| current.kind.clone());
+        let kind_str = patch
+            .kind
+            .map(|k| k.as_str().to_string())
+            .unwrap_or_else(|| current.kind.clone());
         let base_url = patch.base_url.unwrap_or_else(|| current.base_url.clone());
         let new_base = provider::BaseUrl::parse(&base_url)?;
         let hosts = match &patch.intercept_hosts {
             Some(h) => provider::normalize_intercept_hosts(h)?,
             None => current.intercept_hosts.clone(),
         };
-        let host_moved =
-            provider::BaseUrl::parse(&current.base_url).map(|old| old.target() != new_base.target()).unwrap_or(true);
+        let host_moved = provider::BaseUrl::parse(&current.base_url)
+            .map(|old| old.target() != new_base.target())
+            .unwrap_or(true);
         let keys = match &patch.api_keys {
             Some(keys) => {
                 validate_keys(keys)?;
@@ -140,7 +155,9 @@ impl Store {
             counter
         });
         self.committed(counter);
-        self.get_provider(&current.id.to_string()).await?.ok_or(StoreError::NotFound("provider"))
+        self.get_provider(&current.id.to_string())
+            .await?
+            .ok_or(StoreError::NotFound("provider"))
     }
 
     /// Delete a provider (its keys and models go with it; the default model moves if it was
@@ -156,7 +173,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            sqlx::query(super::models::ENSURE_DEFAULT).bind(now()).execute(&mut *tx).await?;
+            sqlx::query(super::models::ENSURE_DEFAULT)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             (n > 0, counter)
         });
@@ -165,10 +185,21 @@ impl Store {
     }
 
     /// Add one key to a provider.
-    pub async fn add_key(&self, id_or_name: &str, api_key: Secret<String>) -> Result<ProviderKey, StoreError> {
+    pub async fn add_key(
+        &self,
+        id_or_name: &str,
+        api_key: Secret<String>,
+    ) -> Result<ProviderKey, StoreError> {
         validate_keys(std::slice::from_ref(&api_key))?;
-        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
-        let key = ProviderKey { id: Uuid::new_v4(), api_key, created_at: now() };
+        let current = self
+            .get_provider(id_or_name)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
+        let key = ProviderKey {
+            id: Uuid::new_v4(),
+            api_key,
+            created_at: now(),
+        };
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
             sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
@@ -191,7 +222,10 @@ impl Store {
 
     /// Remove one key. Returns whether it existed on that provider.
     pub async fn delete_key(&self, id_or_name: &str, key_id: Uuid) -> Result<bool, StoreError> {
-        let current = self.get_provider(id_or_name).await?.ok_or(StoreError::NotFound("provider"))?;
+        let current = self
+            .get_provider(id_or_name)
+            .await?
+            .ok_or(StoreError::NotFound("provider"))?;
         let (deleted, counter) = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
             let n = sqlx::query("DELETE FROM ai_provider_keys WHERE id = $1 AND provider_id = $2")
@@ -209,9 +243,13 @@ impl Store {
 }
 
 pub(super) fn attach_keys(rows: Vec<ProviderRow>, keys: Vec<KeyRow>) -> Vec<Provider> {
-    let mut by_provider: std::collections::HashMap<Uuid, Vec<ProviderKey>> = std::collections::HashMap::new();
+    let mut by_provider: std::collections::HashMap<Uuid, Vec<ProviderKey>> =
+        std::collections::HashMap::new();
     for key in keys {
-        by_provider.entry(key.provider_id).or_default().push(ProviderKey::from(key));
+        by_provider
+            .entry(key.provider_id)
+            .or_default()
+            .push(ProviderKey::from(key));
     }
     rows.into_iter()
         .map(|row| {
@@ -229,6 +267,8 @@ fn validate_keys(keys: &[Secret<String>]) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::InvalidInput("api keys must be 1 to 4096 visible ASCII characters"))
+        Err(StoreError::InvalidInput(
+            "api keys must be 1 to 4096 visible ASCII characters",
+        ))
     }
 }

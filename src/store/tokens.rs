@@ -1,7 +1,7 @@
 //! Agent tokens: stored as SHA-256, the clear token shown once.
 
-use super::{hash_token, now, Channel, Store, StoreError};
 use super::AgentToken;
+use super::{hash_token, now, Channel, Store, StoreError};
 use crate::secret::Secret;
 use uuid::Uuid;
 
@@ -10,10 +10,15 @@ pub(super) const SELECT_ACTIVE: &str =
 
 impl Store {
     /// Create a token for `user`. The clear token is returned once and never stored.
-    pub async fn create_token(&self, user: &str) -> Result<(AgentToken, Secret<String>), StoreError> {
+    pub async fn create_token(
+        &self,
+        user: &str,
+    ) -> Result<(AgentToken, Secret<String>), StoreError> {
         let user = user.trim();
         if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
-            return Err(StoreError::InvalidInput("user must be 1 to 128 printable characters"));
+            return Err(StoreError::InvalidInput(
+                "user must be 1 to 128 printable characters",
+            ));
         }
         let token = Secret::new(generate_token()?);
         let row = AgentToken {
@@ -58,12 +63,14 @@ impl Store {
     pub async fn revoke_token(&self, id: Uuid) -> Result<bool, StoreError> {
         let (revoked, counter) = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Tokens);
-            let n = sqlx::query("UPDATE agent_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let n = sqlx::query(
+                "UPDATE agent_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if n == 0 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -80,6 +87,10 @@ impl Store {
 fn generate_token() -> Result<String, StoreError> {
     use base64::Engine;
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
-    Ok(format!("abp_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+    getrandom::fill(&mut bytes)
+        .map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
+    Ok(format!(
+        "abp_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }

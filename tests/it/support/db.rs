@@ -39,7 +39,12 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        TestDb { url, backend: "sqlite", _dir: Some(dir), pg: None }
+        TestDb {
+            url,
+            backend: "sqlite",
+            _dir: Some(dir),
+            pg: None,
+        }
     }
 
     /// A fresh PostgreSQL database, or `None` (with the reason printed) when there is no server
@@ -57,21 +62,36 @@ impl TestDb {
             }
         };
         let name = format!("aibridge_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let _ = conn.close().await;
-        Some(TestDb { url: with_database(&admin, &name), backend: "postgres", _dir: None, pg: Some((admin, name)) })
+        Some(TestDb {
+            url: with_database(&admin, &name),
+            backend: "postgres",
+            _dir: None,
+            pg: Some((admin, name)),
+        })
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((admin, name)) = self.pg.take() else { return };
+        let Some((admin, name)) = self.pg.take() else {
+            return;
+        };
         // Drop runs outside any runtime guarantee: use a private one on a plain thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
                     let _ = conn.close().await;
                 }
             });
@@ -93,7 +113,10 @@ macro_rules! both_backends {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(db) = $crate::support::db::TestDb::postgres(concat!(module_path!(), "::postgres")).await else {
+                let Some(db) =
+                    $crate::support::db::TestDb::postgres(concat!(module_path!(), "::postgres"))
+                        .await
+                else {
                     return;
                 };
                 super::$scenario(&db).await;
@@ -104,6 +127,12 @@ macro_rules! both_backends {
 
 #[test]
 fn database_names_are_swapped_in_urls() {
-    assert_eq!(with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"), "postgres://postgres@127.0.0.1:5432/x");
-    assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        with_database("postgres://u@h/db?sslmode=disable", "x"),
+        "postgres://u@h/x?sslmode=disable"
+    );
 }

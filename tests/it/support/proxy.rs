@@ -128,8 +128,10 @@ impl TestProxy {
             .collect();
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
+        config.admin_token_file = dir.path().join("admin-token");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::start(config, listener).await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::start(config, listener, Some(admin)).await.unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
         TestProxy {
             addr: app.proxy_addr,

@@ -1,0 +1,136 @@
+//! JSON shapes of the admin API (SPEC §7). Field names are the contract.
+
+use crate::router::Snapshot;
+use crate::secret::mask;
+use crate::store::{AgentToken, Model, Provider};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+pub struct KeyView {
+    pub id: Uuid,
+    pub masked: String,
+    pub created_at: String,
+}
+
+#[derive(Serialize)]
+pub struct ProviderView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub intercept_hosts: Vec<String>,
+    pub enabled: bool,
+    pub enforce_models: bool,
+    pub status: &'static str,
+    pub warnings: Vec<String>,
+    pub api_keys: Vec<KeyView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl ProviderView {
+    /// The row as stored, with its standing in the serving snapshot.
+    pub fn new(p: Provider, snapshot: &Snapshot) -> Self {
+        let state = snapshot.providers.iter().find(|s| s.id == p.id);
+        let (status, warnings) = match state {
+            Some(s) => (s.status, s.warnings.clone()),
+            None if p.enabled => ("enabled", Vec::new()),
+            None => ("disabled", Vec::new()),
+        };
+        ProviderView {
+            id: p.id,
+            name: p.name,
+            kind: p.kind,
+            base_url: p.base_url,
+            intercept_hosts: p.intercept_hosts,
+            enabled: p.enabled,
+            enforce_models: p.enforce_models,
+            status,
+            warnings,
+            api_keys: p
+                .keys
+                .iter()
+                .map(|k| KeyView {
+                    id: k.id,
+                    masked: mask(k.api_key.expose()),
+                    created_at: rfc3339(k.created_at),
+                })
+                .collect(),
+            created_at: rfc3339(p.created_at),
+            updated_at: rfc3339(p.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ModelView {
+    pub id: Uuid,
+    pub provider_id: Uuid,
+    pub model: String,
+    pub display_name: Option<String>,
+    pub context_limit: Option<i64>,
+    pub enabled: bool,
+    pub is_default: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Model> for ModelView {
+    fn from(m: Model) -> Self {
+        ModelView {
+            id: m.id,
+            provider_id: m.provider_id,
+            model: m.model,
+            display_name: m.display_name,
+            context_limit: m.context_limit,
+            enabled: m.enabled,
+            is_default: m.is_default,
+            created_at: rfc3339(m.created_at),
+            updated_at: rfc3339(m.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub user: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl From<AgentToken> for TokenView {
+    fn from(t: AgentToken) -> Self {
+        TokenView {
+            id: t.id,
+            user: t.user,
+            created_at: rfc3339(t.created_at),
+            last_used_at: t.last_used_at.map(rfc3339),
+            revoked_at: t.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// The list envelope; pagination comes with the lists that need it.
+#[derive(Serialize)]
+pub struct List<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> List<T> {
+    pub fn all(items: Vec<T>) -> Self {
+        List {
+            items,
+            next_cursor: None,
+        }
+    }
+}

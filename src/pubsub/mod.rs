@@ -1,0 +1,169 @@
+//! Change notifications: whatever the backend, they end as one wake-up of the reloader.
+//!
+//! PostgreSQL: `LISTEN` on a dedicated connection. Loss is detected (`try_recv` returns `None`
+//! when the connection drops, where plain `recv` would reconnect silently and hide the gap);
+//! the subscriber reconnects with backoff, re-subscribes, and only then asks for a full reload,
+//! so a change committed while it was away is never missed. SQLite: in-process notifications
+//! from this process's writes, plus a poll of the change counter that catches other processes
+//! (the CLI). Payloads are hints; the reloader always re-reads everything.
+//!
+//! The wake-up is a [`Notify`]: any number of events before the reloader looks collapse into
+//! one permit, which is what coalesces a burst into at most two reloads.
+
+use crate::router::Router;
+use crate::shutdown::Shutdown;
+use crate::store::{Store, CHANNELS};
+use sqlx::postgres::{PgListener, PgPool};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, Notify};
+
+/// How often SQLite's change counter is polled (SPEC §6: at most one second).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A live subscription to store changes.
+pub struct Subscription {
+    source: Source,
+    live: Arc<AtomicBool>,
+}
+
+enum Source {
+    Local {
+        rx: broadcast::Receiver<()>,
+        store: Store,
+    },
+    Postgres {
+        listener: Option<PgListener>,
+        pool: PgPool,
+    },
+}
+
+impl Subscription {
+    /// Subscribe before the first load. On PostgreSQL one LISTEN attempt is made now; if the
+    /// database is down, [`Subscription::run`] keeps trying and wakes the reloader once it is in.
+    pub async fn new(store: &Store) -> Subscription {
+        match store.postgres_pool() {
+            None => Subscription {
+                source: Source::Local {
+                    rx: store.subscribe_local(),
+                    store: store.clone(),
+                },
+                live: Arc::new(AtomicBool::new(true)),
+            },
+            Some(pool) => {
+                let listener = match listen(pool).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN failed at start; retrying in the background");
+                        None
+                    }
+                };
+                let live = Arc::new(AtomicBool::new(listener.is_some()));
+                Subscription {
+                    source: Source::Postgres {
+                        listener,
+                        pool: pool.clone(),
+                    },
+                    live,
+                }
+            }
+        }
+    }
+
+    /// Whether notifications are flowing (part of readiness).
+    pub fn live(&self) -> Arc<AtomicBool> {
+        self.live.clone()
+    }
+
+    /// Wake `wake` on every change until shutdown.
+    pub async fn run(self, router: Arc<Router>, wake: Arc<Notify>, shutdown: Shutdown) {
+        match self.source {
+            Source::Local { rx, store } => run_local(rx, store, router, wake, shutdown).await,
+            Source::Postgres { listener, pool } => {
+                run_postgres(listener, pool, self.live, wake, shutdown).await
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen_all(CHANNELS).await?;
+    Ok(listener)
+}
+
+async fn run_local(
+    mut rx: broadcast::Receiver<()>,
+    store: Store,
+    router: Arc<Router>,
+    wake: Arc<Notify>,
+    shutdown: Shutdown,
+) {
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.recv() => match r {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = poll.tick() => {
+                match store.change_counter().await {
+                    Ok(counter) if counter != router.load().counter => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "change counter poll failed"),
+                }
+            }
+        }
+    }
+}
+
+async fn run_postgres(
+    mut listener: Option<PgListener>,
+    pool: PgPool,
+    live: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    shutdown: Shutdown,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut current = match listener.take() {
+            Some(l) => l,
+            None => match listen(&pool).await {
+                Ok(l) => {
+                    tracing::info!("LISTEN connection (re)established; reloading in full");
+                    live.store(true, Ordering::Release);
+                    backoff = BACKOFF_MIN;
+                    wake.notify_one();
+                    l
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "LISTEN connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = current.try_recv() => match r {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("LISTEN connection lost; reconnecting");
+                        live.store(false, Ordering::Release);
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
