@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench load -- [--seconds S] [--rounds N] [--json PATH]`
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;

@@ -104,6 +104,9 @@ async fn run_local(
 ) {
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The counter this poller last asked a reload for: a counter the reloader is already on
+    // (woken in-process) is not asked for twice.
+    let mut asked = i64::MIN;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -111,13 +114,14 @@ async fn run_local(
                 Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => wake.notify_one(),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = poll.tick() => {
-                match store.change_counter().await {
-                    Ok(counter) if counter != router.load().counter => wake.notify_one(),
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "change counter poll failed"),
+            _ = poll.tick() => match store.change_counter().await {
+                Ok(counter) if counter != router.load().counter && counter != asked => {
+                    asked = counter;
+                    wake.notify_one();
                 }
-            }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "change counter poll failed"),
+            },
         }
     }
 }

@@ -100,6 +100,8 @@ fn serve_refuses_a_group_readable_ca_key() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--ca-cert",
             "ca.pem",
             "--ca-key",
@@ -268,6 +270,8 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "127.0.0.1:0",
                 "--database-url",
                 &db,
             ])

@@ -5,10 +5,12 @@
 
 mod support;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod ca;
 mod cli;
 mod mitm;
+mod reload;
 mod store;
 mod tunnel;

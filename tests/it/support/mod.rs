@@ -9,6 +9,7 @@ pub mod client;
 pub mod db;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 pub mod tls;
 pub mod upstream;
 

@@ -51,6 +51,10 @@ pub struct TestProxyOptions {
     pub extra_ports: Vec<u16>,
     /// A CA (cert PEM, key PEM) to use instead of generating one.
     pub ca_files: Option<(String, String)>,
+    /// The database (default: a SQLite file in the proxy's temp dir).
+    pub database_url: Option<String>,
+    /// Create an agent token before starting (default true).
+    pub seed_token: bool,
 }
 
 impl Default for TestProxyOptions {
@@ -62,6 +66,8 @@ impl Default for TestProxyOptions {
             non_provider_hosts: NonProviderHosts::Tunnel,
             extra_ports: Vec::new(),
             ca_files: None,
+            database_url: None,
+            seed_token: true,
         }
     }
 }
@@ -74,13 +80,18 @@ pub struct TestProxy {
     pub token_id: uuid::Uuid,
     /// The proxy CA's certificate, for clients to trust.
     pub ca_pem: String,
+    /// The admin API bearer token.
+    pub admin_token: String,
     pub dir: tempfile::TempDir,
 }
 
 impl TestProxy {
     pub async fn start(opts: TestProxyOptions) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
-        let db_url = format!("sqlite://{}", dir.path().join("aibridge.db").display());
+        let db_url = opts
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("aibridge.db").display()));
         let store = Store::connect(&db_url).await.unwrap();
         for p in &opts.providers {
             store
@@ -100,7 +111,12 @@ impl TestProxy {
                 .await
                 .unwrap();
         }
-        let (row, token) = store.create_token("alice").await.unwrap();
+        let (token_id, token) = if opts.seed_token {
+            let (row, token) = store.create_token("alice").await.unwrap();
+            (row.id, token.expose().clone())
+        } else {
+            (uuid::Uuid::nil(), String::new())
+        };
         store.close().await;
 
         if let Some((cert, key)) = &opts.ca_files {
@@ -133,12 +149,17 @@ impl TestProxy {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = App::start(config, listener, Some(admin)).await.unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        let admin_token = std::fs::read_to_string(dir.path().join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
         TestProxy {
             addr: app.proxy_addr,
             app,
-            token: token.expose().clone(),
-            token_id: row.id,
+            token,
+            token_id,
             ca_pem,
+            admin_token,
             dir,
         }
     }
@@ -151,6 +172,35 @@ impl TestProxy {
     pub async fn wait_for_generation(&self, above: u64) {
         let router = self.app.router.clone();
         super::eventually("router reload", move || router.load().generation > above).await;
+    }
+
+    /// Call the admin API: `(status, JSON body or Null)`.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{path}", self.app.admin_addr.unwrap());
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(super::tls::client_config(&[], &[]))
+            .build()
+            .unwrap();
+        let mut req = client
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub fn mints(&self) -> u64 {

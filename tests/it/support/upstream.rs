@@ -142,6 +142,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/v1/chat/completions" => json(CHAT_JSON),
         "/v1/messages" => json(MESSAGES_JSON),
         "/v1/sse" => sse(shared),
+        "/v1/stream" => stream(),
         "/echo" => Response::new(full(body)),
         _ => Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -176,6 +177,26 @@ fn sse(shared: &Shared) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+/// Five SSE events 10 ms apart, no gate: for many concurrent streams.
+pub const STREAM_EVENTS: usize = 5;
+
+fn stream() -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(STREAM_EVENTS);
+    tokio::spawn(async move {
+        for i in 0..STREAM_EVENTS {
+            let event = format!("data: {{\"n\":{i}}}\n\n");
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
         .unwrap()
 }
 

@@ -1,0 +1,378 @@
+//! Hot reload: many replicas on one PostgreSQL, LISTEN loss, database outages, and reloads under
+//! streaming load. Figures (convergence times) are printed, never asserted as timings.
+
+use crate::both_backends;
+use crate::support::db::{with_database, TestDb};
+use crate::support::relay::Relay;
+use crate::support::upstream::STREAM_EVENTS;
+use crate::support::*;
+use aibridge_proxy::config::NonProviderHosts;
+use aibridge_proxy::store::{NewProvider, Store};
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn upstream() -> (MockUpstream, TestCa) {
+    let ca = TestCa::new();
+    (
+        MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await,
+        ca,
+    )
+}
+
+async fn proxy_on(url: &str, ca: &TestCa) -> TestProxy {
+    TestProxy::start(TestProxyOptions {
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        database_url: Some(url.to_string()),
+        non_provider_hosts: NonProviderHosts::Deny,
+        ..Default::default()
+    })
+    .await
+}
+
+fn openai(base_url: String, host: &str) -> NewProvider {
+    NewProvider {
+        name: "openai".into(),
+        kind: aibridge_proxy::provider::ProviderKind::Openai,
+        base_url,
+        intercept_hosts: vec![host.into()],
+        enabled: true,
+        enforce_models: false,
+        api_keys: vec![],
+    }
+}
+
+async fn wait_route(proxy: &TestProxy, key: &str, present: bool) -> Duration {
+    let started = Instant::now();
+    let router = proxy.app.router.clone();
+    let key = key.to_string();
+    eventually(&format!("route {key} present={present}"), move || {
+        router.load().route(&key).is_some() == present
+    })
+    .await;
+    started.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_postgres_converge() {
+    let Some(db) = TestDb::postgres("reload::replicas_on_one_postgres_converge").await else {
+        return;
+    };
+    let (upstream, ca) = upstream().await;
+    let a = proxy_on(&db.url, &ca).await;
+    let b = proxy_on(&db.url, &ca).await;
+    let (status, _) = a
+        .admin(
+            "POST",
+            "/api/v1/providers",
+            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(), "intercept_hosts": ["h0.example"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    wait_route(&b, "h0.example:443", true).await;
+    let mut times = Vec::new();
+    for i in 1..=100 {
+        let host = format!("h{i}.example");
+        let started = Instant::now();
+        let (status, _) = a
+            .admin(
+                "PATCH",
+                "/api/v1/providers/openai",
+                Some(json!({"intercept_hosts": [host.clone()]})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        wait_route(&b, &format!("{host}:443"), true).await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "FIGURE replica convergence over {} changes (admin PATCH on A → B's router): p50 {:?} p99 {:?} max {:?}",
+        times.len(),
+        percentile(&times, 0.50),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+    // B routes the last host to the upstream for real.
+    let client = agent_client(b.addr, &b.token, &[&b.ca_pem], Http::One);
+    let resp = client
+        .post("https://h100.example/v1/chat/completions")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listen_connection_reconnects_and_misses_nothing() {
+    let Some(db) = TestDb::postgres("reload::a_killed_listen_connection").await else {
+        return;
+    };
+    let (upstream, ca) = upstream().await;
+    let proxy = proxy_on(&db.url, &ca).await;
+    let writer = Store::connect(&db.url).await.unwrap();
+    let admin = Store::connect(&with_database(&db.url, "postgres"))
+        .await
+        .ok();
+    let dbname = db.url.rsplit('/').next().unwrap().to_string();
+    writer
+        .create_provider(openai(upstream.base_url(), "t0.example"))
+        .await
+        .unwrap();
+    wait_route(&proxy, "t0.example:443", true).await;
+    let mut times = Vec::new();
+    for trial in 1..=5 {
+        let killed = kill_listeners(&writer, &dbname).await;
+        assert!(
+            killed >= 1,
+            "trial {trial}: a LISTEN backend was found and terminated"
+        );
+        // The change lands while the listener is gone.
+        let host = format!("t{trial}.example");
+        let started = Instant::now();
+        writer
+            .update_provider(
+                "openai",
+                aibridge_proxy::store::ProviderPatch {
+                    intercept_hosts: Some(vec![host.clone()]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        wait_route(&proxy, &format!("{host}:443"), true).await;
+        times.push(started.elapsed());
+    }
+    println!("FIGURE LISTEN loss → converged: {times:?}");
+    drop(admin);
+    writer.close().await;
+}
+
+/// Terminate the LISTEN backends of `dbname`; returns how many.
+async fn kill_listeners(store: &Store, dbname: &str) -> usize {
+    // Through the store's own pool: any connection can signal another backend of the same user.
+    let pool = store.postgres_pool().unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%' \
+         AND pid <> pg_backend_pid()",
+    )
+    .bind(dbname)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    killed.into_iter().filter(|k| *k).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
+    let Some(db) = TestDb::postgres("reload::a_database_outage").await else {
+        return;
+    };
+    let (upstream, ca) = upstream().await;
+    let direct = Store::connect(&db.url).await.unwrap();
+    direct
+        .create_provider(openai(upstream.base_url(), "api.openai.com"))
+        .await
+        .unwrap();
+    let relay = Relay::start("127.0.0.1:5432".parse().unwrap()).await;
+    let relayed_url = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
+    assert_ne!(
+        relayed_url, db.url,
+        "the test database URL names 127.0.0.1:5432"
+    );
+    let proxy = proxy_on(&relayed_url, &ca).await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let ok = |client: reqwest::Client| async move {
+        let resp = client
+            .post("https://api.openai.com/v1/chat/completions")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(ok(client.clone()).await, 200);
+    assert_eq!(proxy.admin("GET", "/readyz", None).await.0, 200);
+
+    relay.cut();
+    let ready = || async { proxy.admin("GET", "/readyz", None).await.0 };
+    let deadline = Instant::now() + WAIT;
+    while ready().await != 503 {
+        assert!(Instant::now() < deadline, "readyz never noticed the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The database is unreachable: routing keeps working on the snapshot it has.
+    for _ in 0..20 {
+        assert_eq!(ok(client.clone()).await, 200);
+    }
+    // A change made meanwhile (not through the relay) is picked up after recovery.
+    let mut second = openai(upstream.base_url(), "api.anthropic.com");
+    second.name = "second".into();
+    direct.create_provider(second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        proxy
+            .app
+            .router
+            .load()
+            .route("api.anthropic.com:443")
+            .is_none(),
+        "cannot have seen it yet"
+    );
+
+    let started = Instant::now();
+    relay.restore();
+    wait_route(&proxy, "api.anthropic.com:443", true).await;
+    println!(
+        "FIGURE database back → converged in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ready().await, 200);
+    assert_eq!(ok(client).await, 200);
+    direct.close().await;
+}
+
+async fn reload_under_load(db: &TestDb) {
+    let (upstream, ca) = upstream().await;
+    let proxy = proxy_on(&db.url, &ca).await;
+    let (status, _) = proxy
+        .admin(
+            "POST",
+            "/api/v1/providers",
+            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(), "intercept_hosts": ["api.openai.com"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (completed, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        // 20 connections × 10 concurrent streams = 200 streams at once, over h2.
+        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+        for _ in 0..10 {
+            let (client, done, completed, failed) = (
+                client.clone(),
+                done.clone(),
+                completed.clone(),
+                failed.clone(),
+            );
+            streams.push(tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    let result = async {
+                        let resp = client
+                            .get("https://api.openai.com/v1/stream")
+                            .send()
+                            .await?;
+                        let status = resp.status();
+                        let body = resp.text().await?;
+                        Ok::<_, reqwest::Error>((status, body))
+                    }
+                    .await;
+                    match result {
+                        Ok((s, body))
+                            if s == 200 && body.matches("data: ").count() == STREAM_EVENTS =>
+                        {
+                            completed.fetch_add(1, Ordering::SeqCst)
+                        }
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            }));
+        }
+    }
+    let generation = proxy.generation();
+    for i in 0..100 {
+        let (status, _) = proxy
+            .admin("PATCH", "/api/v1/providers/openai", Some(json!({"enforce_models": i % 2 == 0, "api_keys": [format!("sk-rotated-{i:04}-0123456789")]})))
+            .await;
+        assert_eq!(status, 200);
+    }
+    done.store(true, Ordering::SeqCst);
+    for s in streams {
+        s.await.unwrap();
+    }
+    let reloads = proxy.generation() - generation;
+    println!(
+        "FIGURE {}: 100 updates under 200 concurrent streams: {} streams completed, {} failed, {reloads} reloads",
+        db.backend,
+        completed.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request fails because a reload happened"
+    );
+    assert!(completed.load(Ordering::SeqCst) >= 200);
+    assert!(
+        reloads >= 100,
+        "every sequential change was applied: {reloads}"
+    );
+}
+both_backends!(reloads_under_streaming_load_fail_nothing, reload_under_load);
+
+async fn burst_coalesces(db: &TestDb) {
+    let (upstream, ca) = upstream().await;
+    let proxy = proxy_on(&db.url, &ca).await;
+    let writer = Store::connect(&db.url).await.unwrap();
+    writer
+        .create_provider(openai(upstream.base_url(), "b0.example"))
+        .await
+        .unwrap();
+    wait_route(&proxy, "b0.example:443", true).await;
+    // Let the reload for the creation finish before counting.
+    assert!(
+        proxy
+            .app
+            .router
+            .wait_for_counter(writer.change_counter().await.unwrap(), WAIT)
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = proxy.app.reload_stats.ok.load(Ordering::SeqCst);
+    // A burst of 1 000 change events committed at once, as another process would.
+    if db.backend == "postgres" {
+        let pool = writer.postgres_pool().unwrap();
+        sqlx::query(
+            "WITH c AS (UPDATE aibridge_changes SET counter = counter + 1000 WHERE id = 1) \
+             SELECT pg_notify('ai_providers_changed', g::text) FROM generate_series(1, 1000) g",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for _ in 0..1000 {
+            sqlx::query("UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        pool.close().await;
+    }
+    let last = writer.change_counter().await.unwrap();
+    assert!(
+        proxy.app.router.wait_for_counter(last, WAIT).await,
+        "the proxy converges on the last change"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let reloads = proxy.app.reload_stats.ok.load(Ordering::SeqCst) - before;
+    println!(
+        "FIGURE {}: a burst of 1000 change events → {reloads} reloads",
+        db.backend
+    );
+    assert!(
+        (1..=2).contains(&reloads),
+        "a burst costs at most two reloads, got {reloads}"
+    );
+    writer.close().await;
+}
+both_backends!(a_burst_of_changes_is_coalesced, burst_coalesces);
