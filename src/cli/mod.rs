@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file. Every flag also reads `AIBRIDGE_<FLAG>` from the
 //! environment; `--database-url` falls back to `DATABASE_URL`, then to the embedded SQLite file.
 
+mod apply;
 mod ca;
 mod providers;
 mod serve;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Manage providers.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
+    /// Reconcile providers, keys, models and the default model to a TOML file.
+    Apply(apply::ApplyArgs),
 }
 
 /// Where the database is.
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Token(cmd) => token::run(cmd).await,
         Command::Providers(cmd) => providers::run(cmd).await,
+        Command::Apply(args) => apply::run(args).await,
     };
     match result {
         Ok(code) => code,

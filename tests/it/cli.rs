@@ -400,3 +400,117 @@ fn stdout_last_line(o: &Output) -> String {
         .trim()
         .to_string()
 }
+
+async fn apply_is_idempotent(db: &crate::support::db::TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aibridge.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com"
+intercept_hosts = ["API.OpenAI.com"]
+key_env = ["APPLY_OPENAI_KEY"]
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+
+[[models]]
+provider = "openai"
+model = "gpt-4o"
+context_limit = 128000
+
+[[models]]
+provider = "anthropic"
+model = "claude-sonnet"
+
+[default_model]
+provider = "anthropic"
+model = "claude-sonnet"
+"#,
+    )
+    .unwrap();
+    let apply = |extra: &[&str]| {
+        bin()
+            .args(["apply", "-f"])
+            .arg(&file)
+            .args(["--database-url", &db.url])
+            .args(extra)
+            .env("APPLY_OPENAI_KEY", "sk-apply-0123456789")
+            .output()
+            .unwrap()
+    };
+    let first = apply(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = stdout(&first);
+    for line in [
+        "create provider openai",
+        "create provider anthropic",
+        "create model openai/gpt-4o",
+        "create model anthropic/claude-sonnet",
+        "set default model anthropic/claude-sonnet",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    let second = apply(&[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(stdout(&second).trim(), "no changes");
+
+    let store = aibridge_proxy::store::Store::connect(&db.url)
+        .await
+        .unwrap();
+    let providers = store.list_providers().await.unwrap();
+    assert_eq!(providers.len(), 2);
+    let openai = providers.iter().find(|p| p.name == "openai").unwrap();
+    assert_eq!(openai.intercept_hosts, vec!["api.openai.com"]);
+    assert_eq!(openai.keys[0].api_key.expose(), "sk-apply-0123456789");
+    let default = store.default_model().await.unwrap().unwrap();
+    assert_eq!(default.model, "claude-sonnet");
+
+    // A changed file changes exactly what differs; --prune removes what it no longer lists.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("context_limit = 128000", "context_limit = 64000");
+    let text = text.replace(
+        "[[providers]]\nname = \"anthropic\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\n",
+        "",
+    );
+    let text = text.replace(
+        "[[models]]\nprovider = \"anthropic\"\nmodel = \"claude-sonnet\"\n",
+        "",
+    );
+    let text = text.replace(
+        "provider = \"anthropic\"\nmodel = \"claude-sonnet\"",
+        "provider = \"openai\"\nmodel = \"gpt-4o\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let third = apply(&["--prune"]);
+    assert!(third.status.success(), "{}", stderr(&third));
+    let out = stdout(&third);
+    assert!(
+        out.contains("update model openai/gpt-4o") && out.contains("delete provider anthropic"),
+        "{out}"
+    );
+    assert_eq!(stdout(&apply(&["--prune"])).trim(), "no changes");
+    assert_eq!(store.list_providers().await.unwrap().len(), 1);
+    assert_eq!(
+        store.default_model().await.unwrap().unwrap().model,
+        "gpt-4o"
+    );
+
+    // A typo is an error, not a silently dropped field.
+    std::fs::write(&file, "[[providers]]\nname = \"x\"\nkind = \"openai\"\nbase_url = \"https://x.example\"\nkeyenv = [\"A\"]\n").unwrap();
+    let typo = apply(&[]);
+    assert!(!typo.status.success());
+    assert!(
+        stderr(&typo).contains("keyenv") || stderr(&typo).contains("unknown field"),
+        "{}",
+        stderr(&typo)
+    );
+    store.close().await;
+}
+crate::both_backends!(apply_reconciles_and_is_idempotent, apply_is_idempotent);
