@@ -376,3 +376,54 @@ async fn burst_coalesces(db: &TestDb) {
     writer.close().await;
 }
 both_backends!(a_burst_of_changes_is_coalesced, burst_coalesces);
+
+async fn bad_row_excluded_alone(db: &TestDb) {
+    let (upstream, ca) = upstream().await;
+    let proxy = proxy_on(&db.url, &ca).await;
+    let writer = Store::connect(&db.url).await.unwrap();
+    writer
+        .create_provider(openai(upstream.base_url(), "good.example"))
+        .await
+        .unwrap();
+    let mut bad = openai(upstream.base_url(), "bad.example");
+    bad.name = "bad".into();
+    writer.create_provider(bad).await.unwrap();
+    wait_route(&proxy, "bad.example:443", true).await;
+    // A row no write path would accept (an older version, a hand edit): only it is excluded.
+    let corrupt = "UPDATE ai_providers SET base_url = 'not a url' WHERE name = 'bad'";
+    let bump = "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1";
+    if db.backend == "postgres" {
+        let pool = writer.postgres_pool().unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(corrupt).execute(&mut *tx).await.unwrap();
+        sqlx::query(bump).execute(&mut *tx).await.unwrap();
+        sqlx::query("NOTIFY ai_providers_changed")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query(corrupt).execute(&pool).await.unwrap();
+        sqlx::query(bump).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    wait_route(&proxy, "bad.example:443", false).await;
+    assert!(
+        proxy.app.router.load().route("good.example:443").is_some(),
+        "the good row still routes"
+    );
+    let (_, bad) = proxy.admin("GET", "/api/v1/providers/bad", None).await;
+    assert_eq!(bad["status"], "error", "{bad}");
+    assert!(
+        bad["warnings"][0].as_str().unwrap().contains("base_url"),
+        "{bad}"
+    );
+    let (_, good) = proxy.admin("GET", "/api/v1/providers/openai", None).await;
+    assert_eq!(good["status"], "enabled");
+    writer.close().await;
+}
+both_backends!(
+    a_bad_row_is_excluded_alone_with_its_reason,
+    bad_row_excluded_alone
+);
