@@ -74,6 +74,24 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// serde quotes the value it rejected (`invalid type: string "sk-..."`), which may be a key:
+/// keep the field path and the expectation, drop every quoted value.
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `Json<T>` whose rejections are answered in our error shape: malformed JSON 400, well-formed
 /// but wrong (types, unknown fields) 422, too large 413, wrong content type 415.
 pub struct ApiJson<T>(pub T);
@@ -90,7 +108,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
-    let detail = r.body_text();
+    let detail = redact_quoted(&r.body_text());
     match r {
         JsonRejection::JsonDataError(_) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)

@@ -145,6 +145,7 @@ impl CertificateAuthority {
         }
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
             .map_err(|_| CaError::BadCertificate(cert_name))?;
+        let cert_pem = certificates_pem(&chain);
         Ok(CertificateAuthority {
             issuer,
             chain,
@@ -153,7 +154,8 @@ impl CertificateAuthority {
         })
     }
 
-    /// The CA certificate (and chain) as PEM, exactly as loaded; never contains key material.
+    /// The CA certificate (and chain) as PEM, re-encoded from the parsed certificates: a cert
+    /// file that also holds a key (a combined PEM) never leaks it through `/ca.pem`.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
@@ -203,6 +205,22 @@ pub fn generate_files(paths: &CaPaths, force: bool) -> Result<(), CaError> {
     files::write_private(&paths.key, key_pem.expose().as_bytes())?;
     files::write_public(&paths.cert, cert.pem().as_bytes())?;
     Ok(())
+}
+
+/// PEM for certificates alone.
+fn certificates_pem(chain: &[CertificateDer<'_>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for cert in chain {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 /// Parse any PEM private key and bring it to the PKCS#8 form rcgen reads.

@@ -87,7 +87,15 @@ impl Session {
         tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
     ) {
         let config = &self.state.config;
+        // The protocol is fixed by ALPN: serve it directly, so no version sniffing phase (which
+        // has no timer) can hold a silent connection open.
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder = if h2 {
+            builder.http2_only()
+        } else {
+            builder.http1_only()
+        };
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -99,7 +107,9 @@ impl Session {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32)
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
         let shutdown = self.state.shutdown.clone();
         let session = Arc::new(self);
         let svc_session = session.clone();
@@ -137,6 +147,22 @@ impl Session {
         }
         let route = {
             let snapshot = self.state.router.load();
+            // A token revoked while this connection is open stops working at the next request.
+            if let Some(id) = self.auth.token_id() {
+                if !snapshot.token_active(id) {
+                    tracing::info!(request_id, target = %self.key, reason = "token_revoked", "token revoked since CONNECT");
+                    let mut resp = bridge::error::error_response(
+                        http::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                        "Proxy Authentication Required",
+                        &request_id,
+                    );
+                    if req.version() < http::Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    return resp;
+                }
+            }
             match snapshot.route(&self.key) {
                 Some(r) if r.id == self.provider_id => r.clone(),
                 _ => {

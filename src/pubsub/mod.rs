@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, Notify};
 
 /// How often SQLite's change counter is polled (SPEC §6: at most one second).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// PostgreSQL's counter poll, a safety net behind LISTEN.
+pub const POSTGRES_POLL_INTERVAL: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -38,6 +40,7 @@ enum Source {
     Postgres {
         listener: Option<PgListener>,
         pool: PgPool,
+        store: Store,
     },
 }
 
@@ -66,6 +69,7 @@ impl Subscription {
                     source: Source::Postgres {
                         listener,
                         pool: pool.clone(),
+                        store: store.clone(),
                     },
                     live,
                 }
@@ -82,9 +86,11 @@ impl Subscription {
     pub async fn run(self, router: Arc<Router>, wake: Arc<Notify>, shutdown: Shutdown) {
         match self.source {
             Source::Local { rx, store } => run_local(rx, store, router, wake, shutdown).await,
-            Source::Postgres { listener, pool } => {
-                run_postgres(listener, pool, self.live, wake, shutdown).await
-            }
+            Source::Postgres {
+                listener,
+                pool,
+                store,
+            } => run_postgres(listener, pool, store, router, self.live, wake, shutdown).await,
         }
     }
 }
@@ -129,6 +135,8 @@ async fn run_local(
 async fn run_postgres(
     mut listener: Option<PgListener>,
     pool: PgPool,
+    store: Store,
+    router: Arc<Router>,
     live: Arc<AtomicBool>,
     wake: Arc<Notify>,
     shutdown: Shutdown,
@@ -156,9 +164,20 @@ async fn run_postgres(
                 }
             },
         };
+        // Safety net: a LISTEN connection silently dropped by the network (no FIN, no RST) looks
+        // alive forever; a slow poll of the change counter catches whatever it missed.
+        let mut poll = tokio::time::interval(POSTGRES_POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = poll.tick() => {
+                    if let Ok(counter) = store.change_counter().await {
+                        if counter > router.load().counter {
+                            wake.notify_one();
+                        }
+                    }
+                }
                 r = current.try_recv() => match r {
                     Ok(Some(_)) => wake.notify_one(),
                     Ok(None) | Err(_) => {

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Longest a reload may take before it counts as failed.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -51,7 +53,11 @@ impl Reloader {
 
     /// Read the store and install a new snapshot. On error the previous snapshot stays.
     pub async fn reload(&mut self) -> Result<u64, StoreError> {
-        let result = self.try_reload().await;
+        // A hung query must not stall the only writer of the router forever.
+        let result = match tokio::time::timeout(RELOAD_TIMEOUT, self.try_reload()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        };
         let counter = if result.is_ok() {
             &self.stats.ok
         } else {

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub counter: i64,
     routes: HashMap<String, Arc<ProviderRoute>>,
     pub providers: Vec<ProviderState>,
+    /// Ids of the active tokens, so open connections can be re-checked per request.
+    active_tokens: std::collections::HashSet<Uuid>,
     /// Active tokens, bucketed by the first 8 bytes of their SHA-256.
     tokens: HashMap<u64, TokenBucket>,
 }
@@ -74,6 +76,7 @@ impl Snapshot {
             counter: -1,
             routes: HashMap::new(),
             providers: Vec::new(),
+            active_tokens: Default::default(),
             tokens: HashMap::new(),
         }
     }
@@ -81,6 +84,11 @@ impl Snapshot {
     /// The provider intercepting `key` ("host:port"), if any.
     pub fn route(&self, key: &str) -> Option<&Arc<ProviderRoute>> {
         self.routes.get(key)
+    }
+
+    /// Whether the token with this id is still active (not revoked).
+    pub fn token_active(&self, id: Uuid) -> bool {
+        self.active_tokens.contains(&id)
     }
 
     /// The token whose SHA-256 is `digest`, if active. The bucket is found by a digest prefix;
@@ -184,6 +192,7 @@ impl Snapshot {
         }
 
         let mut tokens: HashMap<u64, TokenBucket> = HashMap::new();
+        let active_tokens = data.tokens.iter().map(|t| t.id).collect();
         for t in data.tokens {
             let Ok(digest) = <[u8; 32]>::try_from(t.token_hash.as_slice()) else {
                 tracing::warn!(token_id = %t.id, "token row has a malformed hash; ignored");
@@ -205,6 +214,7 @@ impl Snapshot {
             counter: data.counter,
             routes,
             providers,
+            active_tokens,
             tokens,
         }
     }

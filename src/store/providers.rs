@@ -13,6 +13,64 @@ enum KeyChange<'a> {
     Replace(&'a [Secret<String>]),
 }
 
+/// The row an update writes.
+struct Plan<'a> {
+    name: String,
+    kind_str: String,
+    base_url: String,
+    hosts: Vec<String>,
+    enabled: bool,
+    enforce_models: bool,
+    keys: KeyChange<'a>,
+}
+
+/// Validate `patch` against the current row. A base URL whose scheme or host:port changes
+/// drops the keys unless the patch supplies new ones.
+fn plan_update<'a>(
+    current: &ProviderRow,
+    has_keys: bool,
+    patch: &'a ProviderPatch,
+) -> Result<Plan<'a>, StoreError> {
+    let name = patch.name.clone().unwrap_or_else(|| current.name.clone());
+    provider::validate_name(&name)?;
+    let kind_str = patch
+        .kind
+        .map(|k| k.as_str().to_string())
+        .unwrap_or_else(|| current.kind.clone());
+    let base_url = patch
+        .base_url
+        .clone()
+        .unwrap_or_else(|| current.base_url.clone());
+    let new_base = provider::BaseUrl::parse(&base_url)?;
+    let hosts = match &patch.intercept_hosts {
+        Some(h) => provider::normalize_intercept_hosts(h)?,
+        None => current.intercept_hosts.0.clone(),
+    };
+    let moved = provider::BaseUrl::parse(&current.base_url)
+        .map(|old| old.target() != new_base.target() || old.is_https() != new_base.is_https())
+        .unwrap_or(true);
+    let keys = match &patch.api_keys {
+        Some(keys) => {
+            validate_keys(keys)?;
+            KeyChange::Replace(keys)
+        }
+        None if moved && has_keys => {
+            tracing::warn!(provider = %name, "base_url host changed without new keys: keys detached");
+            KeyChange::Replace(&[])
+        }
+        None => KeyChange::Keep,
+    };
+    Ok(Plan {
+        name,
+        kind_str,
+        base_url,
+        hosts,
+        enabled: patch.enabled.unwrap_or(current.enabled),
+        enforce_models: patch.enforce_models.unwrap_or(current.enforce_models),
+        keys,
+    })
+}
+
 impl Store {
     /// Every provider with its keys, oldest first.
     pub async fn list_providers(&self) -> Result<Vec<Provider>, StoreError> {
@@ -81,46 +139,45 @@ impl Store {
         id_or_name: &str,
         patch: ProviderPatch,
     ) -> Result<Provider, StoreError> {
-        let current = self
+        let id = self
             .get_provider(id_or_name)
             .await?
-            .ok_or(StoreError::NotFound("provider"))?;
-        let name = patch.name.unwrap_or_else(|| current.name.clone());
-        provider::validate_name(&name)?;
-        let kind_str = patch
-            .kind
-            .map(|k| k.as_str().to_string())
-            .unwrap_or_else(|| current.kind.clone());
-        let base_url = patch.base_url.unwrap_or_else(|| current.base_url.clone());
-        let new_base = provider::BaseUrl::parse(&base_url)?;
-        let hosts = match &patch.intercept_hosts {
-            Some(h) => provider::normalize_intercept_hosts(h)?,
-            None => current.intercept_hosts.clone(),
-        };
-        let host_moved = provider::BaseUrl::parse(&current.base_url)
-            .map(|old| old.target() != new_base.target())
-            .unwrap_or(true);
-        let keys = match &patch.api_keys {
-            Some(keys) => {
-                validate_keys(keys)?;
-                KeyChange::Replace(keys)
-            }
-            None if host_moved && !current.keys.is_empty() => {
-                tracing::warn!(provider = %name, "base_url host changed without new keys: keys detached");
-                KeyChange::Replace(&[])
-            }
-            None => KeyChange::Keep,
-        };
-        let enabled = patch.enabled.unwrap_or(current.enabled);
-        let enforce_models = patch.enforce_models.unwrap_or(current.enforce_models);
+            .ok_or(StoreError::NotFound("provider"))?
+            .id;
         let now = now();
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            // Decide from the row as it is now, under the write lock: a concurrent PATCH that
+            // committed first is neither undone nor allowed to carry keys to a moved host.
+            let current: Option<ProviderRow> = sqlx::query_as(
+                "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at \
+                 FROM ai_providers WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(current) = current else {
+                return Err(StoreError::NotFound("provider"));
+            };
+            let key_count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM ai_provider_keys WHERE provider_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let Plan {
+                name,
+                kind_str,
+                base_url,
+                hosts,
+                enabled,
+                enforce_models,
+                keys,
+            } = plan_update(&current, key_count > 0, &patch)?;
             let updated = sqlx::query(
                 "UPDATE ai_providers SET name = $2, kind = $3, base_url = $4, intercept_hosts = $5, \
                  enabled = $6, enforce_models = $7, updated_at = $8 WHERE id = $1",
             )
-            .bind(current.id)
+            .bind(id)
             .bind(&name)
             .bind(&kind_str)
             .bind(&base_url)
@@ -136,7 +193,7 @@ impl Store {
             }
             if let KeyChange::Replace(keys) = keys {
                 sqlx::query("DELETE FROM ai_provider_keys WHERE provider_id = $1")
-                    .bind(current.id)
+                    .bind(id)
                     .execute(&mut *tx)
                     .await?;
                 for key in keys {
@@ -144,7 +201,7 @@ impl Store {
                         "INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)",
                     )
                     .bind(Uuid::new_v4())
-                    .bind(current.id)
+                    .bind(id)
                     .bind(key.expose())
                     .bind(now)
                     .execute(&mut *tx)
@@ -155,7 +212,7 @@ impl Store {
             counter
         });
         self.committed(counter);
-        self.get_provider(&current.id.to_string())
+        self.get_provider(&id.to_string())
             .await?
             .ok_or(StoreError::NotFound("provider"))
     }

@@ -471,6 +471,7 @@ async fn bad_requests_get_json_errors() {
         (with("unknown_field", json!(1)), 422),
         (with("enabled", json!("yes")), 422),
         (with("api_keys", json!([""])), 422),
+        (with("api_keys", json!("sk-live-must-not-echo")), 422),
     ];
     for (body, status) in cases {
         let (got, err) = proxy

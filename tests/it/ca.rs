@@ -201,3 +201,29 @@ fn mismatched_cert_and_key_are_refused() {
     assert!(err.contains("do not belong together"), "{err}");
     assert!(!err.contains("PRIVATE KEY"), "no key material in errors");
 }
+
+#[tokio::test]
+async fn a_combined_cert_and_key_file_never_serves_the_key() {
+    let cas = openssl_cas();
+    let (_, cert, key) = &cas[2];
+    let combined = format!("{key}{cert}");
+    let (_upstream, proxy) = intercepting_proxy_with_ca(Some((combined, key.clone()))).await;
+    let (status, _) = proxy.admin("GET", "/healthz", None).await;
+    assert_eq!(status, 200);
+    let url = format!("http://{}/ca.pem", proxy.app.admin_addr.unwrap());
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::client_config(&[], &[]))
+        .build()
+        .unwrap();
+    let served = client.get(url).send().await.unwrap().text().await.unwrap();
+    assert!(served.contains("BEGIN CERTIFICATE"));
+    assert!(!served.contains("PRIVATE KEY"), "{served}");
+    // The re-encoded certificate is the operator's: clients trusting it accept the leaves.
+    let client = agent_client(proxy.addr, &proxy.token, &[&served], Http::One);
+    let resp = client
+        .get("https://api.openai.com/v1/chat/completions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

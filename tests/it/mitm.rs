@@ -282,3 +282,34 @@ async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
         .route("api.openai.com:443")
         .is_none());
 }
+
+#[tokio::test]
+async fn a_token_revoked_while_a_connection_is_open_stops_working_on_it() {
+    let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
+    for http in [Http::One, Http::Two] {
+        let (row, token) = proxy.app.store.create_token("eve").await.unwrap();
+        let generation = proxy.generation();
+        proxy.wait_for_generation(generation).await;
+        let client = agent_client(proxy.addr, token.expose(), &[&proxy.ca_pem], http);
+        let url = "https://api.openai.com/v1/chat/completions";
+        assert_eq!(
+            client.post(url).body("{}").send().await.unwrap().status(),
+            200
+        );
+        let seen = upstream.seen().len();
+        let generation = proxy.generation();
+        assert!(proxy.app.store.revoke_token(row.id).await.unwrap());
+        proxy.wait_for_generation(generation).await;
+        // Same client, same open connection (h1 keep-alive / h2 stream): refused from now on.
+        assert_eq!(
+            client.post(url).body("{}").send().await.unwrap().status(),
+            407,
+            "{http:?}"
+        );
+        assert_eq!(
+            upstream.seen().len(),
+            seen,
+            "{http:?}: nothing more reached the upstream"
+        );
+    }
+}

@@ -103,6 +103,21 @@ async fn provider_rules(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(kept.keys.len(), 1);
+    // Same host and port, but plain http: the key would travel unencrypted, so it is detached.
+    let downgraded = store
+        .update_provider(
+            "two",
+            ProviderPatch {
+                base_url: Some("http://two.example:443/v2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        downgraded.keys.is_empty(),
+        "an https → http change drops the keys"
+    );
     // A failed write leaves nothing behind and publishes nothing.
     let counter = store.change_counter().await.unwrap();
     assert!(store
