@@ -5,7 +5,8 @@
 
 use crate::store::StoreError;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -129,6 +130,21 @@ fn json_rejection(r: JsonRejection) -> ApiError {
                 "bad request"
             };
             ApiError::new(status, error, detail)
+        }
+    }
+}
+
+/// `Path<T>` whose rejection (a malformed id such as `/models/xyz`) is a JSON 404: no such
+/// resource can exist at that path.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(_) => Err(ApiError::not_found("resource")),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! `/models` and the `/default-model` pointer.
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath};
 use super::views::{List, ModelView};
 use super::AdminState;
 use crate::store::{ModelPatch, NewModel};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -63,7 +63,7 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Json<List<Mode
 
 pub async fn get(
     State(state): State<Arc<AdminState>>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ModelView>, ApiError> {
     let model = state
         .store
@@ -94,7 +94,7 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<Arc<AdminState>>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<UpdateModel>,
 ) -> Result<Json<ModelView>, ApiError> {
     let patch = ModelPatch {
@@ -111,7 +111,7 @@ pub async fn update(
 
 pub async fn remove(
     State(state): State<Arc<AdminState>>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_model(id).await? {
         return Err(ApiError::not_found("model"));

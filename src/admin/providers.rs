@@ -1,12 +1,12 @@
 //! `/providers` and `/providers/{p}/keys`.
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath};
 use super::views::{KeyView, List, ProviderView};
 use super::AdminState;
 use crate::provider::ProviderKind;
 use crate::secret::{mask, Secret};
 use crate::store::{NewProvider, ProviderPatch};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -70,7 +70,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<Arc<AdminState>>,
-    Path(p): Path<String>,
+    ApiPath(p): ApiPath<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
     let provider = state
         .store
@@ -105,7 +105,7 @@ pub async fn create(
 
 pub async fn update(
     State(state): State<Arc<AdminState>>,
-    Path(p): Path<String>,
+    ApiPath(p): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateProvider>,
 ) -> Result<Json<ProviderView>, ApiError> {
     let patch = ProviderPatch {
@@ -124,7 +124,7 @@ pub async fn update(
 
 pub async fn remove(
     State(state): State<Arc<AdminState>>,
-    Path(p): Path<String>,
+    ApiPath(p): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_provider(&p).await? {
         return Err(ApiError::not_found("provider"));
@@ -135,7 +135,7 @@ pub async fn remove(
 
 pub async fn add_key(
     State(state): State<Arc<AdminState>>,
-    Path(p): Path<String>,
+    ApiPath(p): ApiPath<String>,
     ApiJson(body): ApiJson<AddKey>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let key = state.store.add_key(&p, Secret::new(body.api_key)).await?;
@@ -150,7 +150,7 @@ pub async fn add_key(
 
 pub async fn remove_key(
     State(state): State<Arc<AdminState>>,
-    Path((p, key_id)): Path<(String, Uuid)>,
+    ApiPath((p, key_id)): ApiPath<(String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_key(&p, key_id).await? {
         return Err(ApiError::not_found("key"));

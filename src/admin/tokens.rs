@@ -1,9 +1,9 @@
 //! `/tokens`: the clear token appears once, in the creation response.
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath};
 use super::views::{rfc3339, List, TokenView};
 use super::AdminState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub async fn create(
 
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.revoke_token(id).await? {
         return Err(ApiError::not_found("active token"));

@@ -7,6 +7,22 @@ use crate::provider;
 use crate::secret::Secret;
 use uuid::Uuid;
 
+/// Insert `$keys` for provider `$id` in transaction `$tx`, in order: each key is stamped one
+/// microsecond after the previous, so "the oldest key" (the one injected) is the first listed.
+macro_rules! insert_keys {
+    ($tx:ident, $id:expr, $keys:expr, $now:expr) => {
+        for (i, key) in $keys.iter().enumerate() {
+            sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(Uuid::new_v4())
+                .bind($id)
+                .bind(key.expose())
+                .bind($now + std::time::Duration::from_micros(i as u64))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
 /// What a provider's keys become in an update.
 enum KeyChange<'a> {
     Keep,
@@ -113,15 +129,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "a provider with that name already exists"))?;
-            for key in &new.api_keys {
-                sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(Uuid::new_v4())
-                    .bind(id)
-                    .bind(key.expose())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            insert_keys!(tx, id, &new.api_keys, now);
             tx.commit().await?;
             counter
         });
@@ -196,17 +204,7 @@ impl Store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                for key in keys {
-                    sqlx::query(
-                        "INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(id)
-                    .bind(key.expose())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                insert_keys!(tx, id, keys, now);
             }
             tx.commit().await?;
             counter
