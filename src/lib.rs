@@ -25,6 +25,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 /// The boxed error type used for body and service plumbing.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
