@@ -18,10 +18,14 @@ use crate::router::reload::{ReloadStats, Reloader};
 use crate::router::Router;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::usage::recorder::Recorder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+/// How long shutdown waits for interception records to be written.
+const RECORDER_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub struct App {
     /// Whether this start generated the admin token file.
     pub admin_token_generated: bool,
     pub reload_stats: Arc<ReloadStats>,
+    /// Interception records (queue handle and counters).
+    pub recorder: Recorder,
+    recorder_task: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -105,11 +112,13 @@ impl App {
         shutdown.spawn(reloader.run(wake, shutdown.clone()));
 
         let proxy_addr = proxy_listener.local_addr()?;
+        let (recorder, recorder_task) = Recorder::start(store.clone());
         let state = Arc::new(ProxyState::new(
             config.proxy.clone(),
             router.clone(),
             leaves.clone(),
             shutdown.clone(),
+            recorder.clone(),
         ));
         shutdown.spawn(proxy::serve(state, proxy_listener));
 
@@ -139,6 +148,8 @@ impl App {
             ca_generated,
             admin_token_generated,
             reload_stats,
+            recorder,
+            recorder_task,
         })
     }
 
@@ -146,6 +157,15 @@ impl App {
     /// Returns whether everything finished in time.
     pub async fn stop(self, grace: std::time::Duration) -> bool {
         let clean = self.shutdown.shutdown(grace).await;
+        // Every request task is gone, so this is the last sender: the writer drains, flushes
+        // and ends. It gets its own bound so a dead database cannot hold the exit forever.
+        drop(self.recorder);
+        if tokio::time::timeout(RECORDER_FLUSH_TIMEOUT, self.recorder_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("interception records not flushed before exit");
+        }
         self.store.close().await;
         clean
     }

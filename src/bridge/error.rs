@@ -84,7 +84,10 @@ impl BridgeError {
 
     /// The response for this error, with the request id.
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        error_response(self.status(), self.public_message(), request_id)
+        let mut resp = error_response(self.status(), self.public_message(), request_id);
+        resp.extensions_mut()
+            .insert(super::ErrorReason(self.reason()));
+        resp
     }
 }
 

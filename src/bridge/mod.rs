@@ -6,6 +6,7 @@
 //! as soon as the upstream's read returns it. Request bodies stream the same way. Dropping the
 //! response (client gone) drops the upstream request with it.
 
+pub mod body;
 pub mod error;
 pub mod headers;
 pub mod upstream;
@@ -14,6 +15,10 @@ pub use error::BridgeError;
 pub use upstream::ProxyBody;
 
 use crate::router::ProviderRoute;
+use crate::store::Interception;
+use crate::usage::recorder::Recorder;
+use crate::usage::{Api, UsageTap};
+use body::TappedBody;
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -28,6 +33,7 @@ pub const UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
+    pub token_id: Option<uuid::Uuid>,
     pub user: std::sync::Arc<str>,
 }
 
@@ -36,12 +42,33 @@ pub async fn forward(
     route: &ProviderRoute,
     req: Request<Incoming>,
     ctx: &RequestContext,
+    recorder: &Recorder,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let result = send(route, req).await;
-    let response = match result {
+    let started_at = time::OffsetDateTime::now_utc();
+    let api = Api::detect(route.kind, req.uri().path());
+    let mut record = Interception {
+        id: uuid::Uuid::new_v4(),
+        request_id: ctx.request_id.clone(),
+        token_id: ctx.token_id,
+        user: ctx.user.to_string(),
+        provider: route.name.clone(),
+        model: None,
+        method: req.method().to_string(),
+        path: req.uri().path().chars().take(1024).collect(),
+        status: 0,
+        input_tokens: None,
+        output_tokens: None,
+        cache_read_tokens: None,
+        cache_write_tokens: None,
+        usage_source: "missing".into(),
+        outcome: "failed".into(),
+        started_at,
+        duration_ms: 0,
+        ttfb_ms: None,
+        error: None,
+    };
+    match send(route, req).await {
         Ok(mut resp) => {
             headers::prepare_response(resp.headers_mut());
             if let Some(theirs) = resp.headers_mut().remove(REQUEST_ID) {
@@ -50,7 +77,20 @@ pub async fn forward(
             if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
                 resp.headers_mut().insert(REQUEST_ID, v);
             }
-            resp
+            record.status = i32::from(resp.status().as_u16());
+            record.ttfb_ms = Some(started.elapsed().as_millis() as i64);
+            let content_type = resp
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let tap = UsageTap::new(api, content_type);
+            let pending = body::Pending {
+                recorder: recorder.clone(),
+                record,
+                started,
+                api,
+            };
+            resp.map(|b| TappedBody::new(b, tap, pending).boxed_unsync())
         }
         Err(e) => {
             tracing::warn!(
@@ -60,21 +100,22 @@ pub async fn forward(
                 error = %e,
                 "bridge request failed"
             );
-            e.into_response(&ctx.request_id)
+            let resp = e.into_response(&ctx.request_id);
+            record.status = i32::from(resp.status().as_u16());
+            record.error = resp
+                .extensions()
+                .get::<ErrorReason>()
+                .map(|r| r.0.to_string());
+            record.duration_ms = started.elapsed().as_millis() as i64;
+            recorder.record(record);
+            resp
         }
-    };
-    tracing::info!(
-        request_id = %ctx.request_id,
-        user = %ctx.user,
-        provider = %route.name,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        ttfb_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
-    response
+    }
 }
+
+/// The static reason of a bridge error, carried on its response for the record.
+#[derive(Clone, Copy)]
+pub struct ErrorReason(pub &'static str);
 
 async fn send(
     route: &ProviderRoute,

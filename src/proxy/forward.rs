@@ -72,9 +72,10 @@ pub(super) async fn handle(
         drop(snapshot);
         let ctx = RequestContext {
             request_id,
+            token_id: who.token_id(),
             user: who.user().clone(),
         };
-        return bridge::forward(&route, req, &ctx).await;
+        return bridge::forward(&route, req, &ctx, &state.recorder).await;
     }
     drop(snapshot);
     if state.config.non_provider_hosts == NonProviderHosts::Deny {

@@ -173,9 +173,10 @@ impl Session {
         };
         let ctx = RequestContext {
             request_id,
+            token_id: self.auth.token_id(),
             user: self.auth.user().clone(),
         };
-        bridge::forward(&route, req, &ctx).await
+        bridge::forward(&route, req, &ctx, &self.state.recorder).await
     }
 }
 

@@ -41,6 +41,8 @@ pub struct ProxyState {
     /// Plain-HTTP forwarding client for non-provider hosts.
     pub forward_client: Client<Dialer, ProxyBody>,
     pub shutdown: Shutdown,
+    /// Where interception records go.
+    pub recorder: crate::usage::recorder::Recorder,
 }
 
 impl ProxyState {
@@ -49,6 +51,7 @@ impl ProxyState {
         router: Arc<Router>,
         leaves: Arc<LeafCache>,
         shutdown: Shutdown,
+        recorder: crate::usage::recorder::Recorder,
     ) -> Self {
         let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
         let dialer = Dialer::new(policy, config.connect_timeout);
@@ -63,6 +66,7 @@ impl ProxyState {
             dialer,
             forward_client,
             shutdown,
+            recorder,
         }
     }
 }

@@ -12,8 +12,8 @@
 pub mod model;
 
 pub use model::{
-    AgentToken, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey, ProviderPatch,
-    RoutingData,
+    AgentToken, Interception, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey,
+    ProviderPatch, RoutingData,
 };
 
 use crate::provider::ProviderError;
@@ -132,6 +132,7 @@ macro_rules! select_providers {
     }};
 }
 
+mod interceptions;
 mod models;
 mod providers;
 mod tokens;

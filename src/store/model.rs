@@ -162,3 +162,28 @@ pub struct ModelPatch {
     pub enabled: Option<bool>,
     pub is_default: Option<bool>,
 }
+
+/// One bridged request (SPEC §4 interception record).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Interception {
+    pub id: Uuid,
+    pub request_id: String,
+    pub token_id: Option<Uuid>,
+    #[sqlx(rename = "user_label")]
+    pub user: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub status: i32,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub usage_source: String,
+    pub outcome: String,
+    pub started_at: OffsetDateTime,
+    pub duration_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub error: Option<String>,
+}

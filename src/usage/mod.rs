@@ -13,6 +13,7 @@
 //!
 //! A stream that ends before its terminal event keeps the last counts seen and is `truncated`.
 
+pub mod recorder;
 pub mod sse;
 
 use crate::provider::ProviderKind;

@@ -14,3 +14,4 @@ mod mitm;
 mod reload;
 mod store;
 mod tunnel;
+mod usage;

@@ -21,6 +21,25 @@ use tokio::sync::Notify;
 
 pub const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}}"#;
 pub const MESSAGES_JSON: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":9,"output_tokens":2}}"#;
+pub const RESPONSES_JSON: &str = r#"{"id":"resp_2","object":"response","model":"gpt-4.1-mini","status":"completed","usage":{"input_tokens":40,"input_tokens_details":{"cached_tokens":8},"output_tokens":7,"total_tokens":47}}"#;
+/// OpenAI chat stream with include_usage: 1200 prompt tokens (1024 cached), 35 completion.
+pub const CHAT_SSE: &str = concat!(
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":35,\"prompt_tokens_details\":{\"cached_tokens\":1024}}}\n\n",
+    "data: [DONE]\n\n",
+);
+/// Responses stream: 500 input (100 cached), 20 output.
+pub const RESPONSES_SSE: &str = concat!(
+    "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":null}}\n\n",
+    "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":100},\"output_tokens\":20}}}\n\n",
+);
+/// Anthropic stream: 25 input, 2000 cache write, 3000 cache read, 15 output (cumulative deltas).
+pub const MESSAGES_SSE: &str = concat!(
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":2000,\"cache_read_input_tokens\":3000,\"output_tokens\":1}}}\n\n",
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":10}}\n\n",
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
+    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+);
 pub const SSE_EVENTS: [&str; 3] = [
     "data: {\"choices\":[{\"delta\":{\"content\":\"one\"}}]}\n\n",
     "data: {\"choices\":[{\"delta\":{\"content\":\"two\"}}]}\n\n",
@@ -138,8 +157,13 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .body(full(body))
             .unwrap()
     };
+    let streaming = String::from_utf8_lossy(&body).contains("\"stream\":true");
     match parts.uri.path() {
+        "/v1/chat/completions" if streaming => sse_transcript(CHAT_SSE),
+        "/v1/responses" if streaming => sse_transcript(RESPONSES_SSE),
+        "/v1/messages" if streaming => sse_transcript(MESSAGES_SSE),
         "/v1/chat/completions" => json(CHAT_JSON),
+        "/v1/responses" => json(RESPONSES_JSON),
         "/v1/messages" => json(MESSAGES_JSON),
         "/v1/sse" => sse(shared),
         "/v1/stream" => stream(),
@@ -177,6 +201,27 @@ fn sse(shared: &Shared) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
+/// A transcript as SSE, one event per frame with a short pause, as a provider streams it.
+fn sse_transcript(text: &'static str) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    tokio::spawn(async move {
+        for event in text.split_inclusive("\n\n") {
+            if tx
+                .send(Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
         .unwrap()
 }
 

@@ -1,0 +1,100 @@
+//! The interception record writer: a bounded queue in front of batched inserts.
+//!
+//! The request path only `try_send`s (never waits on the database). One background task drains
+//! the queue in batches; when the database fails, the batch is held and retried with backoff
+//! while new records queue up behind it. When the queue is full a record is dropped — counted
+//! and logged, never silently. On shutdown the queue is drained and flushed.
+
+use crate::store::{Interception, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Records waiting for the database, at most.
+pub const QUEUE_CAPACITY: usize = 10_000;
+const BATCH: usize = 500;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Interception>,
+    stats: Arc<RecorderStats>,
+}
+
+impl Recorder {
+    /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
+    pub fn start(store: Store) -> (Recorder, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(RecorderStats::default());
+        let task = tokio::spawn(write_loop(store, rx, stats.clone()));
+        (Recorder { tx, stats }, task)
+    }
+
+    /// Queue a record without waiting.
+    pub fn record(&self, r: Interception) {
+        if let Err(e) = self.tx.try_send(r) {
+            let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let rec = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            tracing::warn!(request_id = %rec.request_id, dropped_total = n, "interception record dropped: queue full");
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<RecorderStats> {
+        &self.stats
+    }
+}
+
+async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: Arc<RecorderStats>) {
+    let mut pending: Vec<Interception> = Vec::with_capacity(BATCH);
+    let mut backoff = BACKOFF_MIN;
+    let mut open = true;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(r) => pending.push(r),
+                None => return,
+            }
+        }
+        while pending.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => pending.push(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        match store.insert_interceptions(&pending).await {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                pending.clear();
+                backoff = BACKOFF_MIN;
+                if !open && rx.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, held = pending.len(), retry_in = ?backoff, "interception records not written; holding them");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
