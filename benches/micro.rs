@@ -78,6 +78,7 @@ fn routing_data(providers: usize, tokens: usize) -> RoutingData {
                 revoked_at: None,
             })
             .collect(),
+        models: Vec::new(),
         counter: 1,
     }
 }

@@ -24,6 +24,8 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own default (~400 KiB) is far more than any real request head needs.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest model-call request body read for the model policy (`413` beyond).
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Whether agents must present a token.
@@ -56,6 +58,7 @@ pub struct ProxyConfig {
     pub tls_handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_request_body: usize,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +72,7 @@ impl Default for ProxyConfig {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod policy;
 pub mod upstream;
 
 pub use error::BridgeError;
@@ -19,7 +20,7 @@ use crate::store::Interception;
 use crate::usage::recorder::Recorder;
 use crate::usage::{Api, UsageTap};
 use body::TappedBody;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::time::Instant;
@@ -34,6 +35,8 @@ pub const UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 pub struct RequestContext {
     pub request_id: String,
     pub token_id: Option<uuid::Uuid>,
+    /// Largest request body read for the model policy (`--max-request-body`).
+    pub max_request_body: usize,
     pub user: std::sync::Arc<str>,
 }
 
@@ -68,7 +71,18 @@ pub async fn forward(
         ttfb_ms: None,
         error: None,
     };
-    match send(route, req).await {
+    let (parts, body) = req.into_parts();
+    let body = match read_for_policy(route, api, &parts, body, ctx, &mut record).await {
+        Ok(body) => body,
+        Err(refusal) => {
+            record.status = i32::from(refusal.status().as_u16());
+            record.duration_ms = started.elapsed().as_millis() as i64;
+            tracing::info!(request_id = %ctx.request_id, provider = %route.name, status = record.status, error = ?record.error, "request refused by policy");
+            recorder.record(record);
+            return refusal;
+        }
+    };
+    match send(route, parts, body).await {
         Ok(mut resp) => {
             headers::prepare_response(resp.headers_mut());
             if let Some(theirs) = resp.headers_mut().remove(REQUEST_ID) {
@@ -117,11 +131,76 @@ pub async fn forward(
 #[derive(Clone, Copy)]
 pub struct ErrorReason(pub &'static str);
 
+/// For model API calls, read the body (bounded), note the requested model and apply the
+/// provider's allowlist; other requests stream through untouched.
+async fn read_for_policy(
+    route: &ProviderRoute,
+    api: Api,
+    parts: &http::request::Parts,
+    body: Incoming,
+    ctx: &RequestContext,
+    record: &mut Interception,
+) -> Result<ProxyBody, Response<ProxyBody>> {
+    if api == Api::Other || parts.method != http::Method::POST {
+        return Ok(body.map_err(Into::into).boxed_unsync());
+    }
+    let (bytes, requested) = match policy::read(body, ctx.max_request_body).await {
+        Ok(read) => read,
+        Err(policy::ReadError::TooLarge) => {
+            record.error = Some("request_too_large".into());
+            let msg = format!("request body exceeds {} bytes", ctx.max_request_body);
+            return Err(policy::provider_error(
+                route.kind,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                &msg,
+                &ctx.request_id,
+            ));
+        }
+        Err(policy::ReadError::Body(e)) => {
+            record.error = Some("client_body_error".into());
+            tracing::info!(request_id = %ctx.request_id, error = %e, "request body could not be read");
+            return Err(policy::provider_error(
+                route.kind,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
+                &ctx.request_id,
+            ));
+        }
+    };
+    record.model = requested.model.clone();
+    if !policy::allowed(route.enforce_models, &route.models, &requested) {
+        record.error = Some("model_not_allowed".into());
+        let shown: String = requested
+            .model
+            .as_deref()
+            .unwrap_or("(none)")
+            .chars()
+            .take(128)
+            .collect();
+        let msg = format!(
+            "model {shown:?} is not configured for provider {}",
+            route.name
+        );
+        return Err(policy::provider_error(
+            route.kind,
+            StatusCode::FORBIDDEN,
+            "model_not_allowed",
+            &msg,
+            &ctx.request_id,
+        ));
+    }
+    Ok(http_body_util::Full::new(bytes)
+        .map_err(|e| match e {})
+        .boxed_unsync())
+}
+
 async fn send(
     route: &ProviderRoute,
-    req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
 ) -> Result<Response<ProxyBody>, BridgeError> {
-    let (mut parts, body) = req.into_parts();
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -136,7 +215,6 @@ async fn send(
         route.key.as_ref().map(|k| k.expose().as_str()),
     )
     .map_err(|_| BridgeError::InvalidKey)?;
-    let body = body.map_err(Into::into).boxed_unsync();
     let resp = route
         .upstream
         .request(Request::from_parts(parts, body))

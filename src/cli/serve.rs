@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Largest request head accepted.
     #[arg(long, env = "AIBRIDGE_MAX_HEADER_BYTES", default_value_t = config::DEFAULT_MAX_HEADER_BYTES)]
     max_header_bytes: usize,
+    /// Largest model-call request body (read for the model policy; 413 beyond).
+    #[arg(long, env = "AIBRIDGE_MAX_REQUEST_BODY", default_value_t = config::DEFAULT_MAX_REQUEST_BODY)]
+    max_request_body: usize,
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -98,6 +101,7 @@ impl ServeArgs {
                 tls_handshake_timeout: self.tls_handshake_timeout,
                 connect_timeout: self.connect_timeout,
                 max_header_bytes: self.max_header_bytes,
+                max_request_body: self.max_request_body,
             },
         }
     }

@@ -72,6 +72,7 @@ pub(super) async fn handle(
         drop(snapshot);
         let ctx = RequestContext {
             request_id,
+            max_request_body: state.config.max_request_body,
             token_id: who.token_id(),
             user: who.user().clone(),
         };

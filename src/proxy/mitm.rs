@@ -173,6 +173,7 @@ impl Session {
         };
         let ctx = RequestContext {
             request_id,
+            max_request_body: self.state.config.max_request_body,
             token_id: self.auth.token_id(),
             user: self.auth.user().clone(),
         };

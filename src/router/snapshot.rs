@@ -27,6 +27,8 @@ pub struct ProviderRoute {
     /// The injected key; `None` passes the client's own credentials through.
     pub key: Option<Secret<String>>,
     pub enforce_models: bool,
+    /// Enabled models configured for this provider (the allowlist when `enforce_models`).
+    pub models: std::collections::HashSet<String>,
     /// Raw base URL, to tell whether the upstream client can be reused at the next reload.
     base_url: String,
     pub upstream: UpstreamClient,
@@ -181,6 +183,12 @@ impl Snapshot {
                 base,
                 key: row.keys.first().map(|k| k.api_key.clone()),
                 enforce_models: row.enforce_models,
+                models: data
+                    .models
+                    .iter()
+                    .filter(|m| m.provider_id == row.id && m.enabled)
+                    .map(|m| m.model.clone())
+                    .collect(),
                 base_url: row.base_url.clone(),
                 upstream,
             });

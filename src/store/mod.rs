@@ -280,8 +280,15 @@ impl Store {
             let tokens: Vec<AgentToken> = sqlx::query_as(tokens::SELECT_ACTIVE)
                 .fetch_all(&mut *tx)
                 .await?;
+            let models: Vec<Model> = sqlx::query_as(
+                "SELECT id, provider_id, model, display_name, context_limit, enabled, is_default, created_at, \
+                 updated_at FROM ai_models ORDER BY created_at, id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(RoutingData {
+                models,
                 providers,
                 tokens,
                 counter,

@@ -73,6 +73,8 @@ pub struct RoutingData {
     pub providers: Vec<Provider>,
     /// Active (not revoked) tokens.
     pub tokens: Vec<AgentToken>,
+    /// Every model (the router keeps the enabled ones per provider for the model policy).
+    pub models: Vec<Model>,
     /// The change counter the data reflects.
     pub counter: i64,
 }

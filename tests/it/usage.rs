@@ -168,3 +168,120 @@ async fn failed_and_cancelled_requests_are_recorded_too() {
     assert_eq!(r.outcome, "client_cancelled");
     upstream.release();
 }
+
+#[tokio::test]
+async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        providers: vec![
+            ProviderSpec::openai(upstream.base_url()),
+            ProviderSpec::anthropic(upstream.base_url()),
+        ],
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        max_request_body: Some(64 * 1024),
+        ..Default::default()
+    })
+    .await;
+    use serde_json::json;
+    for p in ["openai", "anthropic"] {
+        let (status, _) = proxy
+            .admin(
+                "PATCH",
+                &format!("/api/v1/providers/{p}"),
+                Some(json!({"enforce_models": true})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    for (p, m) in [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet")] {
+        let (status, _) = proxy
+            .admin(
+                "POST",
+                "/api/v1/models",
+                Some(json!({"provider": p, "model": m})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let chat = "https://api.openai.com/v1/chat/completions";
+    let ok = client
+        .post(chat)
+        .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(upstream.seen().len(), 1);
+
+    let refused = client
+        .post(chat)
+        .body(r#"{"model":"gpt-5-secret","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "model_not_allowed");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gpt-5-secret"));
+
+    let refused = client
+        .post("https://api.anthropic.com/v1/messages")
+        .body(r#"{"model":"claude-opus","max_tokens":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (body["type"].as_str(), body["error"]["type"].as_str()),
+        (Some("error"), Some("permission_error"))
+    );
+
+    // Ambiguous (duplicate model keys) and non-JSON bodies are refused when the model matters.
+    for bad in [
+        r#"{"model":"gpt-4o-mini","model":"gpt-5-secret"}"#,
+        "not json",
+    ] {
+        assert_eq!(
+            client.post(chat).body(bad).send().await.unwrap().status(),
+            403,
+            "{bad}"
+        );
+    }
+    // Over --max-request-body: 413, nothing forwarded.
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","pad":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    assert_eq!(
+        client.post(chat).body(big).send().await.unwrap().status(),
+        413
+    );
+    assert_eq!(
+        upstream.seen().len(),
+        1,
+        "nothing refused reached the upstream"
+    );
+    // Records are written off the request path: wait for all of them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rows = loop {
+        let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
+        if rows.len() == 6 || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let refusals: Vec<_> = rows.iter().filter(|r| r.status == 403).collect();
+    assert_eq!(refusals.len(), 4);
+    assert!(rows
+        .iter()
+        .any(|r| r.status == 413 && r.error.as_deref() == Some("request_too_large")));
+    assert!(refusals
+        .iter()
+        .all(|r| r.error.as_deref() == Some("model_not_allowed")));
+}

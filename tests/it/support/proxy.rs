@@ -55,6 +55,8 @@ pub struct TestProxyOptions {
     pub database_url: Option<String>,
     /// Create an agent token before starting (default true).
     pub seed_token: bool,
+    /// `--max-request-body` (default: the product default).
+    pub max_request_body: Option<usize>,
 }
 
 impl Default for TestProxyOptions {
@@ -68,6 +70,7 @@ impl Default for TestProxyOptions {
             ca_files: None,
             database_url: None,
             seed_token: true,
+            max_request_body: None,
         }
     }
 }
@@ -145,6 +148,9 @@ impl TestProxy {
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
         config.admin_token_file = dir.path().join("admin-token");
+        if let Some(limit) = opts.max_request_body {
+            config.proxy.max_request_body = limit;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = App::start(config, listener, Some(admin)).await.unwrap();

@@ -1,0 +1,104 @@
+//! The request side of a model call: read `model` and `stream` from the JSON body (bounded by
+//! `--max-request-body`), and enforce a provider's model allowlist before anything is sent.
+//!
+//! Refusals are written in the provider's own error shape so SDKs show a readable message:
+//! OpenAI `{"error": {...}}`, Anthropic `{"type": "error", "error": {...}}`.
+
+use super::ProxyBody;
+use crate::provider::ProviderKind;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+/// What the request asked for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    /// The body was JSON with at most one `model` (a duplicate key is ambiguous, and refused
+    /// when the model matters).
+    pub well_formed: bool,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+/// Why the body could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    TooLarge,
+    Body(String),
+}
+
+/// Read the whole request body (at most `limit` bytes) and peek at `model` / `stream`.
+pub async fn read(body: Incoming, limit: usize) -> Result<(Bytes, Requested), ReadError> {
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ReadError::TooLarge)
+        }
+        Err(e) => return Err(ReadError::Body(e.to_string())),
+    };
+    let requested = match serde_json::from_slice::<Peek>(&bytes) {
+        Ok(p) => Requested {
+            model: p.model,
+            stream: p.stream,
+            well_formed: true,
+        },
+        Err(_) => Requested::default(),
+    };
+    Ok((bytes, requested))
+}
+
+/// Whether `route`'s policy lets this request through.
+pub fn allowed(
+    enforce: bool,
+    models: &std::collections::HashSet<String>,
+    requested: &Requested,
+) -> bool {
+    if !enforce {
+        return true;
+    }
+    requested.well_formed && requested.model.as_ref().is_some_and(|m| models.contains(m))
+}
+
+/// A JSON error in the provider's shape.
+pub fn provider_error(
+    kind: ProviderKind,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let body = match kind {
+        ProviderKind::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": { "type": if status == StatusCode::FORBIDDEN { "permission_error" } else { "invalid_request_error" }, "message": message },
+        }),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => serde_json::json!({
+            "error": { "message": message, "type": "invalid_request_error", "param": "model", "code": code },
+        }),
+    };
+    let mut resp = Response::new(
+        Full::from(body.to_string())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(super::REQUEST_ID, v);
+    }
+    resp
+}
