@@ -11,6 +11,7 @@ mod error;
 mod models;
 mod providers;
 mod tokens;
+mod usage;
 mod views;
 
 pub use auth::load_or_create as load_or_create_admin_token;
@@ -81,7 +82,9 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
         )
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", delete(tokens::revoke))
-        .route("/router", get(router_view));
+        .route("/router", get(router_view))
+        .route("/interceptions", get(usage::list))
+        .route("/usage", get(usage::usage));
     let protected = axum::Router::new()
         .nest("/api/v1", api)
         .route("/readyz", get(readyz))

@@ -56,3 +56,105 @@ impl Store {
         Ok(rows)
     }
 }
+
+/// Filters for listing records; `before` is the cursor (exclusive), newest first.
+#[derive(Debug, Clone, Default)]
+pub struct InterceptionFilter {
+    pub provider: Option<String>,
+    pub user: Option<String>,
+    pub model: Option<String>,
+    pub since: Option<time::OffsetDateTime>,
+    pub until: Option<time::OffsetDateTime>,
+    pub before: Option<(time::OffsetDateTime, uuid::Uuid)>,
+    pub limit: i64,
+}
+
+/// Token totals for one group.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct UsageTotal {
+    pub key: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+/// What `/usage` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Provider,
+    Model,
+    User,
+}
+
+impl GroupBy {
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::Provider => "provider",
+            GroupBy::Model => "model",
+            GroupBy::User => "user_label",
+        }
+    }
+}
+
+impl Store {
+    /// Records matching `f`, newest first, keyset-paginated on (started_at, id) so a page costs
+    /// the same at row 10 million as at row 10.
+    pub async fn list_interceptions(
+        &self,
+        f: &InterceptionFilter,
+    ) -> Result<Vec<Interception>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM interceptions WHERE ($1 IS NULL OR provider = $1) AND ($2 IS NULL OR user_label = $2) \
+             AND ($3 IS NULL OR model = $3) AND ($4 IS NULL OR started_at >= $4) AND ($5 IS NULL OR started_at < $5) \
+             AND ($6 IS NULL OR started_at < $6 OR (started_at = $6 AND id < $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $8"
+        );
+        let (before_ts, before_id) = match f.before {
+            Some((ts, id)) => (Some(ts), Some(id)),
+            None => (None, None),
+        };
+        let rows = with_pool!(self, |pool, kind| {
+            sqlx::query_as(&sql)
+                .bind(&f.provider)
+                .bind(&f.user)
+                .bind(&f.model)
+                .bind(f.since)
+                .bind(f.until)
+                .bind(before_ts)
+                .bind(before_id)
+                .bind(f.limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Token totals grouped by provider, model or user over `[since, until)`.
+    pub async fn usage_totals(
+        &self,
+        group_by: GroupBy,
+        since: Option<time::OffsetDateTime>,
+        until: Option<time::OffsetDateTime>,
+    ) -> Result<Vec<UsageTotal>, StoreError> {
+        let col = group_by.column();
+        let sql = format!(
+            "SELECT {col} AS key, COUNT(*) AS requests, \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+             CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
+             CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens \
+             FROM interceptions WHERE ($1 IS NULL OR started_at >= $1) AND ($2 IS NULL OR started_at < $2) \
+             GROUP BY {col} ORDER BY {col}"
+        );
+        let rows = with_pool!(self, |pool, kind| {
+            sqlx::query_as(&sql)
+                .bind(since)
+                .bind(until)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+}

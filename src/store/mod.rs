@@ -132,7 +132,7 @@ macro_rules! select_providers {
     }};
 }
 
-mod interceptions;
+pub mod interceptions;
 mod models;
 mod providers;
 mod tokens;

@@ -285,3 +285,171 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .iter()
         .all(|r| r.error.as_deref() == Some("model_not_allowed")));
 }
+
+async fn usage_api(db: &crate::support::db::TestDb) {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        providers: vec![
+            ProviderSpec::openai(upstream.base_url()),
+            ProviderSpec::anthropic(upstream.base_url()),
+        ],
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let calls = [
+        (
+            "https://api.openai.com/v1/chat/completions",
+            r#"{"stream":true}"#,
+        ),
+        ("https://api.openai.com/v1/chat/completions", "{}"),
+        ("https://api.openai.com/v1/responses", r#"{"stream":true}"#),
+        (
+            "https://api.anthropic.com/v1/messages",
+            r#"{"stream":true}"#,
+        ),
+        ("https://api.anthropic.com/v1/messages", "{}"),
+    ];
+    for (url, body) in calls {
+        let resp = client.post(url).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy
+        .app
+        .store
+        .recent_interceptions(100)
+        .await
+        .unwrap()
+        .len()
+        < calls.len()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "records written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
+
+    // Cursor pagination walks every row once, newest first.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/interceptions?limit=2&cursor={c}"),
+            None => "/api/v1/interceptions?limit=2".to_string(),
+        };
+        let (status, page) = proxy.admin("GET", &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_string());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut want: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(seen.len(), want.len(), "every row once");
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
+
+    let (_, anth) = proxy
+        .admin("GET", "/api/v1/interceptions?provider=anthropic", None)
+        .await;
+    let items = anth["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items
+        .iter()
+        .all(|i| i["provider"] == "anthropic" && i["user"] == "alice"));
+    assert_eq!(
+        proxy
+            .admin("GET", "/api/v1/interceptions?limit=0", None)
+            .await
+            .0,
+        422
+    );
+    assert_eq!(
+        proxy
+            .admin("GET", "/api/v1/interceptions?cursor=garbage", None)
+            .await
+            .0,
+        422
+    );
+    assert_eq!(
+        proxy
+            .admin("GET", "/api/v1/interceptions?since=yesterday", None)
+            .await
+            .0,
+        422
+    );
+
+    // /usage totals equal the sum of the rows, per group.
+    for (group_by, key) in [
+        ("provider", "provider"),
+        ("model", "model"),
+        ("user", "user"),
+    ] {
+        let (status, usage) = proxy
+            .admin("GET", &format!("/api/v1/usage?group_by={group_by}"), None)
+            .await;
+        assert_eq!(status, 200);
+        for item in usage["items"].as_array().unwrap() {
+            let k = item["key"].as_str();
+            let group: Vec<_> = rows
+                .iter()
+                .filter(|r| match key {
+                    "provider" => Some(r.provider.as_str()) == k,
+                    "model" => r.model.as_deref() == k,
+                    _ => Some(r.user.as_str()) == k,
+                })
+                .collect();
+            let sum = |f: fn(&&aibridge_proxy::store::Interception) -> Option<i64>| -> i64 {
+                group.iter().map(|r| f(r).unwrap_or(0)).sum()
+            };
+            assert_eq!(
+                item["requests"].as_i64().unwrap(),
+                group.len() as i64,
+                "{group_by} {k:?}"
+            );
+            assert_eq!(
+                item["input_tokens"].as_i64().unwrap(),
+                sum(|r| r.input_tokens)
+            );
+            assert_eq!(
+                item["output_tokens"].as_i64().unwrap(),
+                sum(|r| r.output_tokens)
+            );
+            assert_eq!(
+                item["cache_read_tokens"].as_i64().unwrap(),
+                sum(|r| r.cache_read_tokens)
+            );
+            assert_eq!(
+                item["cache_write_tokens"].as_i64().unwrap(),
+                sum(|r| r.cache_write_tokens)
+            );
+        }
+    }
+    let (_, by_provider) = proxy
+        .admin("GET", "/api/v1/usage?group_by=provider", None)
+        .await;
+    let openai = &by_provider["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == "openai")
+        .unwrap()
+        .clone();
+    assert_eq!(openai["input_tokens"], 11 + 176 + 400);
+    assert_eq!(
+        proxy
+            .admin("GET", "/api/v1/usage?group_by=color", None)
+            .await
+            .0,
+        422
+    );
+}
+crate::both_backends!(interceptions_and_usage_through_the_api, usage_api);
