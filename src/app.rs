@@ -11,6 +11,7 @@ use crate::bridge::upstream::{UpstreamFactory, UpstreamTlsError};
 use crate::ca::files::FileError;
 use crate::ca::{CaError, CaPaths, CertificateAuthority, LeafCache};
 use crate::config::AppConfig;
+use crate::metrics::Metrics;
 use crate::proxy::egress::{Dialer, EgressPolicy};
 use crate::proxy::{self, ProxyState};
 use crate::pubsub::Subscription;
@@ -57,6 +58,7 @@ pub struct App {
     /// Whether this start generated the admin token file.
     pub admin_token_generated: bool,
     pub reload_stats: Arc<ReloadStats>,
+    pub metrics: Arc<Metrics>,
     /// Interception records (queue handle and counters).
     pub recorder: Recorder,
     recorder_task: tokio::task::JoinHandle<()>,
@@ -81,6 +83,8 @@ impl App {
             tracing::info!(cert = %paths.cert.display(), key = %paths.key.display(), "generated a new CA; agents must trust the certificate (see certs/README.md)");
         }
         let ca_pem = ca.cert_pem().to_string();
+        let metrics =
+            Arc::new(Metrics::new().map_err(|e| AppError::Config(vec![format!("metrics: {e}")]))?);
         let leaves = Arc::new(LeafCache::new(
             Arc::new(ca),
             config.cert_cache_size,
@@ -112,13 +116,14 @@ impl App {
         shutdown.spawn(reloader.run(wake, shutdown.clone()));
 
         let proxy_addr = proxy_listener.local_addr()?;
-        let (recorder, recorder_task) = Recorder::start(store.clone());
+        let (recorder, recorder_task) = Recorder::start(store.clone(), metrics.clone());
         let state = Arc::new(ProxyState::new(
             config.proxy.clone(),
             router.clone(),
             leaves.clone(),
             shutdown.clone(),
             recorder.clone(),
+            metrics.clone(),
         ));
         shutdown.spawn(proxy::serve(state, proxy_listener));
 
@@ -131,6 +136,9 @@ impl App {
                     ca_pem,
                     admin_token_hash,
                     subscription_live,
+                    metrics: metrics.clone(),
+                    leaves: leaves.clone(),
+                    reload_stats: reload_stats.clone(),
                 });
                 shutdown.spawn(admin::serve(listener, admin_state, shutdown.clone()));
                 Some(addr)
@@ -148,6 +156,7 @@ impl App {
             ca_generated,
             admin_token_generated,
             reload_stats,
+            metrics,
             recorder,
             recorder_task,
         })

@@ -17,6 +17,7 @@ pub mod bridge;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod provider;
 pub mod proxy;
 pub mod pubsub;

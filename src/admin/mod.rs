@@ -42,6 +42,9 @@ pub struct AdminState {
     pub admin_token_hash: [u8; 32],
     /// Whether change notifications are flowing.
     pub subscription_live: Arc<AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub leaves: Arc<crate::ca::LeafCache>,
+    pub reload_stats: Arc<crate::router::reload::ReloadStats>,
 }
 
 impl AdminState {
@@ -88,6 +91,7 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
     let protected = axum::Router::new()
         .nest("/api/v1", api)
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -132,6 +136,53 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         "generation": state.router.load().generation,
     });
     (status, Json(body)).into_response()
+}
+
+/// Prometheus text. Counters kept elsewhere as atomics, and snapshot state, are read now.
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let m = &state.metrics;
+    let sync = |counter: &prometheus::IntCounter, now: u64| {
+        let seen = counter.get();
+        if now > seen {
+            counter.inc_by(now - seen);
+        }
+    };
+    let cache = state.leaves.stats();
+    sync(&m.cert_cache_hits_total, cache.hits.load(Ordering::Relaxed));
+    sync(
+        &m.cert_cache_misses_total,
+        cache.mints.load(Ordering::Relaxed) + cache.mint_errors.load(Ordering::Relaxed),
+    );
+    sync(
+        &m.reloads_total.with_label_values(&["ok"]),
+        state.reload_stats.ok.load(Ordering::Relaxed),
+    );
+    sync(
+        &m.reloads_total.with_label_values(&["error"]),
+        state.reload_stats.errors.load(Ordering::Relaxed),
+    );
+    let snapshot = state.router.snapshot();
+    m.router_generation.set(snapshot.generation as i64);
+    if snapshot.generation > 0 {
+        m.last_reload_success_timestamp_seconds
+            .set(snapshot.loaded_at.unix_timestamp() as f64);
+    }
+    m.provider_info.reset();
+    let kinds: std::collections::HashMap<uuid::Uuid, &str> = snapshot
+        .host_routes()
+        .map(|r| (r.id, r.kind.as_str()))
+        .collect();
+    for p in &snapshot.providers {
+        let kind = kinds.get(&p.id).copied().unwrap_or("unknown");
+        m.provider_info
+            .with_label_values(&[p.name.as_str(), kind, p.status])
+            .set(1);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
+        .into_response()
 }
 
 async fn ca_pem(State(state): State<Arc<AdminState>>) -> Response {

@@ -71,6 +71,7 @@ pub async fn forward(
         ttfb_ms: None,
         error: None,
     };
+    recorder.started(&route.name);
     let (parts, body) = req.into_parts();
     let body = match read_for_policy(route, api, &parts, body, ctx, &mut record).await {
         Ok(body) => body,

@@ -10,6 +10,7 @@ use super::target::{Target, TargetError};
 use super::{forward, mitm, tunnel, ProxyState};
 use crate::bridge::ProxyBody;
 use crate::config::NonProviderHosts;
+use crate::metrics::Metrics;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -25,6 +26,7 @@ pub async fn handle(
     if super::head_size(&req) > state.config.max_header_bytes {
         let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
         return reject(
+            &state.metrics,
             peer,
             status,
             "head_too_large",
@@ -37,6 +39,7 @@ pub async fn handle(
         forward::handle(state, peer, req).await
     } else {
         reject(
+            &state.metrics,
             peer,
             StatusCode::BAD_REQUEST,
             "not_proxy_request",
@@ -54,6 +57,7 @@ async fn handle_connect(
         Ok(t) => t,
         Err(e) => {
             return reject(
+                &state.metrics,
                 peer,
                 StatusCode::BAD_REQUEST,
                 e.reason(),
@@ -63,6 +67,7 @@ async fn handle_connect(
     };
     if !state.config.connect_ports.contains(&target.port) {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::BAD_REQUEST,
             "port_not_allowed",
@@ -71,6 +76,7 @@ async fn handle_connect(
     }
     if has_body(&req) {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::BAD_REQUEST,
             "connect_with_body",
@@ -80,13 +86,18 @@ async fn handle_connect(
     let snapshot = state.router.snapshot();
     let who = match auth::authenticate(req.headers(), &snapshot, state.config.auth) {
         Ok(a) => a,
-        Err(e) => return auth_required(peer, e),
+        Err(e) => return auth_required(&state.metrics, peer, e),
     };
     let key = target.key();
     if let Some(route) = snapshot.route(&key) {
         let provider_id = route.id;
         tracing::debug!(%peer, target = %key, provider = %route.name, user = %who.user(), "intercepting");
         let upgrade = hyper::upgrade::on(&mut req);
+        state
+            .metrics
+            .connections_total
+            .with_label_values(&["mitm"])
+            .inc();
         let session = mitm::Session {
             state: state.clone(),
             target,
@@ -100,6 +111,7 @@ async fn handle_connect(
     drop(snapshot);
     if state.config.non_provider_hosts == NonProviderHosts::Deny {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::FORBIDDEN,
             "non_provider_denied",
@@ -111,6 +123,7 @@ async fn handle_connect(
         Err(e) if e.is_denied() => {
             tracing::info!(%peer, target = %key, error = %e, "tunnel refused");
             return reject(
+                &state.metrics,
                 peer,
                 StatusCode::FORBIDDEN,
                 e.reason(),
@@ -120,6 +133,7 @@ async fn handle_connect(
         Err(e) => {
             tracing::info!(%peer, target = %key, error = %e, "tunnel dial failed");
             return reject(
+                &state.metrics,
                 peer,
                 StatusCode::BAD_GATEWAY,
                 e.reason(),
@@ -129,8 +143,17 @@ async fn handle_connect(
     };
     tracing::debug!(%peer, target = %key, user = %who.user(), "tunnelling");
     state
-        .shutdown
-        .spawn(tunnel::relay(hyper::upgrade::on(&mut req), upstream, key));
+        .metrics
+        .connections_total
+        .with_label_values(&["tunnel"])
+        .inc();
+    let active = super::ActiveGuard::new(&state.metrics, "tunnel");
+    state.shutdown.spawn(tunnel::relay(
+        hyper::upgrade::on(&mut req),
+        upstream,
+        key,
+        active,
+    ));
     established()
 }
 
@@ -162,8 +185,13 @@ fn established() -> Response<ProxyBody> {
 }
 
 /// `407` with the Basic challenge; the connection closes.
-pub(super) fn auth_required(peer: SocketAddr, e: AuthError) -> Response<ProxyBody> {
+pub(super) fn auth_required(
+    metrics: &Metrics,
+    peer: SocketAddr,
+    e: AuthError,
+) -> Response<ProxyBody> {
     let mut resp = reject(
+        metrics,
         peer,
         StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         e.reason(),
@@ -178,12 +206,21 @@ pub(super) fn auth_required(peer: SocketAddr, e: AuthError) -> Response<ProxyBod
 
 /// A refusal: status, one-line body, connection closed. The reason is logged, not sent.
 pub(super) fn reject(
+    metrics: &Metrics,
     peer: SocketAddr,
     status: StatusCode,
     reason: &'static str,
     message: &str,
 ) -> Response<ProxyBody> {
     tracing::info!(%peer, status = status.as_u16(), reason, "request refused");
+    metrics
+        .connections_total
+        .with_label_values(&["rejected"])
+        .inc();
+    metrics
+        .connect_rejections_total
+        .with_label_values(&[reason])
+        .inc();
     let body = Full::from(format!("{message}\n"))
         .map_err(|e| match e {})
         .boxed_unsync();

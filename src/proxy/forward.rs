@@ -25,6 +25,7 @@ pub(super) async fn handle(
 ) -> Response<ProxyBody> {
     if req.uri().scheme_str() != Some("http") {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::BAD_REQUEST,
             "bad_scheme",
@@ -39,6 +40,7 @@ pub(super) async fn handle(
         Some(Ok(t)) => t,
         Some(Err(e)) => {
             return reject(
+                &state.metrics,
                 peer,
                 StatusCode::BAD_REQUEST,
                 e.reason(),
@@ -47,6 +49,7 @@ pub(super) async fn handle(
         }
         None => {
             return reject(
+                &state.metrics,
                 peer,
                 StatusCode::BAD_REQUEST,
                 "no_host",
@@ -56,6 +59,7 @@ pub(super) async fn handle(
     };
     if !state.config.connect_ports.contains(&target.port) {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::BAD_REQUEST,
             "port_not_allowed",
@@ -65,7 +69,7 @@ pub(super) async fn handle(
     let snapshot = state.router.snapshot();
     let who = match auth::authenticate(req.headers(), &snapshot, state.config.auth) {
         Ok(a) => a,
-        Err(e) => return auth_required(peer, e),
+        Err(e) => return auth_required(&state.metrics, peer, e),
     };
     let request_id = Uuid::new_v4().to_string();
     if let Some(route) = snapshot.route(&target.key()).cloned() {
@@ -81,6 +85,7 @@ pub(super) async fn handle(
     drop(snapshot);
     if state.config.non_provider_hosts == NonProviderHosts::Deny {
         return reject(
+            &state.metrics,
             peer,
             StatusCode::FORBIDDEN,
             "non_provider_denied",
@@ -101,12 +106,14 @@ pub(super) async fn handle(
             tracing::info!(%peer, target = %target, reason = err.reason(), error = %err, "plain forward failed");
             match err {
                 BridgeError::EgressDenied(_) => reject(
+                    &state.metrics,
                     peer,
                     StatusCode::FORBIDDEN,
                     "private_address",
                     "destination not allowed",
                 ),
                 _ => reject(
+                    &state.metrics,
                     peer,
                     StatusCode::BAD_GATEWAY,
                     err.reason(),

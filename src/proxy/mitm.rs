@@ -41,6 +41,7 @@ impl Session {
                 return;
             }
         };
+        let _active = super::ActiveGuard::new(&self.state.metrics, "mitm");
         let timeout = self.state.config.tls_handshake_timeout;
         let acceptor =
             LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));

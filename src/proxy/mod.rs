@@ -43,6 +43,24 @@ pub struct ProxyState {
     pub shutdown: Shutdown,
     /// Where interception records go.
     pub recorder: crate::usage::recorder::Recorder,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Counts one open intercepted or tunnelled connection for as long as it lives.
+pub(crate) struct ActiveGuard(prometheus::IntGauge);
+
+impl ActiveGuard {
+    pub(crate) fn new(metrics: &crate::metrics::Metrics, kind: &str) -> Self {
+        let g = metrics.active_connections.with_label_values(&[kind]);
+        g.inc();
+        ActiveGuard(g)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ProxyState {
@@ -52,6 +70,7 @@ impl ProxyState {
         leaves: Arc<LeafCache>,
         shutdown: Shutdown,
         recorder: crate::usage::recorder::Recorder,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
         let dialer = Dialer::new(policy, config.connect_timeout);
@@ -67,6 +86,7 @@ impl ProxyState {
             forward_client,
             shutdown,
             recorder,
+            metrics,
         }
     }
 }

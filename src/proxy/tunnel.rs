@@ -7,7 +7,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-pub(super) async fn relay(upgrade: OnUpgrade, mut upstream: TcpStream, target: String) {
+pub(super) async fn relay(
+    upgrade: OnUpgrade,
+    mut upstream: TcpStream,
+    target: String,
+    _active: super::ActiveGuard,
+) {
     let upgraded = match upgrade.await {
         Ok(u) => u,
         Err(e) => {

@@ -107,6 +107,11 @@ impl Snapshot {
         found
     }
 
+    /// Every routed provider (once per host it claims).
+    pub fn host_routes(&self) -> impl Iterator<Item = &Arc<ProviderRoute>> {
+        self.routes.values()
+    }
+
     /// Host → provider name, sorted, for `/router` and tests.
     pub fn host_map(&self) -> Vec<(String, String)> {
         let mut out: Vec<_> = self

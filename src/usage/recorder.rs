@@ -5,6 +5,7 @@
 //! while new records queue up behind it. When the queue is full a record is dropped — counted
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
+use crate::metrics::Metrics;
 use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,20 +31,35 @@ pub struct RecorderStats {
 pub struct Recorder {
     tx: mpsc::Sender<Interception>,
     stats: Arc<RecorderStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Recorder {
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
-    pub fn start(store: Store) -> (Recorder, JoinHandle<()>) {
+    pub fn start(store: Store, metrics: Arc<Metrics>) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(RecorderStats::default());
         let task = tokio::spawn(write_loop(store, rx, stats.clone()));
-        (Recorder { tx, stats }, task)
+        (Recorder { tx, stats, metrics }, task)
     }
 
-    /// Queue a record without waiting.
+    /// A bridged request to `provider` started; [`Recorder::record`] ends it.
+    pub fn started(&self, provider: &str) {
+        self.metrics
+            .inflight_requests
+            .with_label_values(&[provider])
+            .inc();
+    }
+
+    /// Account a finished request and queue its record without waiting.
     pub fn record(&self, r: Interception) {
+        self.metrics
+            .inflight_requests
+            .with_label_values(&[r.provider.as_str()])
+            .dec();
+        self.metrics.observe(&r);
         if let Err(e) = self.tx.try_send(r) {
+            self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let rec = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,

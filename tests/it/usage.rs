@@ -453,3 +453,172 @@ async fn usage_api(db: &crate::support::db::TestDb) {
     );
 }
 crate::both_backends!(interceptions_and_usage_through_the_api, usage_api);
+
+/// `name{labels} value` lines → value, for a metric name and an exact label set.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(p) => p,
+            None => continue,
+        };
+        let (n, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let mut got: Vec<(String, String)> = label_text
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        if got == want {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+#[tokio::test]
+async fn metrics_move_by_exactly_the_traffic_sent() {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        providers: vec![ProviderSpec::openai(upstream.base_url())],
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        ..Default::default()
+    })
+    .await;
+    let scrape = || async {
+        let (status, _) = proxy.admin("GET", "/healthz", None).await;
+        assert_eq!(status, 200);
+        let url = format!("http://{}/metrics", proxy.app.admin_addr.unwrap());
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls::client_config(&[], &[]))
+            .build()
+            .unwrap();
+        let resp = client
+            .get(url)
+            .bearer_auth(&proxy.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    for _ in 0..3 {
+        let resp = client
+            .post("https://api.openai.com/v1/chat/completions")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap();
+    }
+    let req = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
+    assert_eq!(
+        raw::status(&raw::send_head(proxy.addr, req.as_bytes()).await.0),
+        407
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let text = scrape().await;
+        let done = metric(
+            &text,
+            "aibridge_proxy_requests_total",
+            &[("provider", "openai"), ("code", "200")],
+        ) >= 3.0;
+        if done || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric(&after, name, labels) - metric(&before, name, labels)
+    };
+    assert_eq!(
+        delta(
+            "aibridge_proxy_requests_total",
+            &[("provider", "openai"), ("code", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "aibridge_proxy_tokens_total",
+            &[
+                ("provider", "openai"),
+                ("model", "gpt-4o-mini"),
+                ("direction", "input")
+            ]
+        ),
+        33.0
+    );
+    assert_eq!(
+        delta(
+            "aibridge_proxy_tokens_total",
+            &[
+                ("provider", "openai"),
+                ("model", "gpt-4o-mini"),
+                ("direction", "output")
+            ]
+        ),
+        9.0
+    );
+    assert_eq!(
+        delta(
+            "aibridge_proxy_connect_rejections_total",
+            &[("reason", "auth_missing")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta("aibridge_proxy_connections_total", &[("kind", "mitm")]),
+        1.0,
+        "one h2 connection"
+    );
+    assert_eq!(delta("aibridge_proxy_cert_cache_misses_total", &[]), 1.0);
+    assert_eq!(
+        delta(
+            "aibridge_proxy_request_duration_seconds_count",
+            &[("provider", "openai")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "aibridge_proxy_inflight_requests",
+            &[("provider", "openai")]
+        ),
+        0.0
+    );
+    assert!(metric(&after, "aibridge_proxy_router_generation", &[]) >= 1.0);
+    assert_eq!(
+        metric(
+            &after,
+            "aibridge_proxy_provider_info",
+            &[
+                ("provider", "openai"),
+                ("kind", "openai"),
+                ("status", "enabled")
+            ]
+        ),
+        1.0
+    );
+    assert!(metric(&after, "aibridge_proxy_reloads_total", &[("result", "ok")]) >= 1.0);
+    assert!(
+        !after.contains("sk-provider-openai") && !after.contains(&proxy.token),
+        "no secret in /metrics"
+    );
+}
