@@ -622,3 +622,81 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
         "no secret in /metrics"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_a_database_outage() {
+    let Some(db) =
+        crate::support::db::TestDb::postgres("usage::records_survive_a_database_outage").await
+    else {
+        return;
+    };
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let relay = crate::support::relay::Relay::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TestProxy::start(TestProxyOptions {
+        providers: vec![ProviderSpec::openai(upstream.base_url())],
+        upstream_ca_pem: Some(ca.cert_pem.clone()),
+        database_url: Some(db.url.replace("127.0.0.1:5432", &relay.addr.to_string())),
+        ..Default::default()
+    })
+    .await;
+    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    relay.cut();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let resp = client
+            .post("https://api.openai.com/v1/chat/completions")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "traffic does not depend on the database"
+        );
+        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
+        resp.text().await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        proxy
+            .app
+            .recorder
+            .stats()
+            .write_errors
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0,
+        "writes were attempted and failed"
+    );
+    relay.restore();
+    let direct = aibridge_proxy::store::Store::connect(&db.url)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = direct.recent_interceptions(100).await.unwrap();
+        if ids
+            .iter()
+            .all(|id| rows.iter().any(|r| &r.request_id == id))
+        {
+            assert!(rows.iter().all(|r| r.input_tokens == Some(11)));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "held records were written after recovery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        proxy
+            .app
+            .recorder
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    direct.close().await;
+}
