@@ -655,6 +655,10 @@ async fn no_secret_reaches_the_logs_even_at_trace() {
         logs.contains("\"message\":\"request\""),
         "one line per request"
     );
+    // SIGTERM flushed the interception records before exit.
+    let store = aibridge_proxy::store::Store::connect(&db).await.unwrap();
+    assert_eq!(store.recent_interceptions(10).await.unwrap().len(), 2);
+    store.close().await;
     let ca_key = std::fs::read_to_string(d.join("certs/ca-key.pem")).unwrap();
     let ca_key_body: Vec<&str> = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
     for secret in [

@@ -134,10 +134,17 @@ async fn http1_and_http2_clients_both_work() {
 #[tokio::test]
 async fn sse_events_arrive_one_by_one() {
     let (upstream, proxy, _) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
-    for http in [Http::One, Http::Two] {
+    // `/gated/v1/chat/completions` goes through the usage tap as it passes; `/v1/sse` does not.
+    let paths = [
+        (Http::One, "/v1/sse"),
+        (Http::Two, "/v1/sse"),
+        (Http::Two, "/gated/v1/chat/completions"),
+    ];
+    for (http, path) in paths {
         let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
         let mut resp = client
-            .get("https://api.openai.com/v1/sse")
+            .post(format!("https://api.openai.com{path}"))
+            .body("{}")
             .send()
             .await
             .unwrap();

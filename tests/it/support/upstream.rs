@@ -165,7 +165,8 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         "/v1/chat/completions" => json(CHAT_JSON),
         "/v1/responses" => json(RESPONSES_JSON),
         "/v1/messages" => json(MESSAGES_JSON),
-        "/v1/sse" => sse(shared),
+        // The gated stream under a chat path too, so it passes through the usage tap.
+        "/v1/sse" | "/gated/v1/chat/completions" => sse(shared),
         "/v1/stream" => stream(),
         "/echo" => Response::new(full(body)),
         _ => Response::builder()
