@@ -33,11 +33,28 @@ pub const UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 /// Who is asking, for logs and (later) interception records.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
+    /// One id per request: the `X-Request-Id` the client sees and the interception record's id.
+    pub id: uuid::Uuid,
+    /// `id` as text, for headers and logs.
     pub request_id: String,
     pub token_id: Option<uuid::Uuid>,
     /// Largest request body read for the model policy (`--max-request-body`).
     pub max_request_body: usize,
     pub user: std::sync::Arc<str>,
+}
+
+impl RequestContext {
+    /// A fresh request id for an authenticated request.
+    pub fn new(auth: &crate::proxy::auth::Authenticated, max_request_body: usize) -> Self {
+        let id = uuid::Uuid::new_v4();
+        RequestContext {
+            id,
+            request_id: id.to_string(),
+            token_id: auth.token_id(),
+            max_request_body,
+            user: auth.user().clone(),
+        }
+    }
 }
 
 /// Send `req` to `route`'s upstream and stream back its answer. Errors become responses.
@@ -51,7 +68,7 @@ pub async fn forward(
     let started_at = time::OffsetDateTime::now_utc();
     let api = Api::detect(route.kind, req.uri().path());
     let mut record = Interception {
-        id: uuid::Uuid::new_v4(),
+        id: ctx.id,
         request_id: ctx.request_id.clone(),
         token_id: ctx.token_id,
         user: ctx.user.to_string(),

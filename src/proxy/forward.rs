@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use uuid::Uuid;
 
 pub(super) async fn handle(
     state: Arc<ProxyState>,
@@ -71,15 +70,9 @@ pub(super) async fn handle(
         Ok(a) => a,
         Err(e) => return auth_required(&state.metrics, peer, e),
     };
-    let request_id = Uuid::new_v4().to_string();
     if let Some(route) = snapshot.route(&target.key()).cloned() {
         drop(snapshot);
-        let ctx = RequestContext {
-            request_id,
-            max_request_body: state.config.max_request_body,
-            token_id: who.token_id(),
-            user: who.user().clone(),
-        };
+        let ctx = RequestContext::new(&who, state.config.max_request_body);
         return bridge::forward(&route, req, &ctx, &state.recorder).await;
     }
     drop(snapshot);

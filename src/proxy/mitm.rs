@@ -134,17 +134,18 @@ impl Session {
 
     /// One decrypted request.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let request_id = Uuid::new_v4().to_string();
+        let ctx = RequestContext::new(&self.auth, self.state.config.max_request_body);
+        let request_id = ctx.request_id.as_str();
         if super::head_size(&req) > self.state.config.max_header_bytes {
             return bridge::error::error_response(
                 http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large",
-                &request_id,
+                request_id,
             );
         }
         if !authority_matches(&req, &self.target) {
             tracing::info!(request_id, target = %self.key, reason = "misdirected", "inner authority differs from CONNECT host");
-            return BridgeError::Misdirected.into_response(&request_id);
+            return BridgeError::Misdirected.into_response(request_id);
         }
         let route = {
             let snapshot = self.state.router.load();
@@ -155,7 +156,7 @@ impl Session {
                     let mut resp = bridge::error::error_response(
                         http::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
                         "Proxy Authentication Required",
-                        &request_id,
+                        request_id,
                     );
                     if req.version() < http::Version::HTTP_2 {
                         resp.headers_mut()
@@ -168,15 +169,9 @@ impl Session {
                 Some(r) if r.id == self.provider_id => r.clone(),
                 _ => {
                     tracing::info!(request_id, target = %self.key, reason = "route_gone", "provider changed since CONNECT");
-                    return BridgeError::RouteGone.into_response(&request_id);
+                    return BridgeError::RouteGone.into_response(request_id);
                 }
             }
-        };
-        let ctx = RequestContext {
-            request_id,
-            max_request_body: self.state.config.max_request_body,
-            token_id: self.auth.token_id(),
-            user: self.auth.user().clone(),
         };
         bridge::forward(&route, req, &ctx, &self.state.recorder).await
     }

@@ -2,10 +2,16 @@
 //!
 //! The destination was dialled (and its address checked by the egress policy) before the
 //! `200` went out, so a refused or unreachable destination is an HTTP answer, not a reset.
+//! The client's socket is taken back from hyper after the upgrade, so the copy runs between
+//! two plain TCP sockets with large buffers (bulk transfers are bound by syscalls per byte).
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+/// Copy buffer per direction: large enough that a bulk transfer costs few syscalls.
+const COPY_BUFFER: usize = 64 * 1024;
 
 pub(super) async fn relay(
     upgrade: OnUpgrade,
@@ -20,11 +26,28 @@ pub(super) async fn relay(
             return;
         }
     };
-    let mut client = TokioIo::new(upgraded);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let result = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let mut client = parts.io.into_inner();
+            // Bytes the client sent right behind the CONNECT head were read with it.
+            match upstream.write_all(&parts.read_buf).await {
+                Ok(()) => copy(&mut client, &mut upstream).await,
+                Err(e) => Err(e),
+            }
+        }
+        Err(upgraded) => copy(&mut TokioIo::new(upgraded), &mut upstream).await,
+    };
+    match result {
         Ok((up, down)) => {
             tracing::debug!(%target, bytes_up = up, bytes_down = down, "tunnel closed")
         }
         Err(e) => tracing::debug!(%target, error = %e, "tunnel ended with an error"),
     }
+}
+
+async fn copy<C>(client: &mut C, upstream: &mut TcpStream) -> std::io::Result<(u64, u64)>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional_with_sizes(client, upstream, COPY_BUFFER, COPY_BUFFER).await
 }

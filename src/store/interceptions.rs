@@ -5,38 +5,40 @@ use super::{Interception, Store, StoreError};
 const COLUMNS: &str = "id, request_id, token_id, user_label, provider, model, method, path, status, input_tokens, \
      output_tokens, cache_read_tokens, cache_write_tokens, usage_source, outcome, started_at, duration_ms, ttfb_ms, error";
 
+/// Rows per INSERT statement: 19 parameters each stays under SQLite's oldest variable limit (999).
+const ROWS_PER_INSERT: usize = 50;
+
 impl Store {
-    /// Insert a batch in one transaction. Records are not configuration: nothing is published.
+    /// Insert a batch in one transaction, many rows per statement (one round trip to the
+    /// database per chunk, not per row). Records are not configuration: nothing is published.
     pub async fn insert_interceptions(&self, batch: &[Interception]) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO interceptions ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-        );
         with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
-            for r in batch {
-                sqlx::query(&sql)
-                    .bind(r.id)
-                    .bind(&r.request_id)
-                    .bind(r.token_id)
-                    .bind(&r.user)
-                    .bind(&r.provider)
-                    .bind(&r.model)
-                    .bind(&r.method)
-                    .bind(&r.path)
-                    .bind(r.status)
-                    .bind(r.input_tokens)
-                    .bind(r.output_tokens)
-                    .bind(r.cache_read_tokens)
-                    .bind(r.cache_write_tokens)
-                    .bind(&r.usage_source)
-                    .bind(&r.outcome)
-                    .bind(r.started_at)
-                    .bind(r.duration_ms)
-                    .bind(r.ttfb_ms)
-                    .bind(&r.error)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in batch.chunks(ROWS_PER_INSERT) {
+                let mut insert =
+                    sqlx::QueryBuilder::new(format!("INSERT INTO interceptions ({COLUMNS}) "));
+                insert.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.id)
+                        .push_bind(&r.request_id)
+                        .push_bind(r.token_id)
+                        .push_bind(&r.user)
+                        .push_bind(&r.provider)
+                        .push_bind(&r.model)
+                        .push_bind(&r.method)
+                        .push_bind(&r.path)
+                        .push_bind(r.status)
+                        .push_bind(r.input_tokens)
+                        .push_bind(r.output_tokens)
+                        .push_bind(r.cache_read_tokens)
+                        .push_bind(r.cache_write_tokens)
+                        .push_bind(&r.usage_source)
+                        .push_bind(&r.outcome)
+                        .push_bind(r.started_at)
+                        .push_bind(r.duration_ms)
+                        .push_bind(r.ttfb_ms)
+                        .push_bind(&r.error);
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

@@ -1,7 +1,10 @@
 //! The interception record writer: a bounded queue in front of batched inserts.
 //!
 //! The request path only `try_send`s (never waits on the database). One background task drains
-//! the queue in batches; when the database fails, the batch is held and retried with backoff
+//! the queue in batches: when it wakes from idle it lingers briefly so that one insert carries
+//! every record of that moment (a busy proxy otherwise pays a database round trip per request);
+//! under sustained load the queue is never short of a batch and it does not linger. When the
+//! database fails, the batch is held and retried with backoff
 //! while new records queue up behind it. When the queue is full a record is dropped — counted
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
@@ -16,6 +19,8 @@ use tokio::task::JoinHandle;
 /// Records waiting for the database, at most.
 pub const QUEUE_CAPACITY: usize = 10_000;
 const BATCH: usize = 500;
+/// How long the writer waits, after idling, for more records to share one insert.
+const LINGER: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -82,6 +87,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
             match rx.recv().await {
                 Some(r) => pending.push(r),
                 None => return,
+            }
+            if rx.len() < BATCH {
+                tokio::time::sleep(LINGER).await;
             }
         }
         while pending.len() < BATCH {

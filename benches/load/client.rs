@@ -1,0 +1,165 @@
+//! The load client: hyper's HTTP/1.1 client over rustls, either straight to the upstream or
+//! through the proxy the way an agent does it (`CONNECT api.openai.com:443` with
+//! `Proxy-Authorization`, then TLS to the name, trusting the proxy's CA). Same code, same TLS
+//! settings on both paths; only the CONNECT preamble differs.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub const CHAT_BODY: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}"#;
+pub const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Count."}]}"#;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Path {
+    Direct,
+    Proxy,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Proxy => "proxy",
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub upstream: SocketAddr,
+    pub proxy: SocketAddr,
+    /// `Basic base64(agent:TOKEN)`.
+    pub proxy_auth: String,
+    /// Trusts the upstream's CA (direct).
+    pub tls_direct: TlsConnector,
+    /// Trusts the proxy's CA (proxied).
+    pub tls_proxy: TlsConnector,
+}
+
+impl Endpoints {
+    pub fn new(
+        upstream: SocketAddr,
+        proxy: SocketAddr,
+        token: &str,
+        upstream_ca: &str,
+        proxy_ca: &str,
+    ) -> Self {
+        use base64::Engine;
+        let cfg = |pem: &str| {
+            let mut c = crate::tls::client_config(&[pem], &[b"http/1.1"]);
+            // Every new connection is a full handshake on both paths.
+            c.resumption = rustls::client::Resumption::disabled();
+            TlsConnector::from(Arc::new(c))
+        };
+        Endpoints {
+            upstream,
+            proxy,
+            proxy_auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("agent:{token}"))
+            ),
+            tls_direct: cfg(upstream_ca),
+            tls_proxy: cfg(proxy_ca),
+        }
+    }
+
+    /// The `Host` a request on `path` carries.
+    pub fn host(&self, path: Path) -> String {
+        match path {
+            Path::Direct => format!("localhost:{}", self.upstream.port()),
+            Path::Proxy => "api.openai.com".to_string(),
+        }
+    }
+
+    /// A raw byte stream to `target` through the proxy's CONNECT (a tunnel or a MITM session).
+    pub async fn connect_tunnel(&self, target: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(self.proxy).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let head = format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+            self.proxy_auth
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // Read exactly the response head: byte by byte, so no tunnel byte is consumed.
+        let mut buf = Vec::with_capacity(128);
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            let n = tcp.read(&mut byte).await.unwrap();
+            assert!(n == 1, "proxy closed during CONNECT");
+            buf.push(byte[0]);
+        }
+        assert!(
+            buf.starts_with(b"HTTP/1.1 200"),
+            "CONNECT refused: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        tcp
+    }
+
+    /// A new HTTP/1.1 connection over TLS on `path`.
+    pub async fn open(&self, path: Path) -> SendRequest<Full<Bytes>> {
+        let (tcp, tls, name) = match path {
+            Path::Direct => {
+                let tcp = TcpStream::connect(self.upstream).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                (tcp, &self.tls_direct, "localhost")
+            }
+            Path::Proxy => (
+                self.connect_tunnel("api.openai.com:443").await,
+                &self.tls_proxy,
+                "api.openai.com",
+            ),
+        };
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let stream = tls.connect(name, tcp).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    }
+}
+
+pub fn request(
+    host: &str,
+    body: &'static str,
+    extra: &[(&'static str, String)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/v1/chat/completions")
+        .header("host", host)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-agent-placeholder");
+    for (k, v) in extra {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// One small JSON call on an open connection; returns whether it got a 200 and a full body.
+pub async fn call(sender: &mut SendRequest<Full<Bytes>>, host: &str) -> bool {
+    if sender.ready().await.is_err() {
+        return false;
+    }
+    let Ok(resp) = sender.send_request(request(host, CHAT_BODY, &[])).await else {
+        return false;
+    };
+    let ok = resp.status() == 200;
+    match resp.into_body().collect().await {
+        Ok(body) => ok && !body.to_bytes().is_empty(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,710 @@
+//! End-to-end load harness: the same client against the same TLS upstream, direct and through
+//! the proxy's MITM path (or a tunnel), in one run, with min/median/max over repeated rounds.
+//!
+//! ```text
+//! cargo bench --bench load -- [--seconds S] [--rounds N] [--only a,b] [--idle 1000,10000]
+//!                             [--no-pin] [--json PATH]
+//! ```
+//!
+//! The proxy is the real binary (a child process set up with the CLI, SQLite, info logging to a
+//! file). With two or more CPUs the proxy is pinned to CPU 1 with one tokio worker and the load
+//! client to CPU 0; the upstream is not pinned (it runs wherever there is room, as it would
+//! beside a proxy on a shared host). Direct and proxied rounds alternate so drift hits both.
+//!
+//! Scenarios (`--only` names): `keepalive1`, `keepalive16`, `newconn`, `sse`, `tunnel`, `idle`,
+//! `reload`. Set `AIBRIDGE_BENCH_SERVE_ARGS` to pass extra `serve` flags to the proxy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod client;
+mod proxy;
+mod report;
+#[path = "../../tests/it/support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
+mod upstream;
+
+use client::{Endpoints, Path};
+use proxy::{ProxyProcess, Setup};
+use report::{pct_us, Report};
+use std::time::{Duration, Instant};
+
+struct Options {
+    seconds: f64,
+    rounds: usize,
+    only: Option<Vec<String>>,
+    idle: Vec<usize>,
+    pin: bool,
+    json: Option<String>,
+    bulk_mib: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let list = |s: String| s.split(',').map(str::to_string).collect::<Vec<_>>();
+    Options {
+        seconds: value("--seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2.0),
+        rounds: value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(5),
+        only: value("--only").map(list),
+        idle: value("--idle")
+            .map(|s| list(s).iter().filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1000, 10_000]),
+        pin: !args.iter().any(|a| a == "--no-pin"),
+        json: value("--json"),
+        bulk_mib: value("--bulk-mib")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(512),
+    }
+}
+
+/// Everything a scenario needs.
+struct Bench {
+    opts: Options,
+    ep: Endpoints,
+    proxy: ProxyProcess,
+    setup_upstream_base: String,
+    upstream_ca_pem: String,
+    bulk: std::net::SocketAddr,
+    pin_proxy: Option<usize>,
+    report: Report,
+}
+
+impl Bench {
+    fn wants(&self, name: &str) -> bool {
+        self.opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == name))
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.opts.seconds)
+    }
+}
+
+fn main() {
+    let opts = options();
+    let _ = *upstream::EPOCH;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = opts.pin && cpus >= 2;
+    // The upstream's runtime is built first, so its threads keep the full CPU mask; the main
+    // thread (the client's runtime) is pinned afterwards.
+    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("upstream")
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = tls::TestCa::new();
+    let upstream_addr =
+        upstream_rt.block_on(upstream::start_tls(ca.server_config(&upstream_alpn())));
+    let bulk = upstream_rt.block_on(upstream::start_bulk(opts.bulk_mib << 20));
+    if pin {
+        let status = std::process::Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "taskset failed");
+    }
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream_base = format!("https://127.0.0.1:{}", upstream_addr.port());
+    let pin_proxy = pin.then_some(1);
+    let proxy = ProxyProcess::start(&Setup {
+        upstream_base: &upstream_base,
+        upstream_ca_pem: &ca.cert_pem,
+        bulk_port: bulk.port(),
+        pin: pin_proxy,
+    });
+    let ep = Endpoints::new(
+        upstream_addr,
+        proxy.addr,
+        &proxy.token,
+        &ca.cert_pem,
+        &proxy.ca_pem,
+    );
+    let placement = if pin {
+        "client on CPU 0, proxy on CPU 1 (1 tokio worker), upstream unpinned"
+    } else {
+        "nothing pinned"
+    };
+    println!(
+        "load: {cpus} CPUs; {placement}; {} rounds of {:.1}s per cell; proxy = release binary, SQLite, info logs to a file",
+        opts.rounds, opts.seconds
+    );
+    println!(
+        "{:<20} {:<10} {:<22} {:>10} {:>10} {:>10}",
+        "scenario", "path", "metric", "min", "median", "max"
+    );
+    let mut bench = Bench {
+        opts,
+        ep,
+        proxy,
+        setup_upstream_base: upstream_base,
+        upstream_ca_pem: ca.cert_pem.clone(),
+        bulk,
+        pin_proxy,
+        report: Report::default(),
+    };
+    let started = Instant::now();
+    client_rt.block_on(async {
+        for conns in [1usize, 16] {
+            if bench.wants(&format!("keepalive{conns}")) {
+                keepalive(&mut bench, conns).await;
+            }
+        }
+        if bench.wants("newconn") {
+            newconn(&mut bench).await;
+        }
+        if bench.wants("sse") {
+            sse(&mut bench).await;
+        }
+        if bench.wants("tunnel") {
+            tunnel(&mut bench).await;
+        }
+        if bench.wants("idle") {
+            idle(&mut bench).await;
+        }
+        if bench.wants("reload") {
+            reload(&mut bench).await;
+        }
+    });
+    targets(&mut bench.report);
+    bench.report.print_targets();
+    println!("\nelapsed {:.0}s", started.elapsed().as_secs_f64());
+    if let Some(path) = &bench.opts.json {
+        let header = serde_json::json!({
+            "cpus": cpus, "placement": placement, "rounds": bench.opts.rounds,
+            "seconds": bench.opts.seconds, "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&bench.report.json(header)).unwrap(),
+        )
+        .unwrap();
+        println!("wrote {path}");
+    }
+    drop(upstream_rt);
+}
+
+/// The upstream's ALPN list: `h2,http/1.1` unless `AIBRIDGE_BENCH_UPSTREAM_ALPN` says otherwise.
+fn upstream_alpn() -> Vec<&'static [u8]> {
+    match std::env::var("AIBRIDGE_BENCH_UPSTREAM_ALPN").as_deref() {
+        Ok("http/1.1") => vec![b"http/1.1"],
+        Ok("h2") => vec![b"h2"],
+        _ => vec![b"h2", b"http/1.1"],
+    }
+}
+
+/// Sequential keep-alive requests on `conns` connections per path.
+async fn keepalive(b: &mut Bench, conns: usize) {
+    let scenario = format!("keepalive_{conns}conn");
+    let mut results: Vec<(Path, Vec<[f64; 7]>)> =
+        vec![(Path::Direct, vec![]), (Path::Proxy, vec![])];
+    let mut senders = Vec::new();
+    for path in [Path::Direct, Path::Proxy] {
+        let mut s = Vec::new();
+        for _ in 0..conns {
+            s.push(b.ep.open(path).await);
+        }
+        s = run_keepalive(s, &b.ep.host(path), Duration::from_millis(300))
+            .await
+            .0;
+        senders.push(s);
+    }
+    for _ in 0..b.opts.rounds {
+        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+            let cpu0 = b.proxy.cpu();
+            let up0 = upstream_cpu();
+            let s = std::mem::take(&mut senders[i]);
+            let (s, mut lat, errors, elapsed) =
+                run_keepalive(s, &b.ep.host(path), b.duration()).await;
+            senders[i] = s;
+            let cpu = (b.proxy.cpu() - cpu0).as_nanos() as f64 / 1000.0;
+            let up = (upstream_cpu() - up0).as_nanos() as f64 / 1000.0;
+            lat.sort_unstable();
+            let n = lat.len() as f64;
+            results[i].1.push([
+                n / elapsed,
+                pct_us(&lat, 0.5),
+                pct_us(&lat, 0.99),
+                pct_us(&lat, 0.999),
+                errors as f64,
+                if path == Path::Proxy {
+                    cpu / n
+                } else {
+                    f64::NAN
+                },
+                up / n,
+            ]);
+        }
+    }
+    for (path, rounds) in results {
+        let col = |i: usize| rounds.iter().map(|r| r[i]).collect::<Vec<_>>();
+        b.report.push(&scenario, path.name(), "req/s", col(0));
+        b.report.push(&scenario, path.name(), "p50 µs", col(1));
+        b.report.push(&scenario, path.name(), "p99 µs", col(2));
+        b.report.push(&scenario, path.name(), "p999 µs", col(3));
+        b.report.push(&scenario, path.name(), "errors", col(4));
+        if path == Path::Proxy {
+            b.report
+                .push(&scenario, path.name(), "proxy CPU µs/req", col(5));
+        }
+        b.report
+            .push(&scenario, path.name(), "upstream CPU µs/req", col(6));
+    }
+}
+
+/// CPU time of this process's upstream threads (named `upstream`), for a per-request
+/// reference: what a minimal TLS server costs on this machine.
+fn upstream_cpu() -> Duration {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("upstream") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ticks * 1_000_000_000 / proxy::clock_ticks())
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// Run every connection in its own task until `duration` passes. Returns the senders, the
+/// latencies (ns), the error count and the elapsed seconds.
+async fn run_keepalive(
+    senders: Vec<Sender>,
+    host: &str,
+    duration: Duration,
+) -> (Vec<Sender>, Vec<u64>, usize, f64) {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut sender| {
+            let host = host.to_string();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(32 * 1024);
+                let mut errors = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if client::call(&mut sender, &host).await {
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    } else {
+                        errors += 1;
+                        if sender.is_closed() {
+                            break;
+                        }
+                    }
+                }
+                (sender, lat, errors)
+            })
+        })
+        .collect();
+    let mut senders = Vec::new();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (s, lat, e) = t.await.unwrap();
+        senders.push(s);
+        all.extend(lat);
+        errors += e;
+    }
+    (senders, all, errors, started.elapsed().as_secs_f64())
+}
+
+/// One new connection per request: TCP (+ CONNECT) + a full TLS handshake + one request.
+async fn newconn(b: &mut Bench) {
+    let scenario = "new_connection";
+    let mut rounds: [Vec<[f64; 3]>; 2] = [vec![], vec![]];
+    for path in [Path::Direct, Path::Proxy] {
+        let mut s = b.ep.open(path).await; // warm: leaf cached, upstream pool open
+        client::call(&mut s, &b.ep.host(path)).await;
+    }
+    for _ in 0..b.opts.rounds {
+        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+            let host = b.ep.host(path);
+            let started = Instant::now();
+            let deadline = started + b.duration();
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let mut s = b.ep.open(path).await;
+                assert!(
+                    client::call(&mut s, &host).await,
+                    "new-connection request failed"
+                );
+                lat.push(t.elapsed().as_nanos() as u64);
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            lat.sort_unstable();
+            rounds[i].push([
+                lat.len() as f64 / elapsed,
+                pct_us(&lat, 0.5),
+                pct_us(&lat, 0.99),
+            ]);
+        }
+    }
+    for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+        let col = |c: usize| rounds[i].iter().map(|r| r[c]).collect::<Vec<_>>();
+        b.report.push(scenario, path.name(), "conn/s", col(0));
+        b.report.push(scenario, path.name(), "p50 µs", col(1));
+        b.report.push(scenario, path.name(), "p99 µs", col(2));
+    }
+}
+
+const SSE_EVENTS: usize = 200;
+const SSE_GAP_US: u64 = 1000;
+
+/// SSE: time to the first event, and each later event's delay from the upstream's send to the
+/// client's read.
+async fn sse(b: &mut Bench) {
+    let scenario = "sse_200_events";
+    let streams_per_round =
+        ((b.opts.seconds * 1e6) / (SSE_EVENTS as f64 * SSE_GAP_US as f64)).max(1.0) as usize;
+    let mut rounds: [Vec<[f64; 3]>; 2] = [vec![], vec![]];
+    let mut senders = Vec::new();
+    for path in [Path::Direct, Path::Proxy] {
+        let mut s = b.ep.open(path).await;
+        client::call(&mut s, &b.ep.host(path)).await;
+        senders.push(s);
+    }
+    for _ in 0..b.opts.rounds {
+        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+            let host = b.ep.host(path);
+            let mut first = Vec::new();
+            let mut later = Vec::new();
+            for _ in 0..streams_per_round {
+                let (f, l) = one_stream(&mut senders[i], &host).await;
+                first.push(f);
+                later.extend(l);
+            }
+            first.sort_unstable();
+            later.sort_unstable();
+            rounds[i].push([
+                pct_us(&first, 0.5),
+                pct_us(&later, 0.5),
+                pct_us(&later, 0.99),
+            ]);
+        }
+    }
+    for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+        let col = |c: usize| rounds[i].iter().map(|r| r[c]).collect::<Vec<_>>();
+        b.report
+            .push(scenario, path.name(), "first event µs", col(0));
+        b.report.push(scenario, path.name(), "event p50 µs", col(1));
+        b.report.push(scenario, path.name(), "event p99 µs", col(2));
+    }
+}
+
+/// One stream: (ns from request to the first event, ns send→read of every later event).
+async fn one_stream(sender: &mut Sender, host: &str) -> (u64, Vec<u64>) {
+    use http_body_util::BodyExt;
+    sender.ready().await.unwrap();
+    let extra = [
+        ("x-bench-events", SSE_EVENTS.to_string()),
+        ("x-bench-gap-us", SSE_GAP_US.to_string()),
+    ];
+    let t0 = upstream::now_ns();
+    let resp = sender
+        .send_request(client::request(host, client::STREAM_BODY, &extra))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    let mut first = None;
+    let mut later = Vec::with_capacity(SSE_EVENTS);
+    while let Some(frame) = body.frame().await {
+        let now = upstream::now_ns();
+        let Ok(data) = frame.unwrap().into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            if let Some(sent) = sent_at(&event) {
+                if first.is_none() {
+                    first = Some(now - t0);
+                } else {
+                    later.push(now.saturating_sub(sent));
+                }
+            }
+        }
+    }
+    assert_eq!(later.len() + 1, SSE_EVENTS, "every event arrives");
+    (first.unwrap(), later)
+}
+
+fn sent_at(event: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(event).ok()?;
+    let at = s.find("\"t\":")? + 4;
+    let digits: String = s[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Bulk download through a CONNECT tunnel vs a direct TCP connection.
+async fn tunnel(b: &mut Bench) {
+    use tokio::io::AsyncReadExt;
+    let scenario = "tunnel_bulk";
+    let total = b.opts.bulk_mib << 20;
+    let mut rounds: [Vec<f64>; 2] = [vec![], vec![]];
+    let target = format!("127.0.0.1:{}", b.bulk.port());
+    for _ in 0..b.opts.rounds {
+        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+            let started = Instant::now();
+            let mut tcp = match path {
+                Path::Direct => tokio::net::TcpStream::connect(b.bulk).await.unwrap(),
+                Path::Proxy => b.ep.connect_tunnel(&target).await,
+            };
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0;
+            loop {
+                let n = tcp.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            assert_eq!(got, total, "bulk transfer complete");
+            rounds[i].push(total as f64 / 1e6 / started.elapsed().as_secs_f64());
+        }
+    }
+    for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+        b.report
+            .push(scenario, path.name(), "MB/s", rounds[i].clone());
+    }
+}
+
+/// Proxy RSS per idle intercepted connection (CONNECT + TLS + one request, then idle), each
+/// round on a fresh proxy process so earlier rounds' freed memory cannot hide the cost.
+async fn idle(b: &mut Bench) {
+    for &n in &b.opts.idle.clone() {
+        let scenario = format!("idle_{n}_mitm");
+        let mut per_conn = Vec::new();
+        let rounds = if n >= 10_000 {
+            b.opts.rounds.min(3)
+        } else {
+            b.opts.rounds
+        };
+        for _ in 0..rounds {
+            let proxy = ProxyProcess::start(&Setup {
+                upstream_base: &b.setup_upstream_base,
+                upstream_ca_pem: &b.upstream_ca_pem,
+                bulk_port: b.bulk.port(),
+                pin: b.pin_proxy,
+            });
+            let ep = Endpoints::new(
+                b.ep.upstream,
+                proxy.addr,
+                &proxy.token,
+                &b.upstream_ca_pem,
+                &proxy.ca_pem,
+            );
+            {
+                let mut warm = ep.open(Path::Proxy).await;
+                assert!(client::call(&mut warm, "api.openai.com").await);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let base = proxy.rss_kib();
+            let held = open_many(&ep, n).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let active = active_mitm(&proxy).await;
+            assert!(
+                active >= n as f64,
+                "{active} of {n} connections open at the proxy"
+            );
+            per_conn.push((proxy.rss_kib() as f64 - base as f64) / n as f64);
+            drop(held);
+        }
+        b.report.push(&scenario, "proxy", "RSS KiB/conn", per_conn);
+    }
+}
+
+async fn open_many(ep: &Endpoints, n: usize) -> Vec<Sender> {
+    const PARALLEL: usize = 32;
+    let mut held = Vec::with_capacity(n);
+    let mut set = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while held.len() < n {
+        while started < n && set.len() < PARALLEL {
+            let ep = ep.clone();
+            set.spawn(async move {
+                let mut s = ep.open(Path::Proxy).await;
+                assert!(client::call(&mut s, "api.openai.com").await);
+                s
+            });
+            started += 1;
+        }
+        held.push(set.join_next().await.unwrap().unwrap());
+    }
+    held
+}
+
+async fn active_mitm(proxy: &ProxyProcess) -> f64 {
+    let (_, text) = proxy.admin("GET", "/metrics", None).await;
+    text.lines()
+        .find(|l| l.starts_with("aibridge_proxy_active_connections{kind=\"mitm\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Requests on 16 connections while the provider is rewritten 10 times a second, against the
+/// same load without rewrites, alternating.
+async fn reload(b: &mut Bench) {
+    let scenario = "reload_16conn";
+    let (status, body) = b
+        .proxy
+        .admin(
+            "POST",
+            "/api/v1/models",
+            Some(r#"{"provider":"openai","model":"gpt-4o-mini"}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut senders = Vec::new();
+    for _ in 0..16 {
+        senders.push(b.ep.open(Path::Proxy).await);
+    }
+    let host = b.ep.host(Path::Proxy);
+    let mut steady = (vec![], vec![]);
+    let mut reloading = (vec![], vec![], vec![]);
+    for _ in 0..b.opts.rounds {
+        for rewrite in [false, true] {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = rewrite.then(|| {
+                let (admin, token, stop) =
+                    (b.proxy.admin, b.proxy.admin_token.clone(), stop.clone());
+                tokio::spawn(rewrite_loop(admin, token, stop))
+            });
+            let (s, lat, errors, elapsed) =
+                run_keepalive(std::mem::take(&mut senders), &host, b.duration()).await;
+            senders = s;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let rps = lat.len() as f64 / elapsed;
+            match writer {
+                Some(w) => {
+                    let (writes, failed) = w.await.unwrap();
+                    assert_eq!(failed, 0, "provider rewrites failed");
+                    reloading.0.push(rps);
+                    reloading.1.push(errors as f64);
+                    reloading.2.push(writes as f64 / elapsed);
+                }
+                None => {
+                    steady.0.push(rps);
+                    steady.1.push(errors as f64);
+                }
+            }
+        }
+    }
+    b.report.push(scenario, "steady", "req/s", steady.0);
+    b.report.push(scenario, "steady", "errors", steady.1);
+    b.report.push(scenario, "reloading", "req/s", reloading.0);
+    b.report.push(scenario, "reloading", "errors", reloading.1);
+    b.report
+        .push(scenario, "reloading", "rewrites/s", reloading.2);
+}
+
+/// PATCH the provider every 100 ms (toggling its model policy; the model used is allowed
+/// either way) until told to stop. Returns (writes, failed writes).
+async fn rewrite_loop(
+    admin: std::net::SocketAddr,
+    token: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize) {
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::client_config(&[], &[]))
+        .build()
+        .unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut writes, mut failed) = (0, 0);
+    let mut enforce = false;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        tick.tick().await;
+        enforce = !enforce;
+        let resp = client
+            .patch(format!("http://{admin}/api/v1/providers/openai"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(format!("{{\"enforce_models\":{enforce}}}"))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => writes += 1,
+            _ => failed += 1,
+        }
+    }
+    (writes, failed)
+}
+
+/// The performance issue's targets, from this run's medians.
+fn targets(r: &mut Report) {
+    let k1 = "keepalive_1conn";
+    let added_p50 = r.median(k1, "proxy", "p50 µs") - r.median(k1, "direct", "p50 µs");
+    let added_p99 = r.median(k1, "proxy", "p99 µs") - r.median(k1, "direct", "p99 µs");
+    let cpu = r.median(k1, "proxy", "proxy CPU µs/req");
+    r.target("1 conn: added p50 latency", added_p50, " µs", 40.0, true);
+    r.target("1 conn: added p99 latency", added_p99, " µs", 100.0, true);
+    r.target("1 conn: proxy CPU per request", cpu, " µs", 25.0, true);
+    let k16 = "keepalive_16conn";
+    let ratio16 = r.median(k16, "proxy", "req/s") / r.median(k16, "direct", "req/s");
+    r.target("16 conns: throughput vs direct", ratio16, "x", 0.45, false);
+    let nc = "new_connection";
+    let nc_ratio = r.median(nc, "proxy", "p50 µs") / r.median(nc, "direct", "p50 µs");
+    r.target("new connection: p50 vs direct", nc_ratio, "x", 1.5, true);
+    let s = "sse_200_events";
+    let first =
+        (r.median(s, "proxy", "first event µs") - r.median(s, "direct", "first event µs")) / 1000.0;
+    let each =
+        (r.median(s, "proxy", "event p50 µs") - r.median(s, "direct", "event p50 µs")) / 1000.0;
+    r.target("SSE: first event added", first, " ms", 1.0, true);
+    r.target("SSE: later event added (p50)", each, " ms", 0.3, true);
+    let t = "tunnel_bulk";
+    let tunnel = r.median(t, "proxy", "MB/s") / r.median(t, "direct", "MB/s");
+    r.target("tunnel: bulk throughput vs direct", tunnel, "x", 0.9, false);
+    for n in ["idle_1000_mitm", "idle_10000_mitm"] {
+        let v = r.median(n, "proxy", "RSS KiB/conn");
+        r.target(
+            if n.contains("10000") {
+                "10 000 idle MITM: RSS per conn"
+            } else {
+                "1 000 idle MITM: RSS per conn"
+            },
+            v,
+            " KiB",
+            32.0,
+            true,
+        );
+    }
+    let errors: f64 = r
+        .series
+        .iter()
+        .filter(|s| s.scenario == "reload_16conn" && s.path == "reloading" && s.metric == "errors")
+        .flat_map(|s| s.values.iter())
+        .sum();
+    if r.series.iter().any(|s| s.scenario == "reload_16conn") {
+        r.target(
+            "reload under load: errors (all rounds)",
+            errors,
+            "",
+            0.0,
+            true,
+        );
+    }
+}
