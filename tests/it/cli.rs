@@ -467,7 +467,10 @@ model = "claude-sonnet"
     assert_eq!(providers.len(), 2);
     let openai = providers.iter().find(|p| p.name == "openai").unwrap();
     assert_eq!(openai.intercept_hosts, vec!["api.openai.com"]);
-    assert_eq!(openai.keys[0].api_key.expose(), "sk-apply-0123456789");
+    assert_eq!(
+        openai.keys[0].api_key.as_ref().unwrap().expose(),
+        "sk-apply-0123456789"
+    );
     let default = store.default_model().await.unwrap().unwrap();
     assert_eq!(default.model, "claude-sonnet");
 
