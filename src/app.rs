@@ -199,7 +199,7 @@ async fn warn_about_clear_keys(store: &Store) {
     match store.key_storage().await {
         Ok(storage) if storage.clear > 0 && encrypting => tracing::warn!(
             clear_keys = storage.clear,
-            "provider keys are stored in clear in the database; run `aibridge-proxy secrets rotate` to encrypt them"
+            "provider keys are stored in clear in the database; encrypt them with `aibridge-proxy secrets rotate --new-secrets-key-file` and this key file"
         ),
         Ok(storage) if storage.clear > 0 => tracing::warn!(
             clear_keys = storage.clear,

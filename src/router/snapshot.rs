@@ -3,8 +3,8 @@
 //! Rules (SPEC §5, §6): providers are considered oldest first; a disabled provider routes
 //! nothing; a row that does not parse (kind, base URL, intercept host), holds a key the store
 //! could not decrypt, or whose upstream client cannot be built is marked `error` and excluded
-//! alone; a provider claiming a host an older
-//! provider already holds is marked `excluded` as a whole. Nothing in a row can fail the build.
+//! alone; a provider claiming a host an older provider already holds is marked `excluded` as a
+//! whole. Nothing in a row can fail the build.
 //! Upstream clients of providers whose base URL did not change are carried over from the
 //! previous snapshot so their warm connections survive the reload.
 
