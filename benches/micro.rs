@@ -63,7 +63,7 @@ fn routing_data(providers: usize, tokens: usize) -> RoutingData {
                 updated_at: now,
                 keys: vec![ProviderKey {
                     id: Uuid::new_v4(),
-                    api_key: Secret::new(format!("sk-{i}")),
+                    api_key: Ok(Secret::new(format!("sk-{i}"))),
                     created_at: now,
                 }],
             })

@@ -18,7 +18,7 @@ use crate::pubsub::Subscription;
 use crate::router::reload::{ReloadStats, Reloader};
 use crate::router::Router;
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use crate::store::{Keyring, SecretsKeyError, Store, StoreError};
 use crate::usage::recorder::Recorder;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub enum AppError {
     Ca(#[from] CaError),
     #[error("admin token: {0}")]
     AdminToken(#[from] FileError),
+    #[error("secrets key: {0}")]
+    Secrets(#[from] SecretsKeyError),
     #[error("database: {0}")]
     Store(#[from] StoreError),
     #[error("upstream TLS: {0}")]
@@ -73,6 +75,11 @@ impl App {
         admin_listener: Option<TcpListener>,
     ) -> Result<App, AppError> {
         config.validate().map_err(AppError::Config)?;
+        // Before anything is generated: a bad key file must not leave a fresh CA behind.
+        let keyring = Keyring::load(
+            config.secrets_key_file.as_deref(),
+            config.previous_secrets_key_file.as_deref(),
+        )?;
         let crypto = Arc::new(rustls::crypto::ring::default_provider());
         let paths = CaPaths {
             cert: config.ca_cert.clone(),
@@ -94,7 +101,9 @@ impl App {
         let (admin_token_hash, admin_token_generated) =
             admin::load_or_create_admin_token(&config.admin_token_file)?;
 
-        let store = Store::open(&config.database_url).await?;
+        let store = Store::open(&config.database_url)
+            .await?
+            .with_keyring(keyring);
         // Provider upstreams are operator-configured; base-URL egress checks come with
         // write-time validation (hardening issue).
         let upstream_dialer = Dialer::new(EgressPolicy::allow_all(), config.proxy.connect_timeout);
@@ -108,9 +117,12 @@ impl App {
         let wake = Arc::new(Notify::new());
         let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams);
         let reload_stats = reloader.stats();
-        if let Err(e) = reloader.reload().await {
-            tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
-            wake.notify_one();
+        match reloader.reload().await {
+            Ok(_) => warn_about_clear_keys(&store).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
+                wake.notify_one();
+            }
         }
         shutdown.spawn(subscription.run(router.clone(), wake.clone(), shutdown.clone()));
         shutdown.spawn(reloader.run(wake, shutdown.clone()));
@@ -177,5 +189,26 @@ impl App {
         }
         self.store.close().await;
         clean
+    }
+}
+
+/// Say once, at start (after a successful first load), when provider keys sit in the database
+/// in clear.
+async fn warn_about_clear_keys(store: &Store) {
+    let encrypting = store.keyring().primary().is_some();
+    match store.key_storage().await {
+        Ok(storage) if storage.clear > 0 && encrypting => tracing::warn!(
+            clear_keys = storage.clear,
+            "provider keys are stored in clear in the database; encrypt them with `aibridge-proxy secrets rotate --new-secrets-key-file` and this key file"
+        ),
+        Ok(storage) if storage.clear > 0 => tracing::warn!(
+            clear_keys = storage.clear,
+            "provider keys are stored in clear in the database (no --secrets-key-file); see `aibridge-proxy secrets init`"
+        ),
+        Ok(_) if !encrypting => tracing::info!(
+            "no --secrets-key-file: provider keys added later will be stored in clear"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not count clear provider keys"),
     }
 }

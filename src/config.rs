@@ -85,6 +85,11 @@ pub struct AppConfig {
     /// The admin bearer token (0600), generated on first start if absent.
     pub admin_token_file: PathBuf,
     pub database_url: String,
+    /// The secrets key (64 hex characters, 0600) that encrypts provider keys at rest; without
+    /// one keys are written in clear.
+    pub secrets_key_file: Option<PathBuf>,
+    /// An older secrets key, read-only: opens keys not yet rotated to the current one.
+    pub previous_secrets_key_file: Option<PathBuf>,
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
     pub leaf_validity: Duration,
@@ -107,6 +112,8 @@ impl AppConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8889)),
             admin_token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE),
             database_url: database_url.into(),
+            secrets_key_file: None,
+            previous_secrets_key_file: None,
             ca_cert: ca_cert.into(),
             ca_key: ca_key.into(),
             leaf_validity: DEFAULT_LEAF_VALIDITY,

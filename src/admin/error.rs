@@ -63,6 +63,14 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidInput(detail) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
             }
+            e @ (StoreError::Crypto(_) | StoreError::UnreadableKey { .. }) => {
+                tracing::error!(error = %e, "admin API secrets error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                    "a provider key could not be encrypted or decrypted",
+                )
+            }
             e @ (StoreError::Database(_) | StoreError::Migrate(_) | StoreError::UnsupportedUrl) => {
                 tracing::error!(error = %e, "admin API database error");
                 ApiError::new(

@@ -4,7 +4,7 @@ use super::error::{ApiError, ApiJson, ApiPath};
 use super::views::{KeyView, List, ProviderView};
 use super::AdminState;
 use crate::provider::ProviderKind;
-use crate::secret::{mask, Secret};
+use crate::secret::Secret;
 use crate::store::{NewProvider, ProviderPatch};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -142,7 +142,7 @@ pub async fn add_key(
     state.settle().await;
     let view = KeyView {
         id: key.id,
-        masked: mask(key.api_key.expose()),
+        masked: key.masked(),
         created_at: super::views::rfc3339(key.created_at),
     };
     Ok((StatusCode::CREATED, Json(view)))

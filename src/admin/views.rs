@@ -1,7 +1,6 @@
 //! JSON shapes of the admin API (SPEC §7). Field names are the contract.
 
 use crate::router::Snapshot;
-use crate::secret::mask;
 use crate::store::{AgentToken, Model, Provider};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -59,7 +58,7 @@ impl ProviderView {
                 .iter()
                 .map(|k| KeyView {
                     id: k.id,
-                    masked: mask(k.api_key.expose()),
+                    masked: k.masked(),
                     created_at: rfc3339(k.created_at),
                 })
                 .collect(),

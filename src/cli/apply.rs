@@ -300,12 +300,13 @@ fn provider_patch(
         patch.enforce_models = Some(want.enforce_models);
         fields.push("enforce_models");
     }
-    let mut have_keys: Vec<&str> = have
+    // A key that cannot be decrypted matches nothing, so the file's keys replace it.
+    let mut have_keys: Vec<Option<&str>> = have
         .keys
         .iter()
-        .map(|k| k.api_key.expose().as_str())
+        .map(|k| k.api_key.as_ref().ok().map(|k| k.expose().as_str()))
         .collect();
-    let mut want_keys: Vec<&str> = keys.iter().map(|k| k.expose().as_str()).collect();
+    let mut want_keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.expose().as_str())).collect();
     have_keys.sort_unstable();
     want_keys.sort_unstable();
     // A base URL change without keys would detach them: re-supply the file's keys with it.

@@ -4,11 +4,13 @@
 mod apply;
 mod ca;
 mod providers;
+mod secrets;
 mod serve;
 mod token;
 
 use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,14 +57,24 @@ pub enum Command {
     Providers(providers::ProvidersCommand),
     /// Reconcile providers, keys, models and the default model to a TOML file.
     Apply(apply::ApplyArgs),
+    /// Manage the secrets key that encrypts provider keys at rest.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
-/// Where the database is.
+/// Where the database is, and the secrets keys its provider keys are sealed with.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// sqlite://PATH or postgres://... (falls back to DATABASE_URL, then sqlite://aibridge.db).
     #[arg(long, env = "AIBRIDGE_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Secrets key file (64 hex characters, mode 0600) encrypting provider keys at rest; without
+    /// it keys are written in clear.
+    #[arg(long, env = "AIBRIDGE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// An older secrets key file, only for reading keys not yet rotated to the current one.
+    #[arg(long, env = "AIBRIDGE_PREVIOUS_SECRETS_KEY_FILE")]
+    pub previous_secrets_key_file: Option<PathBuf>,
 }
 
 impl DbArgs {
@@ -73,11 +85,22 @@ impl DbArgs {
             .unwrap_or_else(|| crate::store::DEFAULT_DATABASE_URL.to_string())
     }
 
+    /// The keys from `--secrets-key-file` and `--previous-secrets-key-file`.
+    pub fn keyring(&self) -> anyhow::Result<crate::store::Keyring> {
+        crate::store::Keyring::load(
+            self.secrets_key_file.as_deref(),
+            self.previous_secrets_key_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("secrets key: {e}"))
+    }
+
     pub async fn connect(&self) -> anyhow::Result<crate::store::Store> {
+        let keyring = self.keyring()?;
         let url = self.url();
-        crate::store::Store::connect(&url)
+        let store = crate::store::Store::connect(&url)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))
+            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+        Ok(store.with_keyring(keyring))
     }
 }
 
@@ -94,6 +117,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Token(cmd) => token::run(cmd).await,
         Command::Providers(cmd) => providers::run(cmd).await,
         Command::Apply(args) => apply::run(args).await,
+        Command::Secrets(cmd) => secrets::run(cmd).await,
     };
     match result {
         Ok(code) => code,

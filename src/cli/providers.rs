@@ -3,7 +3,7 @@
 
 use super::DbArgs;
 use crate::provider::ProviderKind;
-use crate::secret::{mask, Secret};
+use crate::secret::Secret;
 use crate::store::{NewProvider, ProviderPatch};
 use anyhow::Context;
 use clap::{ArgAction, Args, Subcommand};
@@ -100,7 +100,7 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
                 "name", "kind", "enabled", "base_url", "intercept_hosts"
             );
             for p in providers {
-                let keys: Vec<String> = p.keys.iter().map(|k| mask(k.api_key.expose())).collect();
+                let keys: Vec<String> = p.keys.iter().map(|k| k.masked()).collect();
                 println!(
                     "{:<20}  {:<18}  {:<8}  {:<40}  {:<30}  {}",
                     p.name,

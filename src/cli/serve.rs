@@ -86,6 +86,8 @@ impl ServeArgs {
             admin_listen: self.admin_listen,
             admin_token_file: self.admin_token_file,
             database_url: self.db.url(),
+            secrets_key_file: self.db.secrets_key_file,
+            previous_secrets_key_file: self.db.previous_secrets_key_file,
             ca_cert: self.ca.ca_cert,
             ca_key: self.ca.ca_key,
             leaf_validity: self.leaf_validity,
@@ -136,6 +138,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
             e @ (AppError::Config(_)
             | AppError::Ca(_)
             | AppError::AdminToken(_)
+            | AppError::Secrets(_)
             | AppError::UpstreamTls(_)),
         ) => {
             eprintln!("error: {e}");

@@ -1,9 +1,10 @@
 //! Building a snapshot from store rows.
 //!
 //! Rules (SPEC §5, §6): providers are considered oldest first; a disabled provider routes
-//! nothing; a row that does not parse (kind, base URL, intercept host) or whose upstream client
-//! cannot be built is marked `error` and excluded alone; a provider claiming a host an older
-//! provider already holds is marked `excluded` as a whole. Nothing in a row can fail the build.
+//! nothing; a row that does not parse (kind, base URL, intercept host), holds a key the store
+//! could not decrypt, or whose upstream client cannot be built is marked `error` and excluded
+//! alone; a provider claiming a host an older provider already holds is marked `excluded` as a
+//! whole. Nothing in a row can fail the build.
 //! Upstream clients of providers whose base URL did not change are carried over from the
 //! previous snapshot so their warm connections survive the reload.
 
@@ -186,7 +187,10 @@ impl Snapshot {
                 name: row.name.clone(),
                 kind,
                 base,
-                key: row.keys.first().map(|k| k.api_key.clone()),
+                key: row
+                    .keys
+                    .first()
+                    .and_then(|k| k.api_key.as_ref().ok().cloned()),
                 enforce_models: row.enforce_models,
                 models: data
                     .models
@@ -249,5 +253,14 @@ fn parse_row(row: &crate::store::Provider) -> Result<ParsedRow, String> {
     let base = BaseUrl::parse(&row.base_url).map_err(|e| e.to_string())?;
     let targets =
         provider::intercept_targets(&row.intercept_hosts, &base).map_err(|e| e.to_string())?;
+    // Any undecryptable key excludes the provider, not just the injected one: serving on
+    // another key would change which key goes out when the operator fixes or deletes one.
+    if let Some((id, e)) = row
+        .keys
+        .iter()
+        .find_map(|k| k.api_key.as_ref().err().map(|e| (k.id, e)))
+    {
+        return Err(format!("key {id} cannot be decrypted: {e}"));
+    }
     Ok((kind, base, targets))
 }

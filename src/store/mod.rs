@@ -8,13 +8,20 @@
 //! counter and, on PostgreSQL, `NOTIFY`s `ai_providers_changed` (delivered only on commit). On
 //! SQLite the in-process subscribers are woken after commit and other processes see the counter
 //! move. A write either commits whole, with its change published, or leaves nothing behind.
+//!
+//! Provider keys are sealed on write and opened on read with the store's [`Keyring`]
+//! (`--secrets-key-file`, see [`crypto`]); without one they are written in clear. A key that
+//! cannot be opened is carried as an error on that key, never as a failed read.
 
+pub mod crypto;
 pub mod model;
 
+pub use crypto::{CryptoError, KeyId, Keyring, SecretsKey, SecretsKeyError};
 pub use model::{
     AgentToken, Interception, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey,
-    ProviderPatch, RoutingData,
+    ProviderPatch, RoutingData, UNREADABLE_MASK,
 };
+pub use secrets::{KeyStorage, Rotation};
 
 use crate::provider::ProviderError;
 use sha2::{Digest, Sha256};
@@ -52,6 +59,14 @@ pub enum StoreError {
     Invalid(#[from] ProviderError),
     #[error("{0}")]
     InvalidInput(&'static str),
+    #[error("cannot encrypt a provider key: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("key {key_id} of provider {provider} cannot be decrypted: {reason}")]
+    UnreadableKey {
+        provider: String,
+        key_id: Uuid,
+        reason: CryptoError,
+    },
 }
 
 /// Which change channel a mutation publishes on.
@@ -80,6 +95,8 @@ pub struct Store {
     local: broadcast::Sender<()>,
     /// The highest change counter committed through this handle.
     last_committed: Arc<AtomicI64>,
+    /// Seals keys on write, opens them on read.
+    keyring: Arc<Keyring>,
 }
 
 /// Run `$body` with `$pool` bound to whichever pool the store has, and `$kind` to its [`Kind`].
@@ -115,9 +132,10 @@ macro_rules! begin_write {
     }};
 }
 
-/// Every provider with its keys, oldest first, on `$conn` (a connection or transaction).
+/// Every provider with its keys (opened with `$store`'s keyring), oldest first, on `$conn` (a
+/// connection or transaction).
 macro_rules! select_providers {
-    ($conn:expr) => {{
+    ($store:expr, $conn:expr) => {{
         let rows: Vec<$crate::store::model::ProviderRow> = sqlx::query_as(
             "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at \
              FROM ai_providers ORDER BY created_at, name",
@@ -128,13 +146,14 @@ macro_rules! select_providers {
             sqlx::query_as("SELECT id, provider_id, api_key, created_at FROM ai_provider_keys ORDER BY created_at, id")
                 .fetch_all(&mut *$conn)
                 .await?;
-        $crate::store::providers::attach_keys(rows, keys)
+        $crate::store::providers::attach_keys(rows, keys, &$store.keyring)
     }};
 }
 
 pub mod interceptions;
 mod models;
 mod providers;
+mod secrets;
 mod tokens;
 
 /// The statement that publishes a change; returns the new counter.
@@ -193,7 +212,19 @@ impl Store {
             backend,
             local,
             last_committed: Arc::new(AtomicI64::new(-1)),
+            keyring: Arc::default(),
         })
+    }
+
+    /// Seal keys written through this handle with `keyring`'s primary key (in clear without
+    /// one) and open keys read with any of its keys.
+    pub fn with_keyring(mut self, keyring: Keyring) -> Store {
+        self.keyring = Arc::new(keyring);
+        self
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Apply pending migrations (PostgreSQL serializes concurrent migrators with a lock).
@@ -276,7 +307,7 @@ impl Store {
                 sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
                     .fetch_one(&mut *tx)
                     .await?;
-            let providers = select_providers!(tx);
+            let providers = select_providers!(self, tx);
             let tokens: Vec<AgentToken> = sqlx::query_as(tokens::SELECT_ACTIVE)
                 .fetch_all(&mut *tx)
                 .await?;

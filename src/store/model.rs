@@ -1,6 +1,7 @@
 //! Row types and the inputs of writes. Clear-text keys and tokens only ever appear inside
 //! [`Secret`].
 
+use super::crypto::{CryptoError, Keyring};
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
 use time::OffsetDateTime;
@@ -26,9 +27,25 @@ pub struct Provider {
 #[derive(Debug, Clone)]
 pub struct ProviderKey {
     pub id: Uuid,
-    pub api_key: Secret<String>,
+    /// The clear key, or why it could not be decrypted (wrong or missing secrets key file, an
+    /// altered or moved value): such a key excludes its provider from routing.
+    pub api_key: Result<Secret<String>, CryptoError>,
     pub created_at: OffsetDateTime,
 }
+
+impl ProviderKey {
+    /// The masked form shown by the API and the CLI (`sk-...abcd`), or a placeholder for a key
+    /// that cannot be decrypted.
+    pub fn masked(&self) -> String {
+        match &self.api_key {
+            Ok(key) => crate::secret::mask(key.expose()),
+            Err(_) => UNREADABLE_MASK.to_string(),
+        }
+    }
+}
+
+/// What the API and the CLI show for a key that cannot be decrypted.
+pub const UNREADABLE_MASK: &str = "(cannot decrypt)";
 
 /// An agent token; the clear token is never stored, only its SHA-256.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -118,12 +135,13 @@ impl ProviderRow {
     }
 }
 
-impl From<KeyRow> for ProviderKey {
-    fn from(row: KeyRow) -> Self {
+impl KeyRow {
+    /// Decrypt (or pass through, if stored in clear) with `keyring`.
+    pub(super) fn open(self, keyring: &Keyring) -> ProviderKey {
         ProviderKey {
-            id: row.id,
-            api_key: Secret::new(row.api_key),
-            created_at: row.created_at,
+            id: self.id,
+            api_key: keyring.open(self.id, self.provider_id, Secret::new(self.api_key)),
+            created_at: self.created_at,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Providers and their keys.
 
+use super::crypto::Keyring;
 use super::model::{KeyRow, ProviderRow};
 use super::{conflict, now, parse_id, Channel, Store, StoreError};
 use super::{NewProvider, Provider, ProviderKey, ProviderPatch};
@@ -7,21 +8,48 @@ use crate::provider;
 use crate::secret::Secret;
 use uuid::Uuid;
 
-/// Insert `$keys` for provider `$id` in transaction `$tx`, in order: each key is stamped one
-/// microsecond after the previous, so "the oldest key" (the one injected) is the first listed.
+/// Insert `$keys` for provider `$id` in transaction `$tx`, sealed with `$store`'s keyring, in
+/// order: each key is stamped one microsecond after the previous, so "the oldest key" (the one
+/// injected) is the first listed.
 macro_rules! insert_keys {
-    ($tx:ident, $id:expr, $keys:expr, $now:expr) => {
+    ($store:expr, $tx:ident, $id:expr, $keys:expr, $now:expr) => {
+        if !$keys.is_empty() {
+            refuse_clear_next_to_encrypted!($store, $tx);
+        }
         for (i, key) in $keys.iter().enumerate() {
+            let key_id = Uuid::new_v4();
+            let stored = $store.keyring.seal(key_id, $id, key)?;
             sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(Uuid::new_v4())
+                .bind(key_id)
                 .bind($id)
-                .bind(key.expose())
+                .bind(stored.expose().as_str())
                 .bind($now + std::time::Duration::from_micros(i as u64))
                 .execute(&mut *$tx)
                 .await?;
         }
     };
 }
+
+/// Without a secrets key, keys are written in clear, unless the table already holds encrypted
+/// ones: then the missing `--secrets-key-file` is a mistake, not a choice, and the write is
+/// refused instead of quietly storing a clear key next to encrypted ones.
+macro_rules! refuse_clear_next_to_encrypted {
+    ($store:expr, $tx:ident) => {
+        if $store.keyring.primary().is_none() {
+            let encrypted: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM ai_provider_keys WHERE api_key LIKE 'enc:%'",
+            )
+            .fetch_one(&mut *$tx)
+            .await?;
+            if encrypted > 0 {
+                return Err(StoreError::Conflict(CLEAR_NEXT_TO_ENCRYPTED.to_string()));
+            }
+        }
+    };
+}
+
+const CLEAR_NEXT_TO_ENCRYPTED: &str = "provider keys in this database are encrypted and this \
+     process has no --secrets-key-file: refusing to store a key in clear";
 
 /// What a provider's keys become in an update.
 enum KeyChange<'a> {
@@ -92,7 +120,7 @@ impl Store {
     pub async fn list_providers(&self) -> Result<Vec<Provider>, StoreError> {
         with_pool!(self, |pool, kind| {
             let mut conn = pool.acquire().await?;
-            Ok(select_providers!(conn))
+            Ok(select_providers!(self, conn))
         })
     }
 
@@ -129,7 +157,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict(e, "a provider with that name already exists"))?;
-            insert_keys!(tx, id, &new.api_keys, now);
+            insert_keys!(self, tx, id, &new.api_keys, now);
             tx.commit().await?;
             counter
         });
@@ -204,7 +232,7 @@ impl Store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                insert_keys!(tx, id, keys, now);
+                insert_keys!(self, tx, id, keys, now);
             }
             tx.commit().await?;
             counter
@@ -250,18 +278,17 @@ impl Store {
             .get_provider(id_or_name)
             .await?
             .ok_or(StoreError::NotFound("provider"))?;
-        let key = ProviderKey {
-            id: Uuid::new_v4(),
-            api_key,
-            created_at: now(),
-        };
+        let key_id = Uuid::new_v4();
+        let created_at = now();
+        let stored = self.keyring.seal(key_id, current.id, &api_key)?;
         let counter = with_pool!(self, |pool, kind| {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
+            refuse_clear_next_to_encrypted!(self, tx);
             sqlx::query("INSERT INTO ai_provider_keys (id, provider_id, api_key, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(key.id)
+                .bind(key_id)
                 .bind(current.id)
-                .bind(key.api_key.expose())
-                .bind(key.created_at)
+                .bind(stored.expose().as_str())
+                .bind(created_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| match e.as_database_error() {
@@ -272,7 +299,11 @@ impl Store {
             counter
         });
         self.committed(counter);
-        Ok(key)
+        Ok(ProviderKey {
+            id: key_id,
+            api_key: Ok(api_key),
+            created_at,
+        })
     }
 
     /// Remove one key. Returns whether it existed on that provider.
@@ -297,14 +328,18 @@ impl Store {
     }
 }
 
-pub(super) fn attach_keys(rows: Vec<ProviderRow>, keys: Vec<KeyRow>) -> Vec<Provider> {
+pub(super) fn attach_keys(
+    rows: Vec<ProviderRow>,
+    keys: Vec<KeyRow>,
+    keyring: &Keyring,
+) -> Vec<Provider> {
     let mut by_provider: std::collections::HashMap<Uuid, Vec<ProviderKey>> =
         std::collections::HashMap::new();
     for key in keys {
         by_provider
             .entry(key.provider_id)
             .or_default()
-            .push(ProviderKey::from(key));
+            .push(key.open(keyring));
     }
     rows.into_iter()
         .map(|row| {
@@ -319,11 +354,22 @@ fn validate_keys(keys: &[Secret<String>]) -> Result<(), StoreError> {
         let k = k.expose();
         !k.is_empty() && k.len() <= 4096 && k.bytes().all(|b| b.is_ascii_graphic())
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidInput(
+    if !ok {
+        return Err(StoreError::InvalidInput(
             "api keys must be 1 to 4096 visible ASCII characters",
-        ))
+        ));
     }
+    // A clear key must never read as an encrypted one.
+    let prefix = super::crypto::ENCRYPTED_PREFIX;
+    let looks_encrypted = keys.iter().any(|k| {
+        k.expose()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    });
+    if looks_encrypted {
+        return Err(StoreError::InvalidInput(
+            "api keys must not start with enc:",
+        ));
+    }
+    Ok(())
 }

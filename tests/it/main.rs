@@ -12,6 +12,7 @@ mod ca;
 mod cli;
 mod mitm;
 mod reload;
+mod secrets;
 mod store;
 mod tunnel;
 mod usage;

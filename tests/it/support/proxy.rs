@@ -4,8 +4,9 @@ use aibridge_proxy::app::App;
 use aibridge_proxy::config::{AppConfig, NonProviderHosts};
 use aibridge_proxy::provider::ProviderKind;
 use aibridge_proxy::secret::Secret;
-use aibridge_proxy::store::{NewProvider, Store};
+use aibridge_proxy::store::{Keyring, NewProvider, Store};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio::net::TcpListener;
 
 /// A provider to create before the proxy starts.
@@ -57,6 +58,10 @@ pub struct TestProxyOptions {
     pub seed_token: bool,
     /// `--max-request-body` (default: the product default).
     pub max_request_body: Option<usize>,
+    /// `--secrets-key-file` (also seals the seeded providers' keys).
+    pub secrets_key_file: Option<PathBuf>,
+    /// `--previous-secrets-key-file`.
+    pub previous_secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for TestProxyOptions {
@@ -71,6 +76,8 @@ impl Default for TestProxyOptions {
             database_url: None,
             seed_token: true,
             max_request_body: None,
+            secrets_key_file: None,
+            previous_secrets_key_file: None,
         }
     }
 }
@@ -95,7 +102,12 @@ impl TestProxy {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("aibridge.db").display()));
-        let store = Store::connect(&db_url).await.unwrap();
+        let keyring = Keyring::load(
+            opts.secrets_key_file.as_deref(),
+            opts.previous_secrets_key_file.as_deref(),
+        )
+        .unwrap();
+        let store = Store::connect(&db_url).await.unwrap().with_keyring(keyring);
         for p in &opts.providers {
             store
                 .create_provider(NewProvider {
@@ -148,6 +160,8 @@ impl TestProxy {
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
         config.admin_token_file = dir.path().join("admin-token");
+        config.secrets_key_file = opts.secrets_key_file.clone();
+        config.previous_secrets_key_file = opts.previous_secrets_key_file.clone();
         if let Some(limit) = opts.max_request_body {
             config.proxy.max_request_body = limit;
         }
