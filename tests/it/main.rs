@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod ca;
 mod cli;
+mod fuzz_corpus;
 mod mitm;
 mod reload;
 mod store;
