@@ -72,8 +72,11 @@ pub fn check(outcome: Outcome) {
     }
 }
 
+/// An oracle: one fuzz input in, whether every invariant held.
+pub type Oracle = fn(&[u8]) -> Outcome;
+
 /// Names of the fuzz targets, in the order of `fuzz/Cargo.toml`, with their oracle.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Outcome)] = &[
+pub const TARGETS: &[(&str, Oracle)] = &[
     ("connect_target", connect_target),
     ("proxy_authorization", proxy_authorization),
     ("sse_openai", sse_openai),
