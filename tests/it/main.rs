@@ -16,3 +16,4 @@ mod reload;
 mod store;
 mod tunnel;
 mod usage;
+mod wire_fuzz;
