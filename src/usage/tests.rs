@@ -176,7 +176,10 @@ fn extreme_openai_counts_do_not_overflow() {
     let body = r#"{"usage":{"input_tokens":9223372036854775807,"input_tokens_details":{"cached_tokens":-2}}}"#;
     let u = run(Api::OpenaiResponses, JSON, &[body.as_bytes()]);
     assert_eq!(u.input_tokens, Some(i64::MAX));
-    let sse = format!("data: {}\n\ndata: [DONE]\n\n", r#"{"usage":{"prompt_tokens":9223372036854775807,"prompt_tokens_details":{"cached_tokens":-1}}}"#);
+    let sse = format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        r#"{"usage":{"prompt_tokens":9223372036854775807,"prompt_tokens_details":{"cached_tokens":-1}}}"#
+    );
     let u = run(Api::OpenaiChat, SSE, &[sse.as_bytes()]);
     assert_eq!(u.input_tokens, Some(i64::MAX));
 }
