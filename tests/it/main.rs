@@ -9,6 +9,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod ca;
+mod cancel_fuzz;
 mod cli;
 mod fuzz_corpus;
 mod mitm;
