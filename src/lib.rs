@@ -17,6 +17,8 @@ pub mod bridge;
 pub mod ca;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_logic;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;

@@ -67,7 +67,7 @@ pub async fn forward(
     let started = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
     let api = Api::detect(route.kind, req.uri().path());
-    let mut record = Interception {
+    let record = Interception {
         id: ctx.id,
         request_id: ctx.request_id.clone(),
         token_id: ctx.token_id,
@@ -89,18 +89,32 @@ pub async fn forward(
         error: None,
     };
     recorder.started(&route.name);
+    // Until an answer takes the record over, dropping this future (the client went away while
+    // its body was read or the upstream was asked) writes it as cancelled.
+    let mut unanswered = Unanswered {
+        recorder,
+        started,
+        record: Some(record),
+    };
     let (parts, body) = req.into_parts();
-    let body = match read_for_policy(route, api, &parts, body, ctx, &mut record).await {
+    let body = match read_for_policy(route, api, &parts, body, ctx, &mut unanswered).await {
         Ok(body) => body,
         Err(refusal) => {
-            record.status = i32::from(refusal.status().as_u16());
-            record.duration_ms = started.elapsed().as_millis() as i64;
-            tracing::info!(request_id = %ctx.request_id, provider = %route.name, status = record.status, error = ?record.error, "request refused by policy");
-            recorder.record(record);
+            if let Some(mut record) = unanswered.take() {
+                record.status = i32::from(refusal.status().as_u16());
+                record.duration_ms = started.elapsed().as_millis() as i64;
+                tracing::info!(request_id = %ctx.request_id, provider = %route.name, status = record.status, error = ?record.error, "request refused by policy");
+                recorder.record(record);
+            }
             return refusal;
         }
     };
-    match send(route, parts, body).await {
+    let sent = send(route, parts, body).await;
+    let Some(mut record) = unanswered.take() else {
+        // Not reached (only this function takes the record); answer without one.
+        return sent.unwrap_or_else(|e| e.into_response(&ctx.request_id));
+    };
+    match sent {
         Ok(mut resp) => {
             headers::prepare_response(resp.headers_mut());
             if let Some(theirs) = resp.headers_mut().remove(REQUEST_ID) {
@@ -145,6 +159,46 @@ pub async fn forward(
     }
 }
 
+/// A request's record while no answer exists yet. Dropped still holding it, it writes the record
+/// as `client_cancelled`, which also ends the in-flight count `Recorder::started` began: one
+/// record per request, however the request ends.
+struct Unanswered<'a> {
+    recorder: &'a Recorder,
+    started: Instant,
+    record: Option<Interception>,
+}
+
+impl Unanswered<'_> {
+    /// Hand the record over to whoever writes it next.
+    fn take(&mut self) -> Option<Interception> {
+        self.record.take()
+    }
+
+    fn set_error(&mut self, reason: &str) {
+        if let Some(r) = self.record.as_mut() {
+            r.error = Some(reason.into());
+        }
+    }
+
+    fn set_model(&mut self, model: Option<String>) {
+        if let Some(r) = self.record.as_mut() {
+            r.model = model;
+        }
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.error = Some("client_cancelled".into());
+            record.outcome = "client_cancelled".into();
+            record.duration_ms = self.started.elapsed().as_millis() as i64;
+            tracing::info!(request_id = %record.request_id, provider = %record.provider, "client went away before the answer");
+            self.recorder.record(record);
+        }
+    }
+}
+
 /// The static reason of a bridge error, carried on its response for the record.
 #[derive(Clone, Copy)]
 pub struct ErrorReason(pub &'static str);
@@ -157,7 +211,7 @@ async fn read_for_policy(
     parts: &http::request::Parts,
     body: Incoming,
     ctx: &RequestContext,
-    record: &mut Interception,
+    record: &mut Unanswered<'_>,
 ) -> Result<ProxyBody, Response<ProxyBody>> {
     if api == Api::Other || parts.method != http::Method::POST {
         return Ok(body.map_err(Into::into).boxed_unsync());
@@ -165,7 +219,7 @@ async fn read_for_policy(
     let (bytes, requested) = match policy::read(body, ctx.max_request_body).await {
         Ok(read) => read,
         Err(policy::ReadError::TooLarge) => {
-            record.error = Some("request_too_large".into());
+            record.set_error("request_too_large");
             let msg = format!("request body exceeds {} bytes", ctx.max_request_body);
             return Err(policy::provider_error(
                 route.kind,
@@ -176,7 +230,7 @@ async fn read_for_policy(
             ));
         }
         Err(policy::ReadError::Body(e)) => {
-            record.error = Some("client_body_error".into());
+            record.set_error("client_body_error");
             tracing::info!(request_id = %ctx.request_id, error = %e, "request body could not be read");
             return Err(policy::provider_error(
                 route.kind,
@@ -187,9 +241,9 @@ async fn read_for_policy(
             ));
         }
     };
-    record.model = requested.model.clone();
+    record.set_model(requested.model.clone());
     if !policy::allowed(route.enforce_models, &route.models, &requested) {
-        record.error = Some("model_not_allowed".into());
+        record.set_error("model_not_allowed");
         let shown: String = requested
             .model
             .as_deref()

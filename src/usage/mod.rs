@@ -212,7 +212,9 @@ fn apply_openai_usage(usage: &mut Usage, u: &Value) {
             int(u, &["input_tokens_details", "cached_tokens"]),
         )
     };
-    usage.input_tokens = input.map(|i| i - cached.unwrap_or(0));
+    // Upstream numbers are not trusted to be sane: an absurd pair must not overflow (a panic
+    // in debug builds, a wrapped count in release).
+    usage.input_tokens = input.map(|i| i.saturating_sub(cached.unwrap_or(0)));
     usage.output_tokens = output;
     usage.cache_read_tokens = cached.or(Some(0)).filter(|_| input.is_some());
     usage.cache_write_tokens = None;

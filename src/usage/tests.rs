@@ -165,6 +165,25 @@ fn a_megabyte_terminal_event_is_still_read() {
     assert_eq!((u.input_tokens, u.output_tokens), (Some(400), Some(20)));
 }
 
+/// Found with the `usage_json` oracle: `prompt_tokens − cached_tokens` overflowed (a panic in
+/// debug builds) on extreme values. Kept in `fuzz/corpus/{usage_json,sse_openai}` as well.
+#[test]
+fn extreme_openai_counts_do_not_overflow() {
+    let body = r#"{"model":"m","usage":{"prompt_tokens":-9223372036854775808,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+    let u = run(Api::OpenaiChat, JSON, &[body.as_bytes()]);
+    assert_eq!(u.input_tokens, Some(i64::MIN));
+    assert_eq!(u.cache_read_tokens, Some(1));
+    let body = r#"{"usage":{"input_tokens":9223372036854775807,"input_tokens_details":{"cached_tokens":-2}}}"#;
+    let u = run(Api::OpenaiResponses, JSON, &[body.as_bytes()]);
+    assert_eq!(u.input_tokens, Some(i64::MAX));
+    let sse = format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        r#"{"usage":{"prompt_tokens":9223372036854775807,"prompt_tokens_details":{"cached_tokens":-1}}}"#
+    );
+    let u = run(Api::OpenaiChat, SSE, &[sse.as_bytes()]);
+    assert_eq!(u.input_tokens, Some(i64::MAX));
+}
+
 #[test]
 fn apis_are_detected_from_kind_and_path() {
     assert_eq!(

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod db;
+pub mod panics;
 pub mod proxy;
 pub mod raw;
 pub mod relay;
