@@ -22,6 +22,8 @@ pub const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_op
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Path {
     Direct,
+    /// The minimal relay (the floor).
+    Relay,
     Proxy,
 }
 
@@ -29,6 +31,7 @@ impl Path {
     pub fn name(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Relay => "relay",
             Path::Proxy => "proxy",
         }
     }
@@ -45,6 +48,8 @@ pub struct Endpoints {
     pub tls_direct: TlsConnector,
     /// Trusts the proxy's CA (proxied).
     pub tls_proxy: TlsConnector,
+    /// The minimal relay and its CA, when started.
+    pub relay: Option<(SocketAddr, TlsConnector)>,
 }
 
 impl Endpoints {
@@ -71,20 +76,30 @@ impl Endpoints {
             ),
             tls_direct: cfg(upstream_ca),
             tls_proxy: cfg(proxy_ca),
+            relay: None,
         }
+    }
+
+    pub fn with_relay(mut self, addr: SocketAddr, ca: &str) -> Self {
+        self.relay = Some((addr, cfg(ca)));
+        self
     }
 
     /// The `Host` a request on `path` carries.
     pub fn host(&self, path: Path) -> String {
         match path {
             Path::Direct => format!("localhost:{}", self.upstream.port()),
-            Path::Proxy => "api.openai.com".to_string(),
+            Path::Relay | Path::Proxy => "api.openai.com".to_string(),
         }
     }
 
     /// A raw byte stream to `target` through the proxy's CONNECT (a tunnel or a MITM session).
     pub async fn connect_tunnel(&self, target: &str) -> TcpStream {
-        let mut tcp = TcpStream::connect(self.proxy).await.unwrap();
+        self.connect_via(self.proxy, target).await
+    }
+
+    async fn connect_via(&self, proxy: SocketAddr, target: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(proxy).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let head = format!(
             "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
@@ -120,6 +135,14 @@ impl Endpoints {
                 &self.tls_proxy,
                 "api.openai.com",
             ),
+            Path::Relay => {
+                let (addr, tls) = self.relay.as_ref().expect("relay started");
+                (
+                    self.connect_via(*addr, "api.openai.com:443").await,
+                    tls,
+                    "api.openai.com",
+                )
+            }
         };
         let name = ServerName::try_from(name.to_string()).unwrap();
         let stream = tls.connect(name, tcp).await.unwrap();
@@ -131,6 +154,13 @@ impl Endpoints {
         });
         sender
     }
+}
+
+fn cfg(pem: &str) -> TlsConnector {
+    let mut c = crate::tls::client_config(&[pem], &[b"http/1.1"]);
+    // Every new connection is a full handshake on every path.
+    c.resumption = rustls::client::Resumption::disabled();
+    TlsConnector::from(Arc::new(c))
 }
 
 pub fn request(

@@ -7,9 +7,11 @@
 //! ```
 //!
 //! The proxy is the real binary (a child process set up with the CLI, SQLite, info logging to a
-//! file). With two or more CPUs the proxy is pinned to CPU 1 with one tokio worker and the load
-//! client to CPU 0; the upstream is not pinned (it runs wherever there is room, as it would
-//! beside a proxy on a shared host). Direct and proxied rounds alternate so drift hits both.
+//! file). With two or more CPUs the proxy is pinned to CPU 1 with one tokio worker, and the load
+//! client and the upstream (the fixtures) share CPU 0: the system under test never competes
+//! with them, and direct and proxied runs see the same fixtures on the same core. So the direct
+//! baseline has one core and the proxied path two; throughput ratios must be read that way
+//! (`--no-pin` lets everything float). Direct and proxied rounds alternate so drift hits both.
 //!
 //! Scenarios (`--only` names): `keepalive1`, `keepalive16`, `newconn`, `sse`, `tunnel`, `idle`,
 //! `reload`. Set `AIBRIDGE_BENCH_SERVE_ARGS` to pass extra `serve` flags to the proxy.
@@ -18,6 +20,7 @@
 
 mod client;
 mod proxy;
+mod relay;
 mod report;
 #[path = "../../tests/it/support/tls.rs"]
 #[allow(dead_code)]
@@ -74,6 +77,7 @@ struct Bench {
     upstream_ca_pem: String,
     bulk: std::net::SocketAddr,
     pin_proxy: Option<usize>,
+    relay: relay::RelayProcess,
     report: Report,
 }
 
@@ -85,20 +89,41 @@ impl Bench {
             .is_none_or(|o| o.iter().any(|n| n == name))
     }
 
+    /// CPU time so far of the process in the middle of `path`.
+    fn sut_cpu(&self, path: Path) -> Duration {
+        match path {
+            Path::Direct => Duration::ZERO,
+            Path::Relay => self.relay.cpu(),
+            Path::Proxy => self.proxy.cpu(),
+        }
+    }
+
     fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.opts.seconds)
     }
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--relay-child") {
+        relay::child_main(&args[i + 1..]);
+        return;
+    }
     let opts = options();
     let _ = *upstream::EPOCH;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = opts.pin && cpus >= 2;
-    // The upstream's runtime is built first, so its threads keep the full CPU mask; the main
-    // thread (the client's runtime) is pinned afterwards.
+    // Pin first: threads inherit the mask of the thread that creates them, so the client's and
+    // the upstream's runtimes both stay on CPU 0 and the proxy has CPU 1 to itself.
+    if pin {
+        let status = std::process::Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "taskset failed");
+    }
     let upstream_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(if pin { 1 } else { 2 })
         .thread_name("upstream")
         .enable_all()
         .build()
@@ -107,13 +132,6 @@ fn main() {
     let upstream_addr =
         upstream_rt.block_on(upstream::start_tls(ca.server_config(&upstream_alpn())));
     let bulk = upstream_rt.block_on(upstream::start_bulk(opts.bulk_mib << 20));
-    if pin {
-        let status = std::process::Command::new("taskset")
-            .args(["-p", "-c", "0", &std::process::id().to_string()])
-            .stdout(std::process::Stdio::null())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "taskset failed");
-    }
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -126,15 +144,17 @@ fn main() {
         bulk_port: bulk.port(),
         pin: pin_proxy,
     });
+    let relay = relay::RelayProcess::start(&upstream_base, &ca.cert_pem, pin_proxy);
     let ep = Endpoints::new(
         upstream_addr,
         proxy.addr,
         &proxy.token,
         &ca.cert_pem,
         &proxy.ca_pem,
-    );
+    )
+    .with_relay(relay.addr, &relay.ca_pem);
     let placement = if pin {
-        "client on CPU 0, proxy on CPU 1 (1 tokio worker), upstream unpinned"
+        "client and upstream on CPU 0 (one thread each), proxy alone on CPU 1 (1 tokio worker)"
     } else {
         "nothing pinned"
     };
@@ -154,6 +174,7 @@ fn main() {
         upstream_ca_pem: ca.cert_pem.clone(),
         bulk,
         pin_proxy,
+        relay,
         report: Report::default(),
     };
     let started = Instant::now();
@@ -209,10 +230,9 @@ fn upstream_alpn() -> Vec<&'static [u8]> {
 /// Sequential keep-alive requests on `conns` connections per path.
 async fn keepalive(b: &mut Bench, conns: usize) {
     let scenario = format!("keepalive_{conns}conn");
-    let mut results: Vec<(Path, Vec<[f64; 7]>)> =
-        vec![(Path::Direct, vec![]), (Path::Proxy, vec![])];
+    let mut results: Vec<(Path, Vec<[f64; 7]>)> = THREE.iter().map(|p| (*p, vec![])).collect();
     let mut senders = Vec::new();
-    for path in [Path::Direct, Path::Proxy] {
+    for path in THREE {
         let mut s = Vec::new();
         for _ in 0..conns {
             s.push(b.ep.open(path).await);
@@ -223,14 +243,14 @@ async fn keepalive(b: &mut Bench, conns: usize) {
         senders.push(s);
     }
     for _ in 0..b.opts.rounds {
-        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
-            let cpu0 = b.proxy.cpu();
+        for (i, path) in THREE.into_iter().enumerate() {
+            let cpu0 = b.sut_cpu(path);
             let up0 = upstream_cpu();
             let s = std::mem::take(&mut senders[i]);
             let (s, mut lat, errors, elapsed) =
                 run_keepalive(s, &b.ep.host(path), b.duration()).await;
             senders[i] = s;
-            let cpu = (b.proxy.cpu() - cpu0).as_nanos() as f64 / 1000.0;
+            let cpu = (b.sut_cpu(path) - cpu0).as_nanos() as f64 / 1000.0;
             let up = (upstream_cpu() - up0).as_nanos() as f64 / 1000.0;
             lat.sort_unstable();
             let n = lat.len() as f64;
@@ -240,11 +260,7 @@ async fn keepalive(b: &mut Bench, conns: usize) {
                 pct_us(&lat, 0.99),
                 pct_us(&lat, 0.999),
                 errors as f64,
-                if path == Path::Proxy {
-                    cpu / n
-                } else {
-                    f64::NAN
-                },
+                cpu / n,
                 up / n,
             ]);
         }
@@ -256,7 +272,7 @@ async fn keepalive(b: &mut Bench, conns: usize) {
         b.report.push(&scenario, path.name(), "p99 µs", col(2));
         b.report.push(&scenario, path.name(), "p999 µs", col(3));
         b.report.push(&scenario, path.name(), "errors", col(4));
-        if path == Path::Proxy {
+        if path != Path::Direct {
             b.report
                 .push(&scenario, path.name(), "proxy CPU µs/req", col(5));
         }
@@ -264,6 +280,9 @@ async fn keepalive(b: &mut Bench, conns: usize) {
             .push(&scenario, path.name(), "upstream CPU µs/req", col(6));
     }
 }
+
+/// Direct, the minimal relay, and the proxy, in this order within each round.
+const THREE: [Path; 3] = [Path::Direct, Path::Relay, Path::Proxy];
 
 /// CPU time of this process's upstream threads (named `upstream`), for a per-request
 /// reference: what a minimal TLS server costs on this machine.
@@ -331,13 +350,13 @@ async fn run_keepalive(
 /// One new connection per request: TCP (+ CONNECT) + a full TLS handshake + one request.
 async fn newconn(b: &mut Bench) {
     let scenario = "new_connection";
-    let mut rounds: [Vec<[f64; 3]>; 2] = [vec![], vec![]];
-    for path in [Path::Direct, Path::Proxy] {
+    let mut rounds: [Vec<[f64; 3]>; 3] = [vec![], vec![], vec![]];
+    for path in THREE {
         let mut s = b.ep.open(path).await; // warm: leaf cached, upstream pool open
         client::call(&mut s, &b.ep.host(path)).await;
     }
     for _ in 0..b.opts.rounds {
-        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+        for (i, path) in THREE.into_iter().enumerate() {
             let host = b.ep.host(path);
             let started = Instant::now();
             let deadline = started + b.duration();
@@ -360,7 +379,7 @@ async fn newconn(b: &mut Bench) {
             ]);
         }
     }
-    for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+    for (i, path) in THREE.into_iter().enumerate() {
         let col = |c: usize| rounds[i].iter().map(|r| r[c]).collect::<Vec<_>>();
         b.report.push(scenario, path.name(), "conn/s", col(0));
         b.report.push(scenario, path.name(), "p50 µs", col(1));
@@ -470,7 +489,7 @@ async fn tunnel(b: &mut Bench) {
             let started = Instant::now();
             let mut tcp = match path {
                 Path::Direct => tokio::net::TcpStream::connect(b.bulk).await.unwrap(),
-                Path::Proxy => b.ep.connect_tunnel(&target).await,
+                Path::Relay | Path::Proxy => b.ep.connect_tunnel(&target).await,
             };
             let mut buf = vec![0u8; 256 * 1024];
             let mut got = 0;

@@ -158,12 +158,7 @@ impl ProxyProcess {
 
     /// User + system CPU time of the whole process so far.
     pub fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which may contain spaces) start at state (field 3).
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_nanos(ticks * 1_000_000_000 / clock_ticks())
+        process_cpu(self.pid())
     }
 
     /// Resident set size in KiB.
@@ -207,6 +202,16 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU time of process `pid` (all its threads, live and exited) so far.
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_nanos(ticks * 1_000_000_000 / clock_ticks())
 }
 
 /// Extra `serve` flags from `AIBRIDGE_BENCH_SERVE_ARGS` (space-separated), for experiments.

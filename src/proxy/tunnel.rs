@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Copy buffer per direction: large enough that a bulk transfer costs few syscalls.
-const COPY_BUFFER: usize = 64 * 1024;
+const COPY_BUFFER: usize = 256 * 1024;
 
 pub(super) async fn relay(
     upgrade: OnUpgrade,

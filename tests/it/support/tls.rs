@@ -35,8 +35,13 @@ impl TestCa {
 
     /// A server config for 127.0.0.1 and localhost, with the given ALPN protocols.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        self.server_config_for("localhost", alpn)
+    }
+
+    /// A server config for `name` and 127.0.0.1, with the given ALPN protocols.
+    pub fn server_config_for(&self, name: &str, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
