@@ -128,7 +128,8 @@ impl App {
         shutdown.spawn(reloader.run(wake, shutdown.clone()));
 
         let proxy_addr = proxy_listener.local_addr()?;
-        let (recorder, recorder_task) = Recorder::start(store.clone(), metrics.clone());
+        let (recorder, recorder_task) =
+            Recorder::start(store.clone(), metrics.clone(), shutdown.clone());
         let state = Arc::new(ProxyState::new(
             config.proxy.clone(),
             router.clone(),
@@ -174,12 +175,13 @@ impl App {
         })
     }
 
-    /// Stop accepting, let in-flight work finish up to `grace`, close the database.
-    /// Returns whether everything finished in time.
-    pub async fn stop(self, grace: std::time::Duration) -> bool {
-        let clean = self.shutdown.shutdown(grace).await;
-        // Every request task is gone, so this is the last sender: the writer drains, flushes
-        // and ends. It gets its own bound so a dead database cannot hold the exit forever.
+    /// Stop accepting, let in-flight work finish up to `grace`, cut what is left, flush the
+    /// interception records, close the database. Returns how many tasks had to be cut.
+    pub async fn stop(self, grace: std::time::Duration) -> usize {
+        let cut = self.shutdown.shutdown(grace).await;
+        // Every request task is gone (finished or cut, its record queued), so this is the last
+        // sender: the writer drains, flushes and ends. It gets its own bound so a dead
+        // database cannot hold the exit forever.
         drop(self.recorder);
         if tokio::time::timeout(RECORDER_FLUSH_TIMEOUT, self.recorder_task)
             .await
@@ -188,7 +190,7 @@ impl App {
             tracing::warn!("interception records not flushed before exit");
         }
         self.store.close().await;
-        clean
+        cut
     }
 }
 

@@ -1,19 +1,30 @@
 //! One shutdown scope for every task the process spawns.
 //!
-//! Connection tasks, post-upgrade tunnel and MITM tasks and background loops are all spawned
-//! through [`Shutdown::spawn`], so that stopping the process can first stop accepting, then wait
-//! for (or cut) everything that is still running. A task spawned any other way would outlive
-//! the drain and be cut without notice.
+//! Connection tasks, post-upgrade tunnel and MITM tasks, the HTTP/2 stream tasks of intercepted
+//! connections (through [`ShutdownExecutor`]) and background loops are all spawned through
+//! [`Shutdown::spawn`]. Stopping happens in two steps:
+//!
+//! 1. **drain** ([`Shutdown::cancelled`]): listeners stop accepting, hyper connections finish
+//!    the request in flight and close, background loops return;
+//! 2. **cut**, once the grace period is over: every task still alive is dropped where it
+//!    stands. Dropping is what ends a stream cleanly for our books — the response body's drop
+//!    writes its interception record — so records are complete before the writer flushes.
+//!
+//! A task spawned any other way would outlive the drain and be cut without its record.
 
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Cancellation signal plus the set of live tasks.
+/// How long cut tasks get to unwind (drop their state, queue their records).
+const CUT_UNWIND: Duration = Duration::from_secs(2);
+
+/// Cancellation signals plus the set of live tasks.
 #[derive(Clone, Default)]
 pub struct Shutdown {
-    token: CancellationToken,
+    drain: CancellationToken,
+    cut: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -22,36 +33,104 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Spawn a task that belongs to this scope.
-    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    /// Spawn a task that belongs to this scope: it runs until it ends or the scope is cut.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker.spawn(task)
+        let cut = self.cut.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = cut.cancelled() => {}
+            }
+        })
     }
 
     /// Resolves when shutdown has begun: listeners stop accepting and loops return.
     pub async fn cancelled(&self) {
-        self.token.cancelled().await
+        self.drain.cancelled().await
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.drain.is_cancelled()
     }
 
-    /// Begin shutdown, then wait up to `grace` for every task to finish. Returns whether all
-    /// tasks finished in time.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.token.cancel();
+    /// Whether the grace period ran out and remaining work is being dropped.
+    pub fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
+    /// Begin the drain and wait up to `grace` for every task to finish; then cut what is left
+    /// and give it a moment to unwind. Returns how many tasks had to be cut (0 = clean).
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.drain.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
+        if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
+        {
+            return 0;
+        }
+        let cut = self.tracker.len();
+        self.cut.cancel();
+        let _ = tokio::time::timeout(CUT_UNWIND, self.tracker.wait()).await;
+        cut
     }
 
     /// Number of tasks still alive (for tests and metrics).
     pub fn task_count(&self) -> usize {
         self.tracker.len()
+    }
+}
+
+/// A hyper executor spawning into the shutdown scope (HTTP/2 stream tasks of intercepted
+/// connections), so their responses are drained and cut with everything else.
+#[derive(Clone)]
+pub struct ShutdownExecutor(pub Shutdown);
+
+impl<F> hyper::rt::Executor<F> for ShutdownExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_short_tasks_and_cut_drops_long_ones() {
+        let s = Shutdown::new();
+        let (short_tx, short_rx) = tokio::sync::oneshot::channel::<()>();
+        let (long_tx, long_rx) = tokio::sync::oneshot::channel::<()>();
+        s.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _keep = short_tx;
+        });
+        s.spawn(async move {
+            let _keep = long_tx;
+            std::future::pending::<()>().await;
+        });
+        assert_eq!(s.shutdown(Duration::from_millis(300)).await, 1);
+        assert!(s.is_cut());
+        assert_eq!(s.task_count(), 0);
+        // Both senders are gone: the short one finished, the long one was dropped by the cut.
+        assert!(short_rx.await.is_err());
+        assert!(long_rx.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_clean_drain_cuts_nothing() {
+        let s = Shutdown::new();
+        let watcher = s.clone();
+        s.spawn(async move { watcher.cancelled().await });
+        assert_eq!(s.shutdown(Duration::from_secs(1)).await, 0);
+        assert!(!s.is_cut());
     }
 }

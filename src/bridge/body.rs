@@ -124,11 +124,15 @@ impl Body for TappedBody {
 
 impl Drop for TappedBody {
     fn drop(&mut self) {
-        // Dropped before the end: the client went away (or the connection was cut).
+        // Dropped before the end: the client went away, or the shutdown's grace ran out.
         if self.inner.is_end_stream() {
             self.finish(true, None);
         } else {
-            self.finish(false, Some("client_cancelled"));
+            let reason = self
+                .pending
+                .as_ref()
+                .map_or("client_cancelled", |p| p.recorder.cancel_reason());
+            self.finish(false, Some(reason));
         }
     }
 }

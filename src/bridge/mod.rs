@@ -191,8 +191,14 @@ impl Unanswered<'_> {
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
-            record.error = Some("client_cancelled".into());
-            record.outcome = "client_cancelled".into();
+            let reason = self.recorder.cancel_reason();
+            record.error = Some(reason.into());
+            record.outcome = if reason == "shutdown" {
+                "truncated"
+            } else {
+                "client_cancelled"
+            }
+            .into();
             record.duration_ms = self.started.elapsed().as_millis() as i64;
             tracing::info!(request_id = %record.request_id, provider = %record.provider, "client went away before the answer");
             self.recorder.record(record);

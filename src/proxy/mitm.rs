@@ -11,11 +11,12 @@ use super::auth::Authenticated;
 use super::target::{Host, Target};
 use super::ProxyState;
 use crate::bridge::{self, BridgeError, ProxyBody, RequestContext};
+use crate::shutdown::ShutdownExecutor;
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -91,7 +92,9 @@ impl Session {
         // The protocol is fixed by ALPN: serve it directly, so no version sniffing phase (which
         // has no timer) can hold a silent connection open.
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/2 stream tasks join the shutdown scope, so a drain waits for them and a cut
+        // drops them (writing their records).
+        let mut builder = auto::Builder::new(ShutdownExecutor(self.state.shutdown.clone()));
         builder = if h2 {
             builder.http2_only()
         } else {

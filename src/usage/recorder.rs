@@ -9,6 +9,7 @@
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,17 +36,31 @@ pub struct RecorderStats {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Interception>,
+    /// The process's shutdown scope: a request dropped by its cut is recorded as such.
+    scope: Shutdown,
     stats: Arc<RecorderStats>,
     metrics: Arc<Metrics>,
 }
 
 impl Recorder {
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
-    pub fn start(store: Store, metrics: Arc<Metrics>) -> (Recorder, JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        scope: Shutdown,
+    ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(RecorderStats::default());
         let task = tokio::spawn(write_loop(store, rx, stats.clone()));
-        (Recorder { tx, stats, metrics }, task)
+        (
+            Recorder {
+                tx,
+                scope,
+                stats,
+                metrics,
+            },
+            task,
+        )
     }
 
     /// A bridged request to `provider` started; [`Recorder::record`] ends it.
@@ -70,6 +85,16 @@ impl Recorder {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
             tracing::warn!(request_id = %rec.request_id, dropped_total = n, "interception record dropped: queue full");
+        }
+    }
+
+    /// Why a request that ended without its answer did: the client left, or the shutdown's
+    /// grace period ran out.
+    pub fn cancel_reason(&self) -> &'static str {
+        if self.scope.is_cut() {
+            "shutdown"
+        } else {
+            "client_cancelled"
         }
     }
 

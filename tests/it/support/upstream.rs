@@ -157,6 +157,9 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .body(full(body))
             .unwrap()
     };
+    if let Some((events, gap)) = paced(&parts.headers) {
+        return paced_stream(events, gap);
+    }
     let streaming = String::from_utf8_lossy(&body).contains("\"stream\":true");
     match parts.uri.path() {
         "/v1/chat/completions" if streaming => sse_transcript(CHAT_SSE),
@@ -219,6 +222,37 @@ fn sse_transcript(text: &'static str) -> Response<Body> {
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
+        .unwrap()
+}
+
+/// `x-mock-events: N` and `x-mock-gap-ms: M` ask for a chat stream of N events M ms apart.
+fn paced(headers: &http::HeaderMap) -> Option<(usize, u64)> {
+    let num = |name: &str| headers.get(name)?.to_str().ok()?.parse::<u64>().ok();
+    Some((
+        num("x-mock-events")? as usize,
+        num("x-mock-gap-ms").unwrap_or(10),
+    ))
+}
+
+/// A chat stream paced by the client: `events` deltas `gap_ms` apart, then usage and `[DONE]`.
+fn paced_stream(events: usize, gap_ms: u64) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for i in 0..events {
+            let event = format!("data: {{\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n");
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
+        }
+        let tail = "data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n";
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(tail.as_bytes()))))
+            .await;
     });
     Response::builder()
         .header("content-type", "text/event-stream")

@@ -1,0 +1,283 @@
+//! Graceful shutdown of the real binary (RELIABILITY F25, figure F-18): SIGTERM stops accepting,
+//! streams shorter than `--shutdown-grace` finish, longer ones and tunnels are cut at the grace,
+//! every stream leaves its interception record, and the process exits 0; a second signal exits
+//! at once.
+
+use crate::cli::bin;
+use crate::support::*;
+use aibridge_proxy::provider::ProviderKind;
+use aibridge_proxy::secret::Secret;
+use aibridge_proxy::store::{NewProvider, Store};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const GRACE: Duration = Duration::from_secs(2);
+
+struct Serve {
+    child: Child,
+    addr: std::net::SocketAddr,
+    token: String,
+    ca_pem: String,
+    db: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait (bounded) for the process to exit.
+    async fn exit(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "serve did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16) -> Serve {
+    let db = format!("sqlite://{}", dir.join("shutdown.db").display());
+    let store = Store::connect(&db).await.unwrap();
+    store
+        .create_provider(NewProvider {
+            name: "openai".into(),
+            kind: ProviderKind::Openai,
+            base_url: upstream.base_url(),
+            intercept_hosts: vec!["api.openai.com".into()],
+            enabled: true,
+            enforce_models: false,
+            api_keys: vec![Secret::new("sk-shutdown-0123456789".into())],
+        })
+        .await
+        .unwrap();
+    let (_, token) = store.create_token("drain").await.unwrap();
+    store.close().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0", "--database-url", &db])
+        .args([
+            "--ca-cert",
+            &path("ca.pem"),
+            "--ca-key",
+            &path("ca-key.pem"),
+        ])
+        .args(["--admin-token-file", &path("admin-token")])
+        .arg("--upstream-ca-file")
+        .arg(ca.write_pem(dir))
+        .args(["--allow-private-cidrs", "127.0.0.0/8"])
+        .args(["--connect-ports", &format!("443,{extra_port}")])
+        .args(["--shutdown-grace", &format!("{}s", GRACE.as_secs())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() || !dir.join("ca.pem").exists() {
+        assert!(started.elapsed() < WAIT, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Serve {
+        child,
+        addr,
+        token: token.expose().clone(),
+        ca_pem: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        db,
+    }
+}
+
+/// Open a chat stream of `events` events 50 ms apart; returns once the first event arrived,
+/// with a task that reads the rest: `Ok(body)` for a clean end, `Err(elapsed)` when cut.
+async fn open_stream(
+    client: &reqwest::Client,
+    events: usize,
+) -> tokio::task::JoinHandle<Result<String, Instant>> {
+    let mut resp = client
+        .post("https://api.openai.com/v1/chat/completions")
+        .header("x-mock-events", events.to_string())
+        .header("x-mock-gap-ms", "50")
+        .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    let mut body = String::from_utf8_lossy(&first).into_owned();
+    tokio::spawn(async move {
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => body.push_str(&String::from_utf8_lossy(&c)),
+                Ok(None) => return Ok(body),
+                Err(_) => return Err(Instant::now()),
+            }
+        }
+    })
+}
+
+async fn echo_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let echo = echo_server().await;
+    let mut serve = start(dir.path(), &upstream, &ca, echo).await;
+    const SHORT: usize = 20;
+    const LONG: usize = 5;
+
+    let mut short = Vec::new();
+    let mut long = Vec::new();
+    for i in 0..SHORT + LONG {
+        // Both protocols, one connection per stream.
+        let http = if i % 2 == 0 { Http::One } else { Http::Two };
+        let client = agent_client(serve.addr, &serve.token, &[&serve.ca_pem], http);
+        if i < SHORT {
+            short.push(open_stream(&client, 16).await); // ~0.8 s, well inside the grace
+        } else {
+            long.push(open_stream(&client, 400).await); // ~20 s, cut at the grace
+        }
+    }
+    // A tunnel, open and working.
+    let mut tunnel = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
+    let head = format!(
+        "CONNECT 127.0.0.1:{echo} HTTP/1.1\r\nHost: 127.0.0.1:{echo}\r\nProxy-Authorization: {}\r\n\r\n",
+        raw::basic(&serve.token)
+    );
+    tunnel.write_all(head.as_bytes()).await.unwrap();
+    assert!(raw::read_head(&mut tunnel)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+
+    let signalled = Instant::now();
+    serve.signal("TERM");
+    // Accepting stops at once.
+    let mut refused = false;
+    while signalled.elapsed() < Duration::from_secs(1) {
+        if tokio::net::TcpStream::connect(serve.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts after SIGTERM");
+    // Established work keeps going during the drain.
+    tunnel.write_all(b"pong").await.unwrap();
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+
+    for s in short {
+        let body = s
+            .await
+            .unwrap()
+            .expect("a short stream completes during the drain");
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    }
+    let mut cut_at = Vec::new();
+    for s in long {
+        let at = s
+            .await
+            .unwrap()
+            .expect_err("a long stream is cut at the grace");
+        cut_at.push(at.duration_since(signalled));
+    }
+    for at in &cut_at {
+        assert!(
+            *at >= GRACE - Duration::from_millis(200) && *at <= GRACE + Duration::from_secs(1),
+            "cut {at:?} after SIGTERM, grace {GRACE:?}"
+        );
+    }
+    let tunnel_closed = tokio::time::timeout(Duration::from_secs(2), tunnel.read(&mut buf)).await;
+    assert!(
+        matches!(tunnel_closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the tunnel is closed at the grace"
+    );
+    let (status, _) = serve.exit(GRACE + Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "exit status after a cut drain");
+    let exited = signalled.elapsed();
+
+    let store = Store::connect(&serve.db).await.unwrap();
+    let rows = store.recent_interceptions(100).await.unwrap();
+    store.close().await;
+    let completed = rows.iter().filter(|r| r.outcome == "completed").count();
+    let cut = rows
+        .iter()
+        .filter(|r| r.error.as_deref() == Some("shutdown") && r.outcome == "truncated")
+        .count();
+    assert_eq!(
+        rows.len(),
+        SHORT + LONG,
+        "one record per stream, flushed before exit"
+    );
+    assert_eq!((completed, cut), (SHORT, LONG));
+    assert!(rows
+        .iter()
+        .filter(|r| r.outcome == "completed")
+        .all(|r| r.output_tokens == Some(5)));
+    println!(
+        "FIGURE F-18 shutdown: {SHORT}/{SHORT} short streams completed, {LONG}/{LONG} long cut at {:?}..{:?} (grace {GRACE:?}), exit 0 after {exited:?}, records {}/{}",
+        cut_at.iter().min().unwrap(),
+        cut_at.iter().max().unwrap(),
+        rows.len(),
+        SHORT + LONG
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let mut serve = start(dir.path(), &upstream, &ca, 443).await;
+    let client = agent_client(serve.addr, &serve.token, &[&serve.ca_pem], Http::One);
+    let stream = open_stream(&client, 400).await;
+    serve.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(serve.child.try_wait().unwrap().is_none(), "still draining");
+    serve.signal("TERM");
+    let (status, took) = serve.exit(Duration::from_secs(2)).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(took < GRACE, "exited {took:?} after the second signal");
+    assert!(stream.await.unwrap().is_err());
+}
