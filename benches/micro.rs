@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot primitives: leaf minting (cold) and cache hits, router lookups
-//! at 1 / 100 / 10 000 providers, and token validation. Run with `cargo bench --bench micro`.
+//! at 1 / 100 / 10 000 providers, token validation, and SSE usage parsing throughput per API.
+//! Run with `cargo bench --bench micro`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,9 @@ use aibridge_proxy::proxy::target::Host;
 use aibridge_proxy::router::Snapshot;
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{hash_token, AgentToken, Provider, ProviderKey, RoutingData};
+use aibridge_proxy::usage::{Api, UsageTap};
 use base64::Engine;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -114,5 +116,57 @@ fn router(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, certificates, router);
+/// A realistic long stream per API: `n` content deltas between the opening and terminal events.
+fn transcript(api: Api, n: usize) -> String {
+    let mut out = String::new();
+    match api {
+        Api::OpenaiChat => {
+            for i in 0..n {
+                out.push_str(&format!("data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {i} \"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"));
+            }
+            out.push_str("data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":500,\"prompt_tokens_details\":{\"cached_tokens\":1024}}}\n\ndata: [DONE]\n\n");
+        }
+        Api::OpenaiResponses => {
+            out.push_str("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":null}}\n\n");
+            for i in 0..n {
+                out.push_str(&format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"token {i} \",\"sequence_number\":{i}}}\n\n"));
+            }
+            out.push_str("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":100},\"output_tokens\":20}}}\n\n");
+        }
+        _ => {
+            out.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":2000,\"cache_read_input_tokens\":3000,\"output_tokens\":1}}}\n\n");
+            for i in 0..n {
+                out.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token {i} \"}}}}\n\n"));
+            }
+            out.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":500}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        }
+    }
+    out
+}
+
+/// SSE usage parsing throughput per API, fed in 1 KiB reads as a proxy sees them.
+fn usage_parsing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sse_usage_parse");
+    for (name, api) in [
+        ("openai_chat", Api::OpenaiChat),
+        ("openai_responses", Api::OpenaiResponses),
+        ("anthropic_messages", Api::AnthropicMessages),
+    ] {
+        let body = transcript(api, 500);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut tap = UsageTap::new(api, Some("text/event-stream"));
+                for chunk in body.as_bytes().chunks(1024) {
+                    tap.feed(chunk);
+                }
+                let usage = tap.finish(true);
+                assert!(usage.output_tokens.is_some());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, certificates, router, usage_parsing);
 criterion_main!(benches);

@@ -392,7 +392,7 @@ fn decode(chunks: &[&[u8]]) -> Vec<Event> {
     let mut decoder = SseDecoder::new(MAX_PARSED_BYTES);
     let mut out = Vec::new();
     for c in chunks {
-        decoder.feed(c, &mut |e| out.push(e));
+        decoder.feed(c, &mut |e| out.push(e.clone()));
     }
     out
 }

@@ -13,11 +13,12 @@
 //!
 //! A stream that ends before its terminal event keeps the last counts seen and is `truncated`.
 
+mod doc;
 pub mod recorder;
 pub mod sse;
 
 use crate::provider::ProviderKind;
-use serde_json::Value;
+use doc::{Doc, Presence, Tokens};
 use sse::{Event, SseDecoder};
 
 /// The largest single SSE event (or JSON body) read for usage. Larger ones pass through to the
@@ -155,7 +156,7 @@ impl UsageTap {
         let api = self.api;
         let usage = &mut self.usage;
         match &mut self.mode {
-            Mode::Sse(decoder) => decoder.feed(bytes, &mut |event| apply_event(api, usage, &event)),
+            Mode::Sse(decoder) => decoder.feed(bytes, &mut |event| apply_event(api, usage, event)),
             Mode::Json(buf) => {
                 if let Some(b) = buf {
                     if b.len() + bytes.len() > MAX_PARSED_BYTES {
@@ -174,9 +175,8 @@ impl UsageTap {
     pub fn finish(mut self, complete: bool) -> Usage {
         match std::mem::replace(&mut self.mode, Mode::Off) {
             Mode::Json(Some(body)) if complete => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                    apply_json_body(self.api, &mut self.usage, &v);
-                }
+                let (api, usage) = (self.api, &mut self.usage);
+                doc::parse(&body, |d| apply_json_body(api, usage, d));
             }
             Mode::Sse(decoder) => self.skipped += decoder.skipped(),
             _ => {}
@@ -185,32 +185,24 @@ impl UsageTap {
     }
 }
 
-fn int(v: &Value, path: &[&str]) -> Option<i64> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_i64()
-}
-
-fn string(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+fn model(d: &Doc<'_>) -> Option<String> {
+    d.model.as_deref().map(str::to_string)
 }
 
 /// OpenAI usage objects (chat: prompt/completion; Responses: input/output), input stored uncached.
-fn apply_openai_usage(usage: &mut Usage, u: &Value) {
-    let (input, output, cached) = if u.get("prompt_tokens").is_some() {
-        (
-            int(u, &["prompt_tokens"]),
-            int(u, &["completion_tokens"]),
-            int(u, &["prompt_tokens_details", "cached_tokens"]),
-        )
-    } else {
-        (
-            int(u, &["input_tokens"]),
-            int(u, &["output_tokens"]),
-            int(u, &["input_tokens_details", "cached_tokens"]),
-        )
+fn apply_openai_usage(usage: &mut Usage, u: &Tokens) {
+    let cached_in = |d: &Option<doc::Details>| d.as_ref().and_then(|d| d.cached_tokens);
+    let (input, output, cached) = match u.prompt_tokens {
+        Some(prompt) => (
+            prompt,
+            u.completion_tokens,
+            cached_in(&u.prompt_tokens_details),
+        ),
+        None => (
+            u.input_tokens,
+            u.output_tokens,
+            cached_in(&u.input_tokens_details),
+        ),
     };
     // Upstream numbers are not trusted to be sane: an absurd pair must not overflow (a panic
     // in debug builds, a wrapped count in release).
@@ -221,18 +213,16 @@ fn apply_openai_usage(usage: &mut Usage, u: &Value) {
 }
 
 /// Anthropic usage: present fields overwrite (message_delta is cumulative).
-fn apply_anthropic_usage(usage: &mut Usage, u: &Value) {
-    if let Some(v) = int(u, &["input_tokens"]) {
-        usage.input_tokens = Some(v);
-    }
-    if let Some(v) = int(u, &["output_tokens"]) {
-        usage.output_tokens = Some(v);
-    }
-    if let Some(v) = int(u, &["cache_read_input_tokens"]) {
-        usage.cache_read_tokens = Some(v);
-    }
-    if let Some(v) = int(u, &["cache_creation_input_tokens"]) {
-        usage.cache_write_tokens = Some(v);
+fn apply_anthropic_usage(usage: &mut Usage, u: &Tokens) {
+    for (field, value) in [
+        (&mut usage.input_tokens, u.input_tokens),
+        (&mut usage.output_tokens, u.output_tokens),
+        (&mut usage.cache_read_tokens, u.cache_read_input_tokens),
+        (&mut usage.cache_write_tokens, u.cache_creation_input_tokens),
+    ] {
+        if value.is_some() {
+            *field = value;
+        }
     }
 }
 
@@ -243,102 +233,95 @@ fn apply_event(api: Api, usage: &mut Usage, event: &Event) {
         }
         return;
     }
-    let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
-        return;
-    };
+    doc::parse(event.data.as_bytes(), |d| {
+        apply_event_doc(api, usage, &event.event, d)
+    });
+}
+
+fn apply_event_doc(api: Api, usage: &mut Usage, event: &str, v: &Doc<'_>) {
     match api {
         Api::OpenaiChat => {
-            if let Some(m) = string(&v, "model") {
+            if let Some(m) = model(v) {
                 usage.model = Some(m);
             }
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            if let Some(u) = &v.usage {
                 apply_openai_usage(usage, u);
             }
         }
         Api::OpenaiResponses => {
-            let kind = v
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or(event.event.as_str());
-            let terminal = match kind {
+            let terminal = match v.kind.as_deref().unwrap_or(event) {
                 "response.completed" => Some(TerminalKind::Completed),
                 "response.incomplete" => Some(TerminalKind::Incomplete),
                 "response.failed" => Some(TerminalKind::Failed),
                 _ => None,
             };
-            if let Some(response) = v.get("response") {
-                if let Some(m) = string(response, "model") {
+            if let Some(response) = &v.response {
+                if let Some(m) = response.as_deref().and_then(model) {
                     usage.model = Some(m);
                 }
                 if terminal.is_some() {
-                    if let Some(u) = response.get("usage").filter(|u| !u.is_null()) {
+                    if let Some(u) = response.as_deref().and_then(|r| r.usage.as_ref()) {
                         apply_openai_usage(usage, u);
                     }
                     usage.terminal = terminal;
                 }
             }
         }
-        Api::AnthropicMessages => {
-            let kind = v
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or(event.event.as_str());
-            match kind {
-                "message_start" => {
-                    if let Some(message) = v.get("message") {
-                        if let Some(m) = string(message, "model") {
-                            usage.model = Some(m);
-                        }
-                        if let Some(u) = message.get("usage") {
-                            apply_anthropic_usage(usage, u);
-                        }
+        Api::AnthropicMessages => match v.kind.as_deref().unwrap_or(event) {
+            "message_start" => {
+                if let Some(message) = &v.message {
+                    if let Some(m) = model(message) {
+                        usage.model = Some(m);
                     }
-                }
-                "message_delta" => {
-                    if let Some(u) = v.get("usage") {
+                    if let Some(u) = &message.usage {
                         apply_anthropic_usage(usage, u);
                     }
                 }
-                "message_stop" => usage.terminal = Some(TerminalKind::Completed),
-                "error" => usage.terminal = Some(TerminalKind::Failed),
-                _ => {}
             }
-        }
+            "message_delta" => {
+                if let Some(u) = &v.usage {
+                    apply_anthropic_usage(usage, u);
+                }
+            }
+            "message_stop" => usage.terminal = Some(TerminalKind::Completed),
+            "error" => usage.terminal = Some(TerminalKind::Failed),
+            _ => {}
+        },
         Api::Other => {}
     }
 }
 
-fn apply_json_body(api: Api, usage: &mut Usage, v: &Value) {
+fn apply_json_body(api: Api, usage: &mut Usage, v: &Doc<'_>) {
     match api {
         Api::OpenaiChat => {
-            usage.model = string(v, "model");
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            usage.model = model(v);
+            if let Some(u) = &v.usage {
                 apply_openai_usage(usage, u);
             }
-            usage.terminal = Some(if v.get("error").is_some() {
+            usage.terminal = Some(if v.error != Presence::Absent {
                 TerminalKind::Failed
             } else {
                 TerminalKind::Completed
             });
         }
         Api::OpenaiResponses => {
-            usage.model = string(v, "model");
-            if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            usage.model = model(v);
+            if let Some(u) = &v.usage {
                 apply_openai_usage(usage, u);
             }
-            usage.terminal = Some(match v.get("status").and_then(Value::as_str) {
+            usage.terminal = Some(match v.status.as_deref() {
                 Some("incomplete") => TerminalKind::Incomplete,
                 Some("failed") => TerminalKind::Failed,
-                _ if v.get("error").is_some_and(|e| !e.is_null()) => TerminalKind::Failed,
+                _ if v.error == Presence::Value => TerminalKind::Failed,
                 _ => TerminalKind::Completed,
             });
         }
         Api::AnthropicMessages => {
-            usage.model = string(v, "model");
-            if let Some(u) = v.get("usage") {
+            usage.model = model(v);
+            if let Some(u) = &v.usage {
                 apply_anthropic_usage(usage, u);
             }
-            usage.terminal = Some(if v.get("type").and_then(Value::as_str) == Some("error") {
+            usage.terminal = Some(if v.kind.as_deref() == Some("error") {
                 TerminalKind::Failed
             } else {
                 TerminalKind::Completed

@@ -14,10 +14,11 @@ pub struct Event {
     pub data: String,
 }
 
+/// Buffers are reused from one event to the next: decoding allocates only while they grow.
 pub struct SseDecoder {
     line: Vec<u8>,
-    event: String,
-    data: String,
+    /// The event being assembled (`event` name and joined `data`).
+    current: Event,
     data_lines: usize,
     /// The previous chunk ended in CR: a LF at the start of the next one belongs to it.
     pending_cr: bool,
@@ -31,8 +32,10 @@ impl SseDecoder {
     pub fn new(max_event: usize) -> Self {
         SseDecoder {
             line: Vec::new(),
-            event: String::new(),
-            data: String::new(),
+            current: Event {
+                event: String::new(),
+                data: String::new(),
+            },
             data_lines: 0,
             pending_cr: false,
             oversized: false,
@@ -46,8 +49,9 @@ impl SseDecoder {
         self.skipped
     }
 
-    /// Feed bytes; `on_event` is called for every event they complete.
-    pub fn feed(&mut self, mut bytes: &[u8], on_event: &mut impl FnMut(Event)) {
+    /// Feed bytes; `on_event` is called for every event they complete (borrowed: clone it to
+    /// keep it).
+    pub fn feed(&mut self, mut bytes: &[u8], on_event: &mut impl FnMut(&Event)) {
         if self.pending_cr {
             self.pending_cr = false;
             if let Some(rest) = bytes.strip_prefix(b"\n") {
@@ -74,56 +78,55 @@ impl SseDecoder {
         if self.oversized {
             return;
         }
-        if self.line.len() + bytes.len() + self.data.len() > self.max_event {
+        if self.line.len() + bytes.len() + self.current.data.len() > self.max_event {
             self.oversized = true;
             self.line.clear();
-            self.data.clear();
+            self.current.data.clear();
             return;
         }
         self.line.extend_from_slice(bytes);
     }
 
-    fn end_line(&mut self, on_event: &mut impl FnMut(Event)) {
-        let line = std::mem::take(&mut self.line);
-        if line.is_empty() {
+    fn end_line(&mut self, on_event: &mut impl FnMut(&Event)) {
+        if self.line.is_empty() {
             self.dispatch(on_event);
             return;
         }
-        if self.oversized {
-            return;
-        }
-        let line = String::from_utf8_lossy(&line);
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line.as_ref(), ""),
-        };
-        match field {
-            "data" => {
-                if self.data_lines > 0 {
-                    self.data.push('\n');
+        if !self.oversized {
+            let line = String::from_utf8_lossy(&self.line);
+            if !line.starts_with(':') {
+                let (field, value) = match line.split_once(':') {
+                    Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                    None => (line.as_ref(), ""),
+                };
+                let current = &mut self.current;
+                match field {
+                    "data" => {
+                        if self.data_lines > 0 {
+                            current.data.push('\n');
+                        }
+                        current.data.push_str(value);
+                        self.data_lines += 1;
+                    }
+                    "event" => {
+                        current.event.clear();
+                        current.event.push_str(value);
+                    }
+                    _ => {}
                 }
-                self.data.push_str(value);
-                self.data_lines += 1;
             }
-            "event" => self.event = value.to_string(),
-            _ => {}
         }
+        self.line.clear();
     }
 
-    fn dispatch(&mut self, on_event: &mut impl FnMut(Event)) {
+    fn dispatch(&mut self, on_event: &mut impl FnMut(&Event)) {
         if self.oversized {
             self.skipped += 1;
         } else if self.data_lines > 0 {
-            on_event(Event {
-                event: std::mem::take(&mut self.event),
-                data: std::mem::take(&mut self.data),
-            });
+            on_event(&self.current);
         }
-        self.event.clear();
-        self.data.clear();
+        self.current.event.clear();
+        self.current.data.clear();
         self.data_lines = 0;
         self.oversized = false;
     }
@@ -137,7 +140,7 @@ mod tests {
         let mut d = SseDecoder::new(1 << 20);
         let mut out = Vec::new();
         for c in chunks {
-            d.feed(c, &mut |e| out.push(e));
+            d.feed(c, &mut |e| out.push(e.clone()));
         }
         out
     }
@@ -175,7 +178,7 @@ mod tests {
         let mut out = Vec::new();
         d.feed(
             b"data: this line is far too long\n\ndata: ok\n\n",
-            &mut |e| out.push(e),
+            &mut |e| out.push(e.clone()),
         );
         assert_eq!(
             out,
