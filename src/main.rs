@@ -6,5 +6,6 @@ use clap::Parser;
 async fn main() {
     let cli = aibridge_proxy::cli::Cli::parse();
     let code = aibridge_proxy::cli::run(cli).await;
+    aibridge_proxy::telemetry::flush();
     std::process::exit(code);
 }

@@ -158,6 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     tokio::spawn(async {
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
+        crate::telemetry::flush();
         std::process::exit(1);
     });
     let cut = app.stop(grace).await;
