@@ -92,7 +92,7 @@ fn router(c: &mut Criterion) {
         .unwrap();
     let _guard = rt.enter();
     let crypto = Arc::new(rustls::crypto::ring::default_provider());
-    let dialer = Dialer::new(EgressPolicy::allow_all(), Duration::from_secs(1));
+    let dialer = Dialer::new(EgressPolicy::default(), Duration::from_secs(1));
     let upstreams = UpstreamFactory::new(crypto, None, dialer).unwrap();
     let mut group = c.benchmark_group("router_lookup");
     for n in [1usize, 100, 10_000] {

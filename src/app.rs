@@ -101,12 +101,15 @@ impl App {
         let (admin_token_hash, admin_token_generated) =
             admin::load_or_create_admin_token(&config.admin_token_file)?;
 
+        // One upstream policy for base URLs written through the admin API and for every
+        // upstream connection: public addresses plus --allow-private-upstreams.
+        let upstream_policy = EgressPolicy::public_only(config.allow_private_upstreams.clone());
         let store = Store::open(&config.database_url)
             .await?
-            .with_keyring(keyring);
-        // Provider upstreams are operator-configured; base-URL egress checks come with
-        // write-time validation (hardening issue).
-        let upstream_dialer = Dialer::new(EgressPolicy::allow_all(), config.proxy.connect_timeout);
+            .with_keyring(keyring)
+            .with_upstream_policy(upstream_policy.clone());
+        let upstream_dialer = Dialer::new(upstream_policy, config.proxy.connect_timeout)
+            .with_resolver(config.proxy.resolver.clone());
         let upstreams =
             UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
         let router = Arc::new(Router::new());

@@ -4,6 +4,7 @@
 //! [`AppConfig`]; tests build one directly. Nothing clap-typed crosses into the rest of the
 //! crate. Data — providers, keys, tokens — is not configuration: it lives in the store.
 
+use crate::proxy::egress::Resolver;
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_request_body: usize,
+    /// Resolves every name the proxy dials (tunnels, forwards, provider upstreams); the system
+    /// resolver unless a test or embedder supplies another.
+    pub resolver: Resolver,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +77,7 @@ impl Default for ProxyConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            resolver: Resolver::default(),
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct AppConfig {
     pub cert_cache_size: u64,
     /// Extra PEM roots trusted for provider upstreams (beside the webpki roots).
     pub upstream_ca_file: Option<PathBuf>,
+    /// Reserved ranges provider base URLs may point into (written and dialled); none by default.
+    pub allow_private_upstreams: Vec<IpNet>,
     pub shutdown_grace: Duration,
     pub proxy: ProxyConfig,
 }
@@ -119,6 +126,7 @@ impl AppConfig {
             leaf_validity: DEFAULT_LEAF_VALIDITY,
             cert_cache_size: DEFAULT_CERT_CACHE_SIZE,
             upstream_ca_file: None,
+            allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             proxy: ProxyConfig::default(),
         }

@@ -1,14 +1,17 @@
 //! What a provider is, independent of where it is stored: its kind, its name rule, its base
 //! URL and the hosts it intercepts.
 //!
-//! Writes (CLI, admin API) and the router build both validate through these functions, so a row
-//! the store accepted is a row the router can use, and a row written by an older version that no
-//! longer parses is excluded alone, with this module's error as its reason.
+//! Writes (CLI, `apply`, admin API, all through the store) and the router build both validate
+//! through these functions, so a row the store accepted is a row the router can use, and a row
+//! written by an older version that no longer parses, or whose base URL the upstream egress
+//! policy refuses, is excluded alone, with this module's error as its reason.
 
-use crate::proxy::target::{Target, TargetError};
+use crate::proxy::egress::EgressPolicy;
+use crate::proxy::target::{Host, Target, TargetError};
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// The API dialect a provider speaks; it decides how the key is injected.
@@ -58,6 +61,12 @@ pub enum ProviderError {
     Kind(String),
     #[error("base_url {0}")]
     BaseUrl(&'static str),
+    /// Names the host only: the rest of the URL is never echoed.
+    #[error(
+        "base_url host {host} is a private, loopback or reserved address; \
+         allow its range with --allow-private-upstreams CIDR"
+    )]
+    PrivateUpstream { host: String },
     #[error("intercept host {host:?}: {source}")]
     InterceptHost { host: String, source: TargetError },
 }
@@ -126,6 +135,35 @@ impl BaseUrl {
         })
     }
 
+    /// [`BaseUrl::parse`], then [`BaseUrl::check_egress`]: what every write of a provider's
+    /// base URL goes through.
+    pub fn parse_with_policy(s: &str, policy: &EgressPolicy) -> Result<BaseUrl, ProviderError> {
+        let base = BaseUrl::parse(s)?;
+        base.check_egress(policy)?;
+        Ok(base)
+    }
+
+    /// Refuse a base URL whose host is, by itself, an address the upstream policy would not
+    /// dial: a reserved IP literal (any spelling that embeds one), or a name whose address is
+    /// fixed without DNS (see [`implied_addresses`]). Other names are not resolved here: their
+    /// addresses may change after the write, so the dial-time check on the exact address is
+    /// the guard, and a write must not depend on the writer's resolver.
+    pub fn check_egress(&self, policy: &EgressPolicy) -> Result<(), ProviderError> {
+        let denied = match &self.target.host {
+            Host::Ip(ip) => !policy.permits(*ip),
+            Host::Domain(name) => {
+                let implied = implied_addresses(name);
+                !implied.is_empty() && !implied.iter().any(|ip| policy.permits(*ip))
+            }
+        };
+        if denied {
+            return Err(ProviderError::PrivateUpstream {
+                host: self.target.host.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// The upstream URI for a request path-and-query (which starts with `/`).
     pub fn join(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
         let mut pq = String::with_capacity(self.prefix.len() + path_and_query.len());
@@ -145,6 +183,31 @@ impl BaseUrl {
 
     pub fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
+    }
+}
+
+const LOOPBACK: &[IpAddr] = &[
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+];
+const METADATA: &[IpAddr] = &[
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+];
+
+/// The addresses a (normalized) host name stands for without asking DNS: loopback for
+/// `localhost`, `*.localhost` (RFC 6761) and the usual hosts-file aliases; the metadata service
+/// for the names clouds give it. Empty for every other name.
+pub fn implied_addresses(name: &str) -> &'static [IpAddr] {
+    match name {
+        "localhost" | "localhost.localdomain" | "ip6-localhost" | "ip6-loopback" => LOOPBACK,
+        n if n.ends_with(".localhost") => LOOPBACK,
+        "metadata"
+        | "metadata.google.internal"
+        | "metadata.goog"
+        | "instance-data"
+        | "instance-data.ec2.internal" => METADATA,
+        _ => &[],
     }
 }
 
@@ -242,6 +305,81 @@ mod tests {
         ] {
             assert!(BaseUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn base_urls_to_private_hosts_are_refused_unless_their_range_is_allowed() {
+        let public = EgressPolicy::default();
+        let refused = [
+            "http://169.254.169.254/latest/meta-data",
+            "https://[fd00:ec2::254]",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://[::1]:8080",
+            "http://[::ffff:169.254.169.254]",
+            "http://[64:ff9b::a9fe:a9fe]",
+            "http://[2002:a9fe:a9fe::]",
+            "https://localhost:8443/v1",
+            "https://LOCALHOST.",
+            "https://api.localhost",
+            "https://ip6-localhost",
+            "http://metadata.google.internal/computeMetadata/v1",
+            "http://metadata",
+            "http://instance-data.ec2.internal",
+            "http://100.100.100.200",
+            "http://10.0.0.1",
+            "http://192.168.1.1",
+            "http://0.0.0.0",
+            "http://[::]",
+            "http://[fe80::1]",
+            "http://224.0.0.1",
+        ];
+        for url in refused {
+            let err = BaseUrl::parse_with_policy(url, &public).unwrap_err();
+            assert!(
+                matches!(err, ProviderError::PrivateUpstream { .. }),
+                "{url}: {err}"
+            );
+            assert!(err.to_string().contains("--allow-private-upstreams"));
+            assert!(BaseUrl::parse(url).is_ok(), "{url} is well-formed");
+        }
+        // Names are not resolved at write time; public literals pass.
+        for url in [
+            "https://api.openai.com",
+            "https://llm.internal.example",
+            "https://8.8.8.8",
+            "https://localhost.example.com",
+            "https://notlocalhost",
+        ] {
+            assert!(BaseUrl::parse_with_policy(url, &public).is_ok(), "{url}");
+        }
+        // Syntax errors still come first (userinfo is refused without echoing it).
+        let err = BaseUrl::parse_with_policy("https://user:pw@127.0.0.1", &public).unwrap_err();
+        assert_eq!(err, ProviderError::BaseUrl("must not contain userinfo"));
+        assert!(!err.to_string().contains("pw"));
+
+        // Exactly the allowed ranges open up.
+        let loopback = EgressPolicy::public_only(vec!["127.0.0.0/8".parse().unwrap()]);
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://[::ffff:127.0.0.1]",
+            "https://localhost",
+            "https://a.localhost",
+        ] {
+            assert!(BaseUrl::parse_with_policy(url, &loopback).is_ok(), "{url}");
+        }
+        for url in [
+            "http://[::1]",
+            "http://169.254.169.254",
+            "http://metadata.google.internal",
+            "http://10.0.0.1",
+        ] {
+            assert!(BaseUrl::parse_with_policy(url, &loopback).is_err(), "{url}");
+        }
+        let metadata = EgressPolicy::public_only(vec!["169.254.169.254/32".parse().unwrap()]);
+        assert!(BaseUrl::parse_with_policy("http://metadata.google.internal", &metadata).is_ok());
+        assert!(BaseUrl::parse_with_policy("http://169.254.169.253", &metadata).is_err());
+        assert!(BaseUrl::parse_with_policy("http://localhost", &metadata).is_err());
     }
 
     #[test]

@@ -71,6 +71,9 @@ impl ProxyProcess {
                 "api.openai.com",
                 "--key-env",
                 "BENCH_PROVIDER_KEY",
+                // The bench upstream is on loopback, which base URLs may not point at by default.
+                "--allow-private-upstreams",
+                "127.0.0.0/8",
             ],
         );
         let token = cli(d, &["token", "create", "--user", "bench"])
@@ -109,6 +112,7 @@ impl ProxyProcess {
             .args(["--upstream-ca-file", &path("upstream-ca.pem")])
             .args(["--connect-ports", &format!("443,80,{}", setup.bulk_port)])
             .args(["--allow-private-cidrs", "127.0.0.0/8"])
+            .args(["--allow-private-upstreams", "127.0.0.0/8"])
             .args(extra_serve_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

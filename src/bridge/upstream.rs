@@ -2,8 +2,10 @@
 //!
 //! Verification is always on: the webpki roots plus any `--upstream-ca-file` roots. Redirects
 //! are never followed (hyper's client does not), so a provider cannot bounce a request that
-//! carries its key to another host. Connections are opened only through the egress
-//! [`Dialer`](crate::proxy::egress::Dialer).
+//! carries its key to another host: a `3xx` goes back to the client as it came. Connections are
+//! opened only through the egress [`Dialer`](crate::proxy::egress::Dialer), under the upstream
+//! policy (public addresses plus `--allow-private-upstreams`), checked on the exact address
+//! dialled every time a connection is opened.
 
 use crate::proxy::egress::Dialer;
 use crate::BoxError;
@@ -79,6 +81,11 @@ impl UpstreamFactory {
             tls: Arc::new(tls),
             dialer,
         })
+    }
+
+    /// The egress policy every upstream connection is dialled under.
+    pub fn policy(&self) -> &crate::proxy::egress::EgressPolicy {
+        self.dialer.policy()
     }
 
     /// A fresh client with its own connection pool.

@@ -24,8 +24,8 @@
 //! model = "gpt-4o"
 //! ```
 
-use super::DbArgs;
-use crate::provider::{normalize_intercept_hosts, ProviderKind};
+use super::{DbArgs, UpstreamArgs};
+use crate::provider::{normalize_intercept_hosts, BaseUrl, ProviderKind};
 use crate::secret::Secret;
 use crate::store::{Model, ModelPatch, NewModel, NewProvider, Provider, ProviderPatch, Store};
 use anyhow::{bail, Context};
@@ -37,6 +37,8 @@ use std::path::PathBuf;
 pub struct ApplyArgs {
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    upstreams: UpstreamArgs,
     /// The declarative file (TOML).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
@@ -101,7 +103,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let desired: Desired = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid apply file", args.file.display()))?;
-    let store = args.db.connect().await?;
+    let store = args
+        .db
+        .connect()
+        .await?
+        .with_upstream_policy(args.upstreams.policy());
     let result = reconcile(&store, desired, args.prune, args.dry_run).await;
     store.close().await;
     let changes = result?;
@@ -124,6 +130,17 @@ async fn reconcile(
 ) -> anyhow::Result<Vec<String>> {
     let mut changes = Vec::new();
     let current = store.list_providers().await?;
+    // Every base URL the file would write is checked before anything is written (and in a dry
+    // run): a refused one fails the whole file, not the half after it.
+    for want in &desired.providers {
+        let unchanged = current
+            .iter()
+            .any(|p| p.name == want.name && p.base_url == want.base_url);
+        if !unchanged {
+            BaseUrl::parse_with_policy(&want.base_url, store.upstream_policy())
+                .with_context(|| format!("provider {}", want.name))?;
+        }
+    }
     for want in &desired.providers {
         let keys = read_keys(&want.key_env)?;
         match current.iter().find(|p| p.name == want.name) {

@@ -8,8 +8,11 @@ mod secrets;
 mod serve;
 mod token;
 
+use crate::proxy::egress::EgressPolicy;
+use crate::store::StoreError;
 use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -104,8 +107,37 @@ impl DbArgs {
     }
 }
 
-/// Exit code for configuration errors (EX_USAGE).
+/// Which private or reserved ranges provider base URLs may point into: `serve` dials under it,
+/// and every command that writes providers (`providers create|update`, `apply`) checks base
+/// URLs against it, through the same flag and environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// Private/reserved ranges provider base URLs may point into (comma-separated CIDRs, e.g.
+    /// 127.0.0.0/8); by default only public addresses.
+    #[arg(long, env = "AIBRIDGE_ALLOW_PRIVATE_UPSTREAMS", value_delimiter = ',')]
+    pub allow_private_upstreams: Vec<IpNet>,
+}
+
+impl UpstreamArgs {
+    pub fn policy(&self) -> EgressPolicy {
+        EgressPolicy::public_only(self.allow_private_upstreams.clone())
+    }
+}
+
+/// Exit code for configuration errors and refused input (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
+
+/// Whether a command failed on its input (a field the store refused), not on the system.
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Invalid(_) | StoreError::InvalidInput(_))
+        ) || cause
+            .downcast_ref::<crate::provider::ProviderError>()
+            .is_some()
+    })
+}
 
 /// Run a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
@@ -123,7 +155,11 @@ pub async fn run(cli: Cli) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            if is_bad_input(&e) {
+                EXIT_CONFIG
+            } else {
+                1
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `providers list | create | update | delete`. Keys are read from the environment variable
 //! named by `--key-env`, never from argv (argv is visible to every user via `ps`).
 
-use super::DbArgs;
+use super::{DbArgs, UpstreamArgs};
 use crate::provider::ProviderKind;
 use crate::secret::Secret;
 use crate::store::{NewProvider, ProviderPatch};
@@ -19,6 +19,8 @@ pub enum ProvidersCommand {
     Create {
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        upstreams: UpstreamArgs,
         #[arg(long)]
         name: String,
         #[arg(long, value_parser = parse_kind)]
@@ -38,6 +40,8 @@ pub enum ProvidersCommand {
     Update {
         #[command(flatten)]
         db: DbArgs,
+        #[command(flatten)]
+        upstreams: UpstreamArgs,
         provider: String,
         #[arg(long)]
         name: Option<String>,
@@ -115,6 +119,7 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
         }
         ProvidersCommand::Create {
             db,
+            upstreams,
             name,
             kind,
             base_url,
@@ -123,7 +128,7 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
             enforce_models,
         } => {
             let api_keys = common.keys()?.unwrap_or_default();
-            let store = db.connect().await?;
+            let store = db.connect().await?.with_upstream_policy(upstreams.policy());
             let created = store
                 .create_provider(NewProvider {
                     name,
@@ -147,6 +152,7 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
         }
         ProvidersCommand::Update {
             db,
+            upstreams,
             provider,
             name,
             kind,
@@ -172,7 +178,7 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
                 enforce_models,
                 api_keys: common.keys()?,
             };
-            let store = db.connect().await?;
+            let store = db.connect().await?.with_upstream_policy(upstreams.policy());
             let updated = store.update_provider(&provider, patch).await;
             store.close().await;
             let p = updated?;

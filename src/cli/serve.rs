@@ -5,7 +5,7 @@
 //! flushed and the process exits 0. A second signal exits at once with status 1.
 
 use super::ca::CaFileArgs;
-use super::{DbArgs, EXIT_CONFIG};
+use super::{DbArgs, UpstreamArgs, EXIT_CONFIG};
 use crate::app::{App, AppError};
 use crate::config::{self, AppConfig, AuthMode, NonProviderHosts, ProxyConfig};
 use clap::Args;
@@ -60,6 +60,8 @@ pub struct ServeArgs {
     /// Extra PEM roots trusted for provider upstreams.
     #[arg(long, env = "AIBRIDGE_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    upstreams: UpstreamArgs,
     /// Time a client has to send a complete request head.
     #[arg(long, env = "AIBRIDGE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -94,6 +96,7 @@ impl ServeArgs {
             leaf_validity: self.leaf_validity,
             cert_cache_size: self.cert_cache_size,
             upstream_ca_file: self.upstream_ca_file,
+            allow_private_upstreams: self.upstreams.allow_private_upstreams,
             shutdown_grace: self.shutdown_grace,
             proxy: ProxyConfig {
                 connect_ports: self.connect_ports,
@@ -105,6 +108,7 @@ impl ServeArgs {
                 connect_timeout: self.connect_timeout,
                 max_header_bytes: self.max_header_bytes,
                 max_request_body: self.max_request_body,
+                resolver: Default::default(),
             },
         }
     }

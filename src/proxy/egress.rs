@@ -1,13 +1,22 @@
 //! Egress policy: which addresses the proxy may open a connection to.
 //!
+//! One policy type and one dialer for every outbound connection: tunnels, plain forwards and
+//! provider upstreams each get a [`Dialer`] with their own [`EgressPolicy`] (public addresses
+//! plus `--allow-private-cidrs`, respectively `--allow-private-upstreams`). There is no
+//! "allow everything" policy; an operator who wants one lists `0.0.0.0/0,::/0`.
+//!
 //! The check runs on the exact IP that is dialled, after resolution, so a name that resolves to
-//! a private address (or changes between two lookups) cannot slip through: the dialer takes only
-//! an [`AllowedAddr`], and only [`EgressPolicy::check`] makes one. IPv4 addresses embedded in IPv6
-//! (IPv4-mapped, IPv4-compatible, NAT64, 6to4) are unwrapped and classified as what they are.
+//! a private address (or changes between two lookups) cannot slip through: the dialer connects
+//! only to an [`AllowedAddr`], and only [`EgressPolicy::check`] makes one. IPv4 addresses
+//! embedded in IPv6 (IPv4-mapped, IPv4-compatible, NAT64, 6to4) are unwrapped and classified as
+//! what they are. Names are resolved through a [`Resolver`]: the system's, or a fixed map in
+//! front of it ([`StaticResolver`], which tests use to make names point at every range).
 
 use crate::proxy::target::Host;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
@@ -86,7 +95,7 @@ impl EgressError {
     }
 }
 
-/// A socket address that passed the policy. The only way to dial.
+/// A socket address that passed the policy. The only thing [`connect`] dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllowedAddr(SocketAddr);
 
@@ -96,58 +105,48 @@ impl AllowedAddr {
     }
 }
 
-/// Which destinations may be dialled.
+/// Which destinations may be dialled: public addresses, plus reserved ones inside the
+/// explicitly allowed ranges. The default allows no reserved address at all.
 #[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
     /// Reserved addresses inside these ranges are allowed anyway.
     allowed: Vec<IpNet>,
-    /// Allow every address (used for provider upstreams until per-provider policy lands).
-    allow_all: bool,
 }
 
 impl EgressPolicy {
     /// Public addresses only, plus the given CIDRs.
     pub fn public_only(allowed: Vec<IpNet>) -> Self {
-        EgressPolicy {
-            allowed,
-            allow_all: false,
-        }
+        EgressPolicy { allowed }
     }
 
-    /// Every address.
-    pub fn allow_all() -> Self {
-        EgressPolicy {
-            allowed: Vec::new(),
-            allow_all: true,
-        }
+    /// The reserved ranges this policy allows anyway.
+    pub fn allowed(&self) -> &[IpNet] {
+        &self.allowed
     }
 
-    /// Classify one address.
-    pub fn check(&self, addr: SocketAddr) -> Result<AllowedAddr, EgressError> {
-        let ip = addr.ip();
+    /// Whether `ip` may be dialled. An allowed range matches the address as written or the
+    /// IPv4 address it embeds.
+    pub fn permits(&self, ip: IpAddr) -> bool {
         let inner = unwrap_embedded(ip);
-        if self.allow_all
-            || !is_reserved(ip)
+        !is_reserved(ip)
             || self
                 .allowed
                 .iter()
                 .any(|n| n.contains(&ip) || n.contains(&inner))
-        {
-            return Ok(AllowedAddr(addr));
-        }
-        Err(EgressError::Denied(ip))
     }
 
-    /// Resolve `host` and keep the addresses the policy allows. If every address is refused,
-    /// the first refusal is returned.
-    pub async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<AllowedAddr>, EgressError> {
-        let addrs: Vec<SocketAddr> = match host {
-            Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-            Host::Domain(name) => tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .map_err(EgressError::Resolve)?
-                .collect(),
-        };
+    /// Classify one address.
+    pub fn check(&self, addr: SocketAddr) -> Result<AllowedAddr, EgressError> {
+        if self.permits(addr.ip()) {
+            Ok(AllowedAddr(addr))
+        } else {
+            Err(EgressError::Denied(addr.ip()))
+        }
+    }
+
+    /// Keep the addresses the policy allows. If every address is refused, the first refusal is
+    /// returned.
+    pub fn filter(&self, addrs: Vec<SocketAddr>) -> Result<Vec<AllowedAddr>, EgressError> {
         let mut first_denial = None;
         let mut allowed = Vec::with_capacity(addrs.len());
         for addr in addrs {
@@ -194,6 +193,86 @@ pub fn unwrap_embedded(ip: IpAddr) -> IpAddr {
     ip
 }
 
+/// The future a [`Resolve`] lookup returns.
+pub type Lookup<'a> = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+
+/// Turns a host name into addresses. Whatever it answers still goes through the policy: a
+/// resolver decides where a name points, never whether the proxy may go there.
+pub trait Resolve: fmt::Debug + Send + Sync {
+    /// The addresses of `name` (a normalized host name, never an IP literal) at `port`.
+    fn lookup<'a>(&'a self, name: &'a str, port: u16) -> Lookup<'a>;
+}
+
+/// The system resolver (`getaddrinfo` on tokio's blocking pool).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup<'a>(&'a self, name: &'a str, port: u16) -> Lookup<'a> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((name, port)).await?.collect()) })
+    }
+}
+
+/// A fixed name → addresses map in front of the system resolver, like a hosts file: names in
+/// the map get its addresses, every other name is asked of the system.
+#[derive(Debug, Clone, Default)]
+pub struct StaticResolver {
+    names: HashMap<String, Vec<IpAddr>>,
+}
+
+impl StaticResolver {
+    pub fn new() -> Self {
+        StaticResolver::default()
+    }
+
+    /// Make `name` (any case, one trailing dot allowed) resolve to `addrs`.
+    pub fn with(mut self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let key = name.trim_end_matches('.').to_ascii_lowercase();
+        self.names.entry(key).or_default().extend(addrs);
+        self
+    }
+}
+
+impl Resolve for StaticResolver {
+    fn lookup<'a>(&'a self, name: &'a str, port: u16) -> Lookup<'a> {
+        match self.names.get(name) {
+            Some(ips) => {
+                let addrs = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+                Box::pin(std::future::ready(Ok(addrs)))
+            }
+            None => SystemResolver.lookup(name, port),
+        }
+    }
+}
+
+/// A shared handle to the resolver every dialer of one proxy uses (the system's by default).
+#[derive(Debug, Clone)]
+pub struct Resolver(Arc<dyn Resolve>);
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver::new(SystemResolver)
+    }
+}
+
+impl Resolver {
+    pub fn new(resolver: impl Resolve + 'static) -> Self {
+        Resolver(Arc::new(resolver))
+    }
+
+    /// The addresses of `host` at `port`; an IP literal is its own answer.
+    pub async fn lookup(&self, host: &Host, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
+        match host {
+            Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
+            Host::Domain(name) => self
+                .0
+                .lookup(name, port)
+                .await
+                .map_err(EgressError::Resolve),
+        }
+    }
+}
+
 /// Connect to the first allowed address that answers, within `timeout` each. TCP_NODELAY is
 /// set: small request heads must not wait for delayed ACKs.
 pub async fn connect(addrs: &[AllowedAddr], timeout: Duration) -> Result<TcpStream, EgressError> {
@@ -211,29 +290,44 @@ pub async fn connect(addrs: &[AllowedAddr], timeout: Duration) -> Result<TcpStre
     Err(last)
 }
 
-/// A hyper connector that resolves, applies the policy and dials; the only way the proxy's HTTP
-/// clients open connections.
+/// Resolves, applies the policy and dials; also a hyper connector. The only way the proxy opens
+/// connections: tunnels, plain forwards and provider upstreams each hold one.
 #[derive(Clone)]
 pub struct Dialer {
     policy: Arc<EgressPolicy>,
+    resolver: Resolver,
     connect_timeout: Duration,
 }
 
 impl Dialer {
+    /// A dialer with the system resolver.
     pub fn new(policy: EgressPolicy, connect_timeout: Duration) -> Self {
         Dialer {
             policy: Arc::new(policy),
+            resolver: Resolver::default(),
             connect_timeout,
         }
+    }
+
+    /// The same dialer resolving names through `resolver`.
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     pub fn policy(&self) -> &EgressPolicy {
         &self.policy
     }
 
+    /// Resolve `host` and keep the addresses the policy allows.
+    pub async fn resolve(&self, host: &Host, port: u16) -> Result<Vec<AllowedAddr>, EgressError> {
+        let addrs = self.resolver.lookup(host, port).await?;
+        self.policy.filter(addrs)
+    }
+
     /// Resolve, check and connect to `host:port`.
     pub async fn dial(&self, host: &Host, port: u16) -> Result<TcpStream, EgressError> {
-        let addrs = self.policy.resolve(host, port).await?;
+        let addrs = self.resolve(host, port).await?;
         connect(&addrs, self.connect_timeout).await
     }
 }
@@ -277,54 +371,286 @@ mod tests {
         SocketAddr::new(s.parse().unwrap(), 443)
     }
 
+    /// Every reserved range (S9 and the documentation/relay ranges beside it) with addresses at
+    /// its start, inside and at its end.
+    const MATRIX: &[(&str, &[&str])] = &[
+        ("0.0.0.0/8", &["0.0.0.0", "0.1.2.3", "0.255.255.255"]),
+        ("10.0.0.0/8", &["10.0.0.0", "10.1.2.3", "10.255.255.255"]),
+        (
+            "100.64.0.0/10",
+            &["100.64.0.0", "100.100.100.200", "100.127.255.255"],
+        ),
+        (
+            "127.0.0.0/8",
+            &["127.0.0.0", "127.0.0.1", "127.255.255.255"],
+        ),
+        (
+            "169.254.0.0/16",
+            &["169.254.0.0", "169.254.169.254", "169.254.255.255"],
+        ),
+        (
+            "172.16.0.0/12",
+            &["172.16.0.0", "172.20.1.2", "172.31.255.255"],
+        ),
+        ("192.0.0.0/24", &["192.0.0.0", "192.0.0.170", "192.0.0.255"]),
+        ("192.0.2.0/24", &["192.0.2.0", "192.0.2.1", "192.0.2.255"]),
+        (
+            "192.88.99.0/24",
+            &["192.88.99.0", "192.88.99.1", "192.88.99.255"],
+        ),
+        (
+            "192.168.0.0/16",
+            &["192.168.0.0", "192.168.1.1", "192.168.255.255"],
+        ),
+        (
+            "198.18.0.0/15",
+            &["198.18.0.0", "198.18.5.6", "198.19.255.255"],
+        ),
+        (
+            "198.51.100.0/24",
+            &["198.51.100.0", "198.51.100.7", "198.51.100.255"],
+        ),
+        (
+            "203.0.113.0/24",
+            &["203.0.113.0", "203.0.113.9", "203.0.113.255"],
+        ),
+        (
+            "224.0.0.0/4",
+            &["224.0.0.0", "224.0.0.1", "239.255.255.255"],
+        ),
+        (
+            "240.0.0.0/4",
+            &["240.0.0.0", "250.1.2.3", "255.255.255.255"],
+        ),
+        ("::/128", &["::"]),
+        ("::1/128", &["::1"]),
+        ("100::/64", &["100::", "100::1", "100::ffff:ffff:ffff:ffff"]),
+        ("64:ff9b:1::/48", &["64:ff9b:1::", "64:ff9b:1::1"]),
+        (
+            "2001:db8::/32",
+            &["2001:db8::", "2001:db8::1", "2001:db8:ffff::1"],
+        ),
+        ("fc00::/7", &["fc00::", "fd00:ec2::254", "fdff:ffff::1"]),
+        ("fe80::/10", &["fe80::", "fe80::1", "febf::1"]),
+        ("ff00::/8", &["ff00::", "ff02::1", "ff0e::1"]),
+    ];
+
+    const PUBLIC: &[&str] = &[
+        "8.8.8.8",
+        "1.1.1.1",
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.32.0.0",
+        "2606:4700::1111",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::",
+    ];
+
+    /// The IPv6 spellings that embed an IPv4 address.
+    fn embedded(v4: Ipv4Addr) -> [IpAddr; 4] {
+        let [a, b, c, d] = v4.octets();
+        let tail = |p: [u16; 6]| {
+            IpAddr::V6(Ipv6Addr::new(
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                p[4],
+                p[5],
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+            ))
+        };
+        [
+            IpAddr::V6(v4.to_ipv6_mapped()),
+            tail([0, 0, 0, 0, 0, 0]),
+            tail([0x64, 0xff9b, 0, 0, 0, 0]),
+            IpAddr::V6(Ipv6Addr::new(
+                0x2002,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+                0,
+                0,
+                0,
+                0,
+                0,
+            )),
+        ]
+    }
+
     #[test]
-    fn reserved_ranges_are_refused_and_public_allowed() {
-        let policy = EgressPolicy::public_only(vec![]);
-        for denied in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "198.18.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00:ec2::254",
-            "ff02::1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "2002:a9fe:a9fe::",
-            "::127.0.0.1",
-        ] {
-            assert!(
-                policy.check(sa(denied)).is_err(),
-                "{denied} must be refused"
-            );
+    fn the_matrix_covers_every_s9_range() {
+        let s9 = [
+            "0.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "172.16.0.0/12",
+            "192.0.0.0/24",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "224.0.0.0/4",
+            "240.0.0.0/4",
+            "::/128",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+            "ff00::/8",
+        ];
+        for range in s9 {
+            assert!(MATRIX.iter().any(|(r, _)| *r == range), "{range}");
         }
-        for allowed in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-            "64:ff9b::808:808",
-        ] {
-            assert!(
-                policy.check(sa(allowed)).is_ok(),
-                "{allowed} must be allowed"
-            );
+        for (range, addrs) in MATRIX {
+            let net: IpNet = range.parse().unwrap();
+            for a in *addrs {
+                assert!(
+                    net.contains(&a.parse::<IpAddr>().unwrap()),
+                    "{a} in {range}"
+                );
+            }
         }
     }
 
     #[test]
-    fn allowed_cidrs_open_exactly_their_range() {
+    fn every_reserved_address_is_refused_by_default_in_every_spelling() {
+        let policy = EgressPolicy::default();
+        let mut refused = 0;
+        for (range, addrs) in MATRIX {
+            for a in *addrs {
+                let ip: IpAddr = a.parse().unwrap();
+                let mut forms = vec![ip];
+                if let IpAddr::V4(v4) = ip {
+                    forms.extend(embedded(v4));
+                }
+                for f in forms {
+                    let err = policy.check(SocketAddr::new(f, 443)).unwrap_err();
+                    assert!(err.is_denied(), "{f} ({range})");
+                    assert_eq!(err.reason(), "private_address");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 150, "{refused}");
+        for p in PUBLIC {
+            assert!(policy.check(sa(p)).is_ok(), "{p} must be allowed");
+        }
+    }
+
+    #[test]
+    fn an_allowed_cidr_opens_exactly_its_own_range() {
+        for (allowed, _) in MATRIX {
+            let net: IpNet = allowed.parse().unwrap();
+            let policy = EgressPolicy::public_only(vec![net]);
+            for (range, addrs) in MATRIX {
+                for a in *addrs {
+                    let ip: IpAddr = a.parse().unwrap();
+                    assert_eq!(
+                        policy.check(SocketAddr::new(ip, 443)).is_ok(),
+                        net.contains(&ip),
+                        "{a} ({range}) with {allowed} allowed"
+                    );
+                }
+            }
+            for p in PUBLIC {
+                assert!(policy.check(sa(p)).is_ok(), "{p}");
+            }
+        }
+        // An allowed IPv4 range also admits its IPv6 spellings, and nothing next to it.
         let policy = EgressPolicy::public_only(vec!["127.0.0.0/8".parse().unwrap()]);
-        assert!(policy.check(sa("127.0.0.1")).is_ok());
-        assert!(policy.check(sa("10.0.0.1")).is_err());
-        assert!(EgressPolicy::allow_all().check(sa("10.0.0.1")).is_ok());
+        for f in embedded(Ipv4Addr::new(127, 0, 0, 1)) {
+            assert!(policy.check(SocketAddr::new(f, 443)).is_ok(), "{f}");
+        }
+        for f in embedded(Ipv4Addr::new(169, 254, 169, 254)) {
+            assert!(policy.check(SocketAddr::new(f, 443)).is_err(), "{f}");
+        }
+        assert!(
+            policy.check(sa("::1")).is_err(),
+            "::1 is not in 127.0.0.0/8"
+        );
+    }
+
+    fn host(name: &str) -> Host {
+        Host::Domain(name.into())
+    }
+
+    #[tokio::test]
+    async fn names_are_classified_by_the_addresses_they_resolve_to() {
+        let mut resolver = StaticResolver::new();
+        let mut names = Vec::new();
+        for (i, (range, addrs)) in MATRIX.iter().enumerate() {
+            let name = format!("r{i}.egress.test");
+            resolver = resolver.with(&name, addrs.iter().map(|a| a.parse().unwrap()));
+            names.push((name, *range));
+        }
+        let resolver = Resolver::new(
+            resolver
+                .with("Public.Egress.Test.", ["8.8.8.8".parse().unwrap()])
+                .with(
+                    "mixed.egress.test",
+                    ["10.0.0.1".parse().unwrap(), "8.8.4.4".parse().unwrap()],
+                ),
+        );
+        let dialer = Dialer::new(EgressPolicy::default(), Duration::from_secs(1))
+            .with_resolver(resolver.clone());
+        for (name, range) in &names {
+            let err = dialer.resolve(&host(name), 443).await.unwrap_err();
+            assert!(err.is_denied(), "{name} -> {range}: {err}");
+        }
+        let public = dialer.resolve(&host("public.egress.test"), 443).await;
+        assert_eq!(public.unwrap()[0].addr(), sa("8.8.8.8"));
+        // Only the allowed answers of a mixed answer are kept.
+        let mixed = dialer
+            .resolve(&host("mixed.egress.test"), 443)
+            .await
+            .unwrap();
+        assert_eq!(
+            mixed.iter().map(|a| a.addr()).collect::<Vec<_>>(),
+            vec![sa("8.8.4.4")]
+        );
+
+        // Allowing one range lets exactly the name pointing into it through.
+        for (allowed, _) in MATRIX {
+            let policy = EgressPolicy::public_only(vec![allowed.parse().unwrap()]);
+            let dialer =
+                Dialer::new(policy, Duration::from_secs(1)).with_resolver(resolver.clone());
+            for (name, range) in &names {
+                let ok = dialer.resolve(&host(name), 443).await.is_ok();
+                assert_eq!(ok, range == allowed, "{name} -> {range} with {allowed}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_never_dialled_unless_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let resolver = Resolver::new(
+            StaticResolver::new().with("loop.egress.test", ["127.0.0.1".parse().unwrap()]),
+        );
+        let denied = Dialer::new(EgressPolicy::default(), Duration::from_secs(1))
+            .with_resolver(resolver.clone());
+        let err = denied
+            .dial(&host("loop.egress.test"), port)
+            .await
+            .unwrap_err();
+        assert!(err.is_denied(), "{err}");
+        let err = denied
+            .dial(&Host::Ip("::ffff:127.0.0.1".parse().unwrap()), port)
+            .await
+            .unwrap_err();
+        assert!(err.is_denied(), "{err}");
+        let nothing = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(nothing.is_err(), "a refused dial must not connect");
+
+        let allowed = Dialer::new(
+            EgressPolicy::public_only(vec!["127.0.0.0/8".parse().unwrap()]),
+            Duration::from_secs(1),
+        )
+        .with_resolver(resolver);
+        let _stream = allowed.dial(&host("loop.egress.test"), port).await.unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+        assert!(matches!(accepted, Ok(Ok(_))));
     }
 }

@@ -73,7 +73,8 @@ impl ProxyState {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
-        let dialer = Dialer::new(policy, config.connect_timeout);
+        let dialer =
+            Dialer::new(policy, config.connect_timeout).with_resolver(config.resolver.clone());
         let forward_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

@@ -1,15 +1,17 @@
 //! Building a snapshot from store rows.
 //!
 //! Rules (SPEC §5, §6): providers are considered oldest first; a disabled provider routes
-//! nothing; a row that does not parse (kind, base URL, intercept host), holds a key the store
-//! could not decrypt, or whose upstream client cannot be built is marked `error` and excluded
-//! alone; a provider claiming a host an older provider already holds is marked `excluded` as a
+//! nothing; a row that does not parse (kind, base URL, intercept host), whose base URL host the
+//! upstream egress policy refuses (a row written before the policy, or under a wider
+//! `--allow-private-upstreams`), holds a key the store could not decrypt, or whose upstream
+//! client cannot be built is marked `error` and excluded alone; a provider claiming a host an older provider already holds is marked `excluded` as a
 //! whole. Nothing in a row can fail the build.
 //! Upstream clients of providers whose base URL did not change are carried over from the
 //! previous snapshot so their warm connections survive the reload.
 
 use crate::bridge::upstream::{UpstreamClient, UpstreamFactory};
 use crate::provider::{self, BaseUrl, ProviderKind};
+use crate::proxy::egress::EgressPolicy;
 use crate::secret::Secret;
 use crate::store::RoutingData;
 use serde::Serialize;
@@ -145,7 +147,7 @@ impl Snapshot {
                 hosts: Vec::new(),
                 warnings: Vec::new(),
             };
-            let parsed = parse_row(&row);
+            let parsed = parse_row(&row, upstreams.policy());
             let (kind, base, targets) = match parsed {
                 Ok(p) => p,
                 Err(reason) => {
@@ -245,12 +247,12 @@ fn digest_prefix(digest: &[u8; 32]) -> u64 {
 
 type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::proxy::target::Target>);
 
-fn parse_row(row: &crate::store::Provider) -> Result<ParsedRow, String> {
+fn parse_row(row: &crate::store::Provider, policy: &EgressPolicy) -> Result<ParsedRow, String> {
     let kind: ProviderKind = row
         .kind
         .parse()
         .map_err(|e: provider::ProviderError| e.to_string())?;
-    let base = BaseUrl::parse(&row.base_url).map_err(|e| e.to_string())?;
+    let base = BaseUrl::parse_with_policy(&row.base_url, policy).map_err(|e| e.to_string())?;
     let targets =
         provider::intercept_targets(&row.intercept_hosts, &base).map_err(|e| e.to_string())?;
     // Any undecryptable key excludes the provider, not just the injected one: serving on

@@ -12,6 +12,10 @@
 //! Provider keys are sealed on write and opened on read with the store's [`Keyring`]
 //! (`--secrets-key-file`, see [`crypto`]); without one they are written in clear. A key that
 //! cannot be opened is carried as an error on that key, never as a failed read.
+//!
+//! A provider's base URL is written only if the store's upstream [`EgressPolicy`] allows its
+//! host (public-only by default; `--allow-private-upstreams` widens it): every writer — admin
+//! API, CLI, `apply` — goes through here, so none can skip the check.
 
 pub mod crypto;
 pub mod model;
@@ -24,6 +28,7 @@ pub use model::{
 pub use secrets::{KeyStorage, Rotation};
 
 use crate::provider::ProviderError;
+use crate::proxy::egress::EgressPolicy;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -99,6 +104,8 @@ pub struct Store {
     last_committed: Arc<AtomicI64>,
     /// Seals keys on write, opens them on read.
     keyring: Arc<Keyring>,
+    /// Which base-URL hosts may be written (public-only unless widened).
+    upstream_policy: Arc<EgressPolicy>,
 }
 
 /// Run `$body` with `$pool` bound to whichever pool the store has, and `$kind` to its [`Kind`].
@@ -218,6 +225,7 @@ impl Store {
             local,
             last_committed: Arc::new(AtomicI64::new(-1)),
             keyring: Arc::default(),
+            upstream_policy: Arc::default(),
         })
     }
 
@@ -230,6 +238,17 @@ impl Store {
 
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// Accept base URLs whose host `policy` allows (the same policy the upstream dialer uses);
+    /// the default allows public hosts only.
+    pub fn with_upstream_policy(mut self, policy: EgressPolicy) -> Store {
+        self.upstream_policy = Arc::new(policy);
+        self
+    }
+
+    pub fn upstream_policy(&self) -> &EgressPolicy {
+        &self.upstream_policy
     }
 
     /// Apply pending migrations (PostgreSQL serializes concurrent migrators with a lock).

@@ -5,6 +5,7 @@ use super::model::{KeyRow, ProviderRow};
 use super::{conflict, now, parse_id, Channel, Store, StoreError};
 use super::{NewProvider, Provider, ProviderKey, ProviderPatch};
 use crate::provider;
+use crate::proxy::egress::EgressPolicy;
 use crate::secret::Secret;
 use uuid::Uuid;
 
@@ -69,11 +70,14 @@ struct Plan<'a> {
 }
 
 /// Validate `patch` against the current row. A base URL whose scheme or host:port changes
-/// drops the keys unless the patch supplies new ones.
+/// drops the keys unless the patch supplies new ones. A base URL the patch writes must pass the
+/// upstream policy; a stored one it leaves alone is only parsed, so a row written before the
+/// policy (which the router keeps in `error`) can still be disabled, renamed or repointed.
 fn plan_update<'a>(
     current: &ProviderRow,
     has_keys: bool,
     patch: &'a ProviderPatch,
+    policy: &EgressPolicy,
 ) -> Result<Plan<'a>, StoreError> {
     let name = patch.name.clone().unwrap_or_else(|| current.name.clone());
     provider::validate_name(&name)?;
@@ -81,11 +85,16 @@ fn plan_update<'a>(
         .kind
         .map(|k| k.as_str().to_string())
         .unwrap_or_else(|| current.kind.clone());
-    let base_url = patch
-        .base_url
-        .clone()
-        .unwrap_or_else(|| current.base_url.clone());
-    let new_base = provider::BaseUrl::parse(&base_url)?;
+    let (base_url, new_base) = match &patch.base_url {
+        Some(url) => (
+            url.clone(),
+            provider::BaseUrl::parse_with_policy(url, policy)?,
+        ),
+        None => (
+            current.base_url.clone(),
+            provider::BaseUrl::parse(&current.base_url)?,
+        ),
+    };
     let hosts = match &patch.intercept_hosts {
         Some(h) => provider::normalize_intercept_hosts(h)?,
         None => current.intercept_hosts.0.clone(),
@@ -135,7 +144,7 @@ impl Store {
     /// Validate and insert a provider with its keys.
     pub async fn create_provider(&self, new: NewProvider) -> Result<Provider, StoreError> {
         provider::validate_name(&new.name)?;
-        provider::BaseUrl::parse(&new.base_url)?;
+        provider::BaseUrl::parse_with_policy(&new.base_url, &self.upstream_policy)?;
         let hosts = provider::normalize_intercept_hosts(&new.intercept_hosts)?;
         validate_keys(&new.api_keys)?;
         let id = Uuid::new_v4();
@@ -208,7 +217,7 @@ impl Store {
                 enabled,
                 enforce_models,
                 keys,
-            } = plan_update(&current, key_count > 0, &patch)?;
+            } = plan_update(&current, key_count > 0, &patch, &self.upstream_policy)?;
             let updated = sqlx::query(
                 "UPDATE ai_providers SET name = $2, kind = $3, base_url = $4, intercept_hosts = $5, \
                  enabled = $6, enforce_models = $7, updated_at = $8 WHERE id = $1",

@@ -16,6 +16,7 @@ pub(crate) fn bin() -> Command {
         "AIBRIDGE_SECRETS_KEY_FILE",
         "AIBRIDGE_PREVIOUS_SECRETS_KEY_FILE",
         "AIBRIDGE_NEW_SECRETS_KEY_FILE",
+        "AIBRIDGE_ALLOW_PRIVATE_UPSTREAMS",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);
@@ -282,6 +283,8 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
                 "127.0.0.1:0",
                 "--database-url",
                 &db,
+                "--allow-private-upstreams",
+                "127.0.0.0/8",
             ])
             .arg("--upstream-ca-file")
             .arg(&upstream_ca_file)
@@ -343,6 +346,8 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
             "K",
             "--database-url",
             &db,
+            "--allow-private-upstreams",
+            "127.0.0.0/8",
         ])
         .env("K", "sk-from-cli-0123456789")
         .output()

@@ -11,6 +11,7 @@ mod bad_input;
 mod ca;
 mod cancel_fuzz;
 mod cli;
+mod egress;
 mod fuzz_corpus;
 mod mitm;
 mod reload;

@@ -116,7 +116,10 @@ async fn a_killed_listen_connection_reconnects_and_misses_nothing() {
     };
     let (upstream, ca) = upstream().await;
     let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url).await.unwrap();
+    let writer = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     let admin = Store::connect(&with_database(&db.url, "postgres"))
         .await
         .ok();
@@ -175,7 +178,10 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
         return;
     };
     let (upstream, ca) = upstream().await;
-    let direct = Store::connect(&db.url).await.unwrap();
+    let direct = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     direct
         .create_provider(openai(upstream.base_url(), "api.openai.com"))
         .await
@@ -320,7 +326,10 @@ both_backends!(reloads_under_streaming_load_fail_nothing, reload_under_load);
 async fn burst_coalesces(db: &TestDb) {
     let (upstream, ca) = upstream().await;
     let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url).await.unwrap();
+    let writer = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     writer
         .create_provider(openai(upstream.base_url(), "b0.example"))
         .await
@@ -380,7 +389,10 @@ both_backends!(a_burst_of_changes_is_coalesced, burst_coalesces);
 async fn bad_row_excluded_alone(db: &TestDb) {
     let (upstream, ca) = upstream().await;
     let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url).await.unwrap();
+    let writer = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     writer
         .create_provider(openai(upstream.base_url(), "good.example"))
         .await

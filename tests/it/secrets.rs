@@ -327,7 +327,8 @@ async fn swapped_ciphertext_excludes_only_its_provider(db: &TestDb) {
     let store = Store::connect(&db.url)
         .await
         .unwrap()
-        .with_keyring(keyring(Some(&path), None));
+        .with_keyring(keyring(Some(&path), None))
+        .with_upstream_policy(loopback_upstreams());
     let specs = [
         (
             "openai",
@@ -424,7 +425,10 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     let (upstream, ca) = upstream_and_ca().await;
     let base = upstream.base_url();
     // One key in clear (written without a key file), one under key A.
-    let clear = Store::connect(&db.url).await.unwrap();
+    let clear = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     clear
         .create_provider(provider(
             "anthropic",
@@ -439,7 +443,8 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     let under_a = Store::connect(&db.url)
         .await
         .unwrap()
-        .with_keyring(keyring(Some(&key_a), None));
+        .with_keyring(keyring(Some(&key_a), None))
+        .with_upstream_policy(loopback_upstreams());
     under_a
         .create_provider(provider(
             "openai",
@@ -531,7 +536,10 @@ async fn rotation_under_a_running_proxy(db: &TestDb) {
     let (upstream, ca) = upstream_and_ca().await;
     let base = upstream.base_url();
     let (openai_key, anthropic_key) = ("sk-openai-rotated-0123456789", "sk-ant-rotated-0123456789");
-    let clear = Store::connect(&db.url).await.unwrap();
+    let clear = Store::connect(&db.url)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     clear
         .create_provider(provider(
             "openai",
@@ -546,7 +554,8 @@ async fn rotation_under_a_running_proxy(db: &TestDb) {
     let old_store = Store::connect(&db.url)
         .await
         .unwrap()
-        .with_keyring(keyring(Some(&old_path), None));
+        .with_keyring(keyring(Some(&old_path), None))
+        .with_upstream_policy(loopback_upstreams());
     old_store
         .create_provider(provider(
             "anthropic",
@@ -675,7 +684,8 @@ async fn rotation_under_a_running_proxy(db: &TestDb) {
     let stray_store = Store::connect(&db.url)
         .await
         .unwrap()
-        .with_keyring(keyring(Some(&stray_path), None));
+        .with_keyring(keyring(Some(&stray_path), None))
+        .with_upstream_policy(loopback_upstreams());
     stray_store
         .create_provider(provider(
             "stray",
@@ -910,6 +920,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
         bin()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--allow-private-upstreams", "127.0.0.0/8"])
             .args([
                 "--database-url",
                 &db,

@@ -3,11 +3,21 @@
 use aibridge_proxy::app::App;
 use aibridge_proxy::config::{AppConfig, NonProviderHosts};
 use aibridge_proxy::provider::ProviderKind;
+use aibridge_proxy::proxy::egress::{EgressPolicy, Resolver, StaticResolver};
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{Keyring, NewProvider, Store};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use tokio::net::TcpListener;
+
+/// The upstream policy tests write loopback mock upstreams under: the product default refuses
+/// them, so every test that does must say so.
+pub fn loopback_upstreams() -> EgressPolicy {
+    EgressPolicy::public_only(vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "::1/128".parse().unwrap(),
+    ])
+}
 
 /// A provider to create before the proxy starts.
 #[derive(Clone)]
@@ -48,6 +58,13 @@ pub struct TestProxyOptions {
     /// PEM of the upstream's CA, written to a file and passed as `--upstream-ca-file`.
     pub upstream_ca_pem: Option<String>,
     pub allow_private_cidrs: Vec<&'static str>,
+    /// `--allow-private-upstreams`. The product default is none; the harness passes loopback
+    /// explicitly because the mock upstreams live there (`egress.rs` sets it empty to prove the
+    /// default refuses). Also the policy the seeded providers are written under.
+    pub allow_private_upstreams: Vec<&'static str>,
+    /// Names the proxy resolves to fixed addresses (a hosts file in front of the system
+    /// resolver), for tunnels and upstreams alike.
+    pub hosts: Vec<(String, IpAddr)>,
     pub non_provider_hosts: NonProviderHosts,
     pub extra_ports: Vec<u16>,
     /// A CA (cert PEM, key PEM) to use instead of generating one.
@@ -70,6 +87,8 @@ impl Default for TestProxyOptions {
             providers: Vec::new(),
             upstream_ca_pem: None,
             allow_private_cidrs: Vec::new(),
+            allow_private_upstreams: vec!["127.0.0.0/8", "::1/128"],
+            hosts: Vec::new(),
             non_provider_hosts: NonProviderHosts::Tunnel,
             extra_ports: Vec::new(),
             ca_files: None,
@@ -107,7 +126,16 @@ impl TestProxy {
             opts.previous_secrets_key_file.as_deref(),
         )
         .unwrap();
-        let store = Store::connect(&db_url).await.unwrap().with_keyring(keyring);
+        let allow_private_upstreams: Vec<ipnet::IpNet> = opts
+            .allow_private_upstreams
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let store = Store::connect(&db_url)
+            .await
+            .unwrap()
+            .with_keyring(keyring)
+            .with_upstream_policy(EgressPolicy::public_only(allow_private_upstreams.clone()));
         for p in &opts.providers {
             store
                 .create_provider(NewProvider {
@@ -157,6 +185,14 @@ impl TestProxy {
             .iter()
             .map(|c| c.parse().unwrap())
             .collect();
+        config.allow_private_upstreams = allow_private_upstreams;
+        if !opts.hosts.is_empty() {
+            let hosts = opts
+                .hosts
+                .iter()
+                .fold(StaticResolver::new(), |r, (name, ip)| r.with(name, [*ip]));
+            config.proxy.resolver = Resolver::new(hosts);
+        }
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
         config.admin_token_file = dir.path().join("admin-token");
