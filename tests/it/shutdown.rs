@@ -57,7 +57,10 @@ impl Serve {
 
 async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16) -> Serve {
     let db = format!("sqlite://{}", dir.join("shutdown.db").display());
-    let store = Store::connect(&db).await.unwrap();
+    let store = Store::connect(&db)
+        .await
+        .unwrap()
+        .with_upstream_policy(loopback_upstreams());
     store
         .create_provider(NewProvider {
             name: "openai".into(),
@@ -91,6 +94,7 @@ async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16
         .arg("--upstream-ca-file")
         .arg(ca.write_pem(dir))
         .args(["--allow-private-cidrs", "127.0.0.0/8"])
+        .args(["--allow-private-upstreams", "127.0.0.0/8"])
         .args(["--connect-ports", &format!("443,{extra_port}")])
         .args(["--shutdown-grace", &format!("{}s", GRACE.as_secs())])
         .stdout(Stdio::null())
