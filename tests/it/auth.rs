@@ -100,3 +100,102 @@ async fn a_revoked_token_gets_407_after_the_reload() {
     proxy.wait_for_generation(generation).await;
     assert_407(&proxy, &auth).await;
 }
+
+/// Figure F-8 (dudect style): does validation time depend on how close a presented token is to
+/// the real one? The presented tokens are the same in both classes; what differs is the secret:
+/// one snapshot holds a token sharing all but the last character with each presented token,
+/// the other a token sharing none. 200 000 validations, one of each per round in random order;
+/// Welch's t on the two duration samples must stay under 4.5, dudect's threshold.
+#[tokio::test]
+async fn token_validation_time_does_not_depend_on_a_shared_prefix() {
+    use aibridge_proxy::bridge::upstream::UpstreamFactory;
+    use aibridge_proxy::config::AuthMode;
+    use aibridge_proxy::proxy::auth::authenticate;
+    use aibridge_proxy::proxy::egress::{Dialer, EgressPolicy};
+    use aibridge_proxy::router::Snapshot;
+    use aibridge_proxy::store::{hash_token, AgentToken, RoutingData};
+    let upstreams = UpstreamFactory::new(
+        tls::provider(),
+        None,
+        Dialer::new(EgressPolicy::default(), std::time::Duration::from_secs(1)),
+    )
+    .unwrap();
+    let snapshot_holding = |secret: &str| {
+        let data = RoutingData {
+            providers: vec![],
+            tokens: vec![AgentToken {
+                id: uuid::Uuid::new_v4(),
+                user: "u".into(),
+                token_hash: hash_token(secret).to_vec(),
+                created_at: time::OffsetDateTime::now_utc(),
+                last_used_at: None,
+                revoked_at: None,
+            }],
+            models: vec![],
+            counter: 1,
+        };
+        Snapshot::build(data, 1, &Snapshot::empty(), &upstreams)
+    };
+    let presented = "abp_k3j5h2g8f7d6s5a4q3w2e1r9t8y7u6i5o4p3l2";
+    let n = presented.len();
+    let near = snapshot_holding(&format!("{}Z", &presented[..n - 1]));
+    let shifted: String = presented.bytes().map(|b| (b ^ 0x01) as char).collect();
+    let far = snapshot_holding(&shifted);
+    let headers: Vec<http::HeaderMap> = (0..16)
+        .map(|i| {
+            let mut h = http::HeaderMap::new();
+            let t = format!("{}{}", &presented[..n - 1], (b'a' + i) as char);
+            h.insert(
+                http::header::PROXY_AUTHORIZATION,
+                raw::basic(&t).parse().unwrap(),
+            );
+            h
+        })
+        .collect();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..100_000usize {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let h = &headers[i % headers.len()];
+        let order = if state & 1 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_near in order {
+            let (snapshot, out) = if is_near {
+                (&near, &mut a)
+            } else {
+                (&far, &mut b)
+            };
+            let t = std::time::Instant::now();
+            let r = authenticate(h, snapshot, AuthMode::Token);
+            out.push(t.elapsed().as_nanos() as f64);
+            assert!(r.is_err());
+        }
+    }
+    // Drop the slowest 1 % of each class (scheduler noise), as dudect's percentile crop does.
+    let crop = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v.truncate(v.len() * 99 / 100);
+    };
+    crop(&mut a);
+    crop(&mut b);
+    let stats = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        (m, var, v.len() as f64)
+    };
+    let ((ma, va, na), (mb, vb, nb)) = (stats(&a), stats(&b));
+    let t = (ma - mb) / (va / na + vb / nb).sqrt();
+    println!(
+        "FIGURE F-8 timing: {} validations, mean {ma:.0} ns (secret shares 31 bytes) vs {mb:.0} ns (shares none), Welch t = {t:.2} (threshold 4.5)",
+        a.len() + b.len()
+    );
+    assert!(
+        t.abs() < 4.5,
+        "validation time leaks a shared prefix: t = {t:.2}"
+    );
+}

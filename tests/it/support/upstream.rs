@@ -114,6 +114,11 @@ impl MockUpstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Forget what was seen (long runs keep their memory flat).
+    pub fn clear_seen(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
     /// Let a waiting SSE stream send its remaining events.
     pub fn release(&self) {
         self.release.notify_one();
