@@ -49,6 +49,7 @@ impl Session {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 tracing::info!(target = %self.key, reason = "not_tls", error = %e, "intercepted connection did not speak TLS");
+                self.rejected("not_tls");
                 return;
             }
             Err(_) => {
@@ -59,6 +60,7 @@ impl Session {
         if let Some(sni) = start.client_hello().server_name() {
             if !sni_matches(sni, &self.target.host) {
                 tracing::warn!(target = %self.key, reason = "sni_mismatch", "ClientHello SNI differs from the CONNECT host");
+                self.rejected("sni_mismatch");
                 return;
             }
         }
@@ -81,6 +83,15 @@ impl Session {
             }
         };
         self.serve_decrypted(tls).await;
+    }
+
+    /// Count an intercepted connection ended before its handshake (`connect_rejections_total`).
+    fn rejected(&self, reason: &'static str) {
+        self.state
+            .metrics
+            .connect_rejections_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     async fn serve_decrypted(
