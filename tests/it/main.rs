@@ -15,6 +15,7 @@ mod fuzz_corpus;
 mod mitm;
 mod reload;
 mod secrets;
+mod smuggling;
 mod store;
 mod tunnel;
 mod usage;
