@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 pub enum BridgeError {
     #[error("the request's authority does not match the CONNECT host")]
     Misdirected,
+    #[error("the request names no host (no Host or :authority)")]
+    NoAuthority,
     #[error("the provider for this host was removed or changed")]
     RouteGone,
     #[error("the upstream URL could not be built: {0}")]
@@ -31,6 +33,7 @@ impl BridgeError {
     pub fn status(&self) -> StatusCode {
         match self {
             BridgeError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            BridgeError::NoAuthority => StatusCode::BAD_REQUEST,
             BridgeError::RouteGone
             | BridgeError::BadUpstreamUri(_)
             | BridgeError::InvalidKey
@@ -44,6 +47,7 @@ impl BridgeError {
     pub fn reason(&self) -> &'static str {
         match self {
             BridgeError::Misdirected => "misdirected",
+            BridgeError::NoAuthority => "no_authority",
             BridgeError::RouteGone => "route_gone",
             BridgeError::BadUpstreamUri(_) => "bad_upstream_uri",
             BridgeError::InvalidKey => "invalid_key",
@@ -59,6 +63,7 @@ impl BridgeError {
             BridgeError::Misdirected => {
                 "misdirected request: the host does not match the CONNECT target"
             }
+            BridgeError::NoAuthority => "bad request: the request names no host",
             BridgeError::RouteGone => {
                 "the provider for this host was removed or changed; retry the request"
             }

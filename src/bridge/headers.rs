@@ -83,6 +83,25 @@ pub fn prepare_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }
 
+/// `Transfer-Encoding` other than one `chunked` (see [`check_transfer_encoding`]).
+#[derive(Debug, thiserror::Error)]
+#[error("Transfer-Encoding other than a single `chunked`")]
+pub struct BadTransferEncoding;
+
+/// A request body may be framed by `Transfer-Encoding: chunked` alone (RELIABILITY C4). hyper
+/// accepts any list that ends in `chunked` (`gzip, chunked`, `chunked, chunked`, the header
+/// repeated) and removes only the chunked layer, so the upstream would get bytes still under the
+/// other codings with nothing saying so; such requests are refused instead. h2 never gets here
+/// (the field is illegal there and h2 resets the stream).
+pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), BadTransferEncoding> {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(()),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(BadTransferEncoding),
+    }
+}
+
 /// A stored key that cannot be a header value (validated at write, so only an old row).
 #[derive(Debug, thiserror::Error)]
 #[error("provider key is not a valid header value")]
@@ -154,6 +173,27 @@ mod tests {
         prepare_request(&mut h, ProviderKind::Openai, None).unwrap();
         assert_eq!(h["authorization"], "Bearer mine");
         assert!(h.get("proxy-authorization").is_none());
+    }
+
+    #[test]
+    fn only_a_single_chunked_transfer_coding_is_accepted() {
+        let te = |values: &[&str]| {
+            let pairs: Vec<_> = values.iter().map(|v| ("transfer-encoding", *v)).collect();
+            check_transfer_encoding(&headers(&pairs)).is_ok()
+        };
+        assert!(te(&[]));
+        assert!(te(&["chunked"]));
+        assert!(te(&["Chunked"]));
+        for bad in [
+            &["gzip"][..],
+            &["gzip, chunked"],
+            &["chunked, chunked"],
+            &["xchunked"],
+            &["chunked", "chunked"],
+            &["identity"],
+        ] {
+            assert!(!te(bad), "{bad:?}");
+        }
     }
 
     #[test]

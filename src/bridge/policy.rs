@@ -36,7 +36,14 @@ pub enum ReadError {
 }
 
 /// Read the whole request body (at most `limit` bytes) and peek at `model` / `stream`.
+///
+/// A body whose declared length is already over `limit` is refused before the first read: with
+/// `Expect: 100-continue` the client is then never asked for it (hyper sends `100 Continue` only
+/// once the body is polled), and nothing of it is read in any case.
 pub async fn read(body: Incoming, limit: usize) -> Result<(Bytes, Requested), ReadError> {
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ReadError::TooLarge);
+    }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e)
@@ -99,6 +106,12 @@ pub fn provider_error(
     );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(super::REQUEST_ID, v);
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is left unread: an HTTP/1 connection cannot be reused after it
+        // (hyper drops this field on HTTP/2, where only the stream ends).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

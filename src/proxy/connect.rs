@@ -8,7 +8,7 @@
 use super::auth::{self, AuthError};
 use super::target::{Target, TargetError};
 use super::{forward, mitm, tunnel, ProxyState};
-use crate::bridge::ProxyBody;
+use crate::bridge::{headers, ProxyBody};
 use crate::config::NonProviderHosts;
 use crate::metrics::Metrics;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -17,21 +17,56 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Longest request-target accepted (`414` beyond). Provider APIs use short paths; a target this
+/// long is an attack on something downstream more likely than a request.
+pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
+
+/// A request head refused before anything else reads it: status, metric reason, client text.
+pub(super) struct HeadRefusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub message: &'static str,
+}
+
+/// The checks every request head passes first, on the listener and inside an intercepted
+/// connection: its size, its request-target's length and its body framing.
+pub(super) fn check_head<B>(req: &Request<B>, max_header_bytes: usize) -> Result<(), HeadRefusal> {
+    if super::head_size(req) > max_header_bytes {
+        return Err(HeadRefusal {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            reason: "head_too_large",
+            message: "request header fields too large",
+        });
+    }
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_REQUEST_TARGET {
+        return Err(HeadRefusal {
+            status: StatusCode::URI_TOO_LONG,
+            reason: "uri_too_long",
+            message: "request-target too long",
+        });
+    }
+    if headers::check_transfer_encoding(req.headers()).is_err() {
+        return Err(HeadRefusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: "bad_transfer_encoding",
+            message: "Transfer-Encoding other than chunked",
+        });
+    }
+    Ok(())
+}
+
 /// Route one request that arrived on the proxy listener.
 pub async fn handle(
     state: Arc<ProxyState>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if super::head_size(&req) > state.config.max_header_bytes {
-        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        return reject(
-            &state.metrics,
-            peer,
-            status,
-            "head_too_large",
-            "request header fields too large",
-        );
+    if let Err(r) = check_head(&req, state.config.max_header_bytes) {
+        return reject(&state.metrics, peer, r.status, r.reason, r.message);
     }
     if req.method() == Method::CONNECT {
         handle_connect(state, peer, req).await

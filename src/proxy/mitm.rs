@@ -3,9 +3,12 @@
 //!
 //! The ClientHello is read first (rustls' lazy acceptor): a ClientHello whose SNI names another
 //! host aborts the handshake before any leaf is minted, so a client cannot make us sign names it
-//! chose. Bytes that are not TLS end the session. Each decrypted request must address the
-//! CONNECT host (else `421`) and must still map to the same provider in the live snapshot (else
-//! `502`): a request is never silently sent to a provider other than the one it was accepted for.
+//! chose. Bytes that are not TLS end the session (both counted in `connect_rejections_total`).
+//! Each decrypted request passes the listener's head checks (`431`, `414`, `400` for a
+//! `Transfer-Encoding` other than `chunked`, each closing an HTTP/1 connection), must name a
+//! host (else `400`), must address the CONNECT host (else `421`) and must still map to the same
+//! provider in the live snapshot (else `502`): a request is never silently sent to a provider
+//! other than the one it was accepted for.
 
 use super::auth::Authenticated;
 use super::target::{Host, Target};
@@ -50,6 +53,7 @@ impl Session {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 tracing::info!(target = %self.key, reason = "not_tls", error = %e, "intercepted connection did not speak TLS");
+                self.rejected("not_tls");
                 return;
             }
             Err(_) => {
@@ -60,6 +64,7 @@ impl Session {
         if let Some(sni) = start.client_hello().server_name() {
             if !sni_matches(sni, &self.target.host) {
                 tracing::warn!(target = %self.key, reason = "sni_mismatch", "ClientHello SNI differs from the CONNECT host");
+                self.rejected("sni_mismatch");
                 return;
             }
         }
@@ -82,6 +87,15 @@ impl Session {
             }
         };
         self.serve_decrypted(tls).await;
+    }
+
+    /// Count an intercepted connection ended before its handshake (`connect_rejections_total`).
+    fn rejected(&self, reason: &'static str) {
+        self.state
+            .metrics
+            .connect_rejections_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     async fn serve_decrypted(
@@ -139,12 +153,19 @@ impl Session {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let ctx = RequestContext::new(&self.auth, self.state.config.max_request_body);
         let request_id = ctx.request_id.as_str();
-        if super::head_size(&req) > self.state.config.max_header_bytes {
-            return bridge::error::error_response(
-                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request header fields too large",
-                request_id,
-            );
+        if let Err(r) = super::connect::check_head(&req, self.state.config.max_header_bytes) {
+            tracing::info!(request_id, target = %self.key, reason = r.reason, "request head refused");
+            let mut resp = bridge::error::error_response(r.status, r.message, request_id);
+            if req.version() < http::Version::HTTP_2 {
+                // Whatever follows a refused head (its body) is not read: end the connection.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+        if !names_authority(&req) {
+            tracing::info!(request_id, target = %self.key, reason = "no_authority", "request names no host");
+            return BridgeError::NoAuthority.into_response(request_id);
         }
         if !authority_matches(&req, &self.target) {
             tracing::info!(request_id, target = %self.key, reason = "misdirected", "inner authority differs from CONNECT host");
@@ -189,8 +210,16 @@ fn sni_matches(sni: &str, host: &Host) -> bool {
     }
 }
 
+/// HTTP/1.1 and HTTP/2 requests must name a host (`Host`, `:authority` or an absolute URI; RFC
+/// 9112 §3.2, RFC 9113 §8.3.1); an HTTP/1.0 request may name none.
+fn names_authority(req: &Request<Incoming>) -> bool {
+    req.version() < http::Version::HTTP_11
+        || req.uri().authority().is_some()
+        || req.headers().contains_key(header::HOST)
+}
+
 /// Every authority the request names (`:authority`/absolute URI and `Host`) must be the CONNECT
-/// target; the default port is 443. A request naming none (HTTP/1.0) is accepted.
+/// target; the default port is 443. Whether one is named at all is [`names_authority`].
 fn authority_matches(req: &Request<Incoming>, target: &Target) -> bool {
     let same = |s: &str| Target::parse_with_default_port(s, 443).is_ok_and(|t| &t == target);
     let uri_ok = req.uri().authority().is_none_or(|a| same(a.as_str()));

@@ -17,6 +17,7 @@ mod mitm;
 mod reload;
 mod secrets;
 mod shutdown;
+mod smuggling;
 mod soak;
 mod store;
 mod tunnel;

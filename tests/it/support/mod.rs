@@ -7,7 +7,9 @@
 
 pub mod client;
 pub mod db;
+pub mod h2raw;
 pub mod panics;
+pub mod plain;
 pub mod proxy;
 pub mod raw;
 pub mod relay;

@@ -54,6 +54,8 @@ pub struct Seen {
     pub path: String,
     pub version: http::Version,
     pub headers: http::HeaderMap,
+    /// The request body as read (empty until the whole body has arrived).
+    pub body: Bytes,
 }
 
 pub struct MockUpstream {
@@ -138,16 +140,21 @@ fn full(s: impl Into<Bytes>) -> Body {
 
 async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    shared.seen.lock().unwrap().push(Seen {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-    });
+    let index = {
+        let mut seen = shared.seen.lock().unwrap();
+        seen.push(Seen {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+        });
+        seen.len() - 1
+    };
     // Read the whole request first, as real providers do (an unread h2 body is reset, and a
     // server that resets too many streams closes the connection).
     let body = body
@@ -155,6 +162,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    shared.seen.lock().unwrap()[index].body = body.clone();
     let json = |body: &'static str| {
         Response::builder()
             .header("content-type", "application/json")
