@@ -18,7 +18,6 @@ mod reload;
 mod secrets;
 mod shutdown;
 mod smuggling;
-mod soak;
 mod store;
 mod tunnel;
 mod usage;

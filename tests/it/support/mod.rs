@@ -3,7 +3,7 @@
 //! Nothing leaves the machine: clients use real provider names (`api.openai.com`), the proxy
 //! intercepts them and sends the requests to the local upstream.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod db;

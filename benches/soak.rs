@@ -1,14 +1,18 @@
-//! Soak (figure F-21, in the `--ignored` set): mixed traffic for `AIBRIDGE_SOAK_SECONDS`
-//! (default 60) — intercepted JSON and SSE calls over HTTP/1.1 and HTTP/2, tunnels, refused bad
-//! inputs, and a provider rewritten ten times a second — with no unexpected error, and the
-//! process's RSS and live task count at the end within 5 % (tasks: equal) of the 10 s mark.
-//!
-//! `cargo test --release --test it soak -- --ignored --nocapture`
+//! Soak (figure F-21): mixed traffic for `--seconds` (default 60) — intercepted JSON and SSE
+//! calls over HTTP/1.1 and HTTP/2, tunnels, refused bad inputs, and a provider rewritten ten
+//! times a second — against the proxy in-process, with no unexpected error, and the process's
+//! RSS and live task count at the end within 5 % of the 10 s mark. A long figure: run by
+//! `scripts/long-figures.sh` (`cargo bench --bench soak -- --seconds 60`), built by CI.
 
-use crate::support::*;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn rss_kib() -> u64 {
@@ -51,13 +55,23 @@ async fn echo_server() -> u16 {
     port
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "soak: 60 s; run with --ignored (scripts/long-figures.sh)"]
-async fn mixed_traffic_keeps_memory_and_tasks_flat() {
-    let seconds: u64 = std::env::var("AIBRIDGE_SOAK_SECONDS")
-        .ok()
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(soak(seconds));
+}
+
+async fn soak(seconds: u64) {
     let ca = TestCa::new();
     let upstream = Arc::new(MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await);
     let echo = echo_server().await;
