@@ -162,7 +162,10 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    shared.seen.lock().unwrap()[index].body = body.clone();
+    // (The list may have been cleared meanwhile by a long run.)
+    if let Some(seen) = shared.seen.lock().unwrap().get_mut(index) {
+        seen.body = body.clone();
+    }
     let json = |body: &'static str| {
         Response::builder()
             .header("content-type", "application/json")
