@@ -28,6 +28,22 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Largest model-call request body read for the model policy (`413` beyond).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Longest silence between two reads of an upstream response body. A per-read bound, never a
+/// total one: an SSE stream may run for an hour as long as it keeps talking.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Longest wait for an upstream's response head (`504` beyond). Generous: a large non-streamed
+/// completion sends nothing until it is done.
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Open client connections served at once; beyond it new ones get `503` and are closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// HTTP/2 streams a client may open at once on one intercepted connection.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams reset by the client before we answered, queued per connection (rapid reset,
+/// CVE-2023-44487); beyond it the connection is closed with GOAWAY.
+pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams we may reset for protocol errors per connection before it is closed (CVE-2024-27316
+/// class: a client that provokes resets in a loop).
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// Whether agents must present a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +76,16 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_request_body: usize,
+    pub idle_timeout: Duration,
+    pub upstream_response_timeout: Duration,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_accept_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+    /// Panic while handling a decrypted request whose path is this (fault F24: one connection
+    /// task dies, is counted, and the process keeps serving). Tests only; no flag sets it.
+    #[doc(hidden)]
+    pub panic_on_path: Option<String>,
     /// Resolves every name the proxy dials (tunnels, forwards, provider upstreams); the system
     /// resolver unless a test or embedder supplies another.
     pub resolver: Resolver,
@@ -77,6 +103,13 @@ impl Default for ProxyConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            upstream_response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            panic_on_path: None,
             resolver: Resolver::default(),
         }
     }
@@ -141,6 +174,12 @@ impl AppConfig {
         if self.proxy.max_header_bytes < 8192 {
             errors.push("--max-header-bytes must be at least 8192".to_string());
         }
+        if self.proxy.max_connections == 0 {
+            errors.push("--max-connections must be at least 1".to_string());
+        }
+        if self.proxy.h2_max_concurrent_streams == 0 {
+            errors.push("--h2-max-concurrent-streams must be at least 1".to_string());
+        }
         if self.leaf_validity < Duration::from_secs(2 * 3600) {
             errors.push("--leaf-validity must be at least 2h".to_string());
         }
@@ -151,6 +190,11 @@ impl AppConfig {
             ("--header-read-timeout", self.proxy.header_read_timeout),
             ("--tls-handshake-timeout", self.proxy.tls_handshake_timeout),
             ("--connect-timeout", self.proxy.connect_timeout),
+            ("--idle-timeout", self.proxy.idle_timeout),
+            (
+                "--upstream-response-timeout",
+                self.proxy.upstream_response_timeout,
+            ),
         ] {
             if d.is_zero() {
                 errors.push(format!("{name} must be greater than zero"));

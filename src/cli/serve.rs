@@ -77,6 +77,25 @@ pub struct ServeArgs {
     /// Largest model-call request body (read for the model policy; 413 beyond).
     #[arg(long, env = "AIBRIDGE_MAX_REQUEST_BODY", default_value_t = config::DEFAULT_MAX_REQUEST_BODY)]
     max_request_body: usize,
+    /// Longest silence between two reads of an upstream response body (streams are never
+    /// bounded in total, only per read).
+    #[arg(long, env = "AIBRIDGE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Longest wait for a provider's response head (504 beyond).
+    #[arg(long, env = "AIBRIDGE_UPSTREAM_RESPONSE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    upstream_response_timeout: Duration,
+    /// Client connections served at once; beyond it new ones get 503 and are closed.
+    #[arg(long, env = "AIBRIDGE_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// HTTP/2 streams one intercepted connection may have open at once.
+    #[arg(long, env = "AIBRIDGE_H2_MAX_CONCURRENT_STREAMS", default_value_t = config::DEFAULT_H2_MAX_CONCURRENT_STREAMS)]
+    h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before we answer, per connection (rapid-reset bound).
+    #[arg(long, env = "AIBRIDGE_H2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = config::DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS)]
+    h2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams we may reset for client protocol errors, per connection.
+    #[arg(long, env = "AIBRIDGE_H2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = config::DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS)]
+    h2_max_local_error_reset_streams: usize,
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -108,6 +127,13 @@ impl ServeArgs {
                 connect_timeout: self.connect_timeout,
                 max_header_bytes: self.max_header_bytes,
                 max_request_body: self.max_request_body,
+                idle_timeout: self.idle_timeout,
+                upstream_response_timeout: self.upstream_response_timeout,
+                max_connections: self.max_connections,
+                h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+                h2_max_pending_accept_reset_streams: self.h2_max_pending_accept_reset_streams,
+                h2_max_local_error_reset_streams: self.h2_max_local_error_reset_streams,
+                panic_on_path: None,
                 resolver: Default::default(),
             },
         }

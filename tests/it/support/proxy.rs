@@ -79,6 +79,8 @@ pub struct TestProxyOptions {
     pub secrets_key_file: Option<PathBuf>,
     /// `--previous-secrets-key-file`.
     pub previous_secrets_key_file: Option<PathBuf>,
+    /// Last word on the configuration (timeouts, limits, fault injection).
+    pub tweak: Option<Box<dyn FnOnce(&mut AppConfig) + Send>>,
 }
 
 impl Default for TestProxyOptions {
@@ -97,6 +99,7 @@ impl Default for TestProxyOptions {
             max_request_body: None,
             secrets_key_file: None,
             previous_secrets_key_file: None,
+            tweak: None,
         }
     }
 }
@@ -200,6 +203,9 @@ impl TestProxy {
         config.previous_secrets_key_file = opts.previous_secrets_key_file.clone();
         if let Some(limit) = opts.max_request_body {
             config.proxy.max_request_body = limit;
+        }
+        if let Some(tweak) = opts.tweak {
+            tweak(&mut config);
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
