@@ -113,12 +113,13 @@ impl App {
         let upstreams =
             UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
         let router = Arc::new(Router::new());
-        let shutdown = Shutdown::new();
+        let shutdown = Shutdown::new().count_panics(metrics.task_panics_total.clone());
 
         let subscription = Subscription::new(&store).await;
         let subscription_live = subscription.live();
         let wake = Arc::new(Notify::new());
-        let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams);
+        let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams)
+            .with_timeout(config.reload_timeout);
         let reload_stats = reloader.stats();
         match reloader.reload().await {
             Ok(_) => warn_about_clear_keys(&store).await,

@@ -137,6 +137,8 @@ pub struct AppConfig {
     /// Reserved ranges provider base URLs may point into (written and dialled); none by default.
     pub allow_private_upstreams: Vec<IpNet>,
     pub shutdown_grace: Duration,
+    /// Longest a router reload may take before it counts as failed (no flag; tests shorten it).
+    pub reload_timeout: Duration,
     pub proxy: ProxyConfig,
 }
 
@@ -161,6 +163,7 @@ impl AppConfig {
             upstream_ca_file: None,
             allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            reload_timeout: crate::router::reload::RELOAD_TIMEOUT,
             proxy: ProxyConfig::default(),
         }
     }

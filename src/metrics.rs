@@ -36,6 +36,8 @@ pub struct Metrics {
     pub last_reload_success_timestamp_seconds: Gauge,
     pub provider_info: IntGaugeVec,
     pub interceptions_dropped_total: IntCounter,
+    pub task_panics_total: IntCounter,
+    pub tls_handshake_failures_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -146,6 +148,15 @@ impl Metrics {
             interceptions_dropped_total: counter(
                 "interceptions_dropped_total",
                 "Interception records dropped",
+            )?,
+            task_panics_total: counter(
+                "task_panics_total",
+                "Connection tasks that panicked (each died alone)",
+            )?,
+            tls_handshake_failures_total: counter_vec(
+                "tls_handshake_failures_total",
+                "Intercepted connections whose TLS handshake with the agent failed",
+                &["reason"],
             )?,
             registry,
         };

@@ -11,8 +11,13 @@
 //!    writes its interception record — so records are complete before the writer flushes.
 //!
 //! A task spawned any other way would outlive the drain and be cut without its record.
+//!
+//! A task that panics dies alone (tokio catches the unwind); the scope counts it in
+//! `task_panics_total` so a bug that kills connections is visible, not silent.
 
+use futures_util::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,11 +31,18 @@ pub struct Shutdown {
     drain: CancellationToken,
     cut: CancellationToken,
     tracker: TaskTracker,
+    panics: Option<prometheus::IntCounter>,
 }
 
 impl Shutdown {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Count the tasks of this scope that panic in `counter`.
+    pub fn count_panics(mut self, counter: prometheus::IntCounter) -> Self {
+        self.panics = Some(counter);
+        self
     }
 
     /// Spawn a task that belongs to this scope: it runs until it ends or the scope is cut.
@@ -40,9 +52,19 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         let cut = self.cut.clone();
+        let panics = self.panics.clone();
+        // Unwind safety: a panicking task's state is dropped with it, never observed again.
+        let task = AssertUnwindSafe(task).catch_unwind();
         self.tracker.spawn(async move {
             tokio::select! {
-                _ = task => {}
+                r = task => {
+                    if r.is_err() {
+                        tracing::error!("a connection task panicked; it was dropped alone");
+                        if let Some(c) = panics {
+                            c.inc();
+                        }
+                    }
+                }
                 _ = cut.cancelled() => {}
             }
         })
@@ -123,6 +145,25 @@ mod tests {
         // Both senders are gone: the short one finished, the long one was dropped by the cut.
         assert!(short_rx.await.is_err());
         assert!(long_rx.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_counted_and_the_scope_lives_on() {
+        let counter = prometheus::IntCounter::new("p", "p").unwrap();
+        let s = Shutdown::new().count_panics(counter.clone());
+        let joined = s.spawn(async {
+            if counter_is_zero() {
+                panic!("injected");
+            }
+        });
+        assert!(joined.await.is_ok(), "the unwind stops at the scope");
+        assert_eq!(counter.get(), 1);
+        assert!(s.spawn(async {}).await.is_ok());
+        assert_eq!(s.shutdown(Duration::from_secs(1)).await, 0);
+    }
+
+    fn counter_is_zero() -> bool {
+        true
     }
 
     #[tokio::test]

@@ -1,6 +1,10 @@
 //! The response body on its way to the client: relayed frame by frame, with a copy of each data
 //! frame fed to the usage tap. When the body ends (or fails, or the client goes away and drops
 //! it) the interception record is completed and queued — exactly once.
+//!
+//! A body silent for longer than `--idle-timeout` between two reads is aborted (the client sees
+//! a truncated response, the record says `upstream_idle_timeout`). The bound is per read, never
+//! on the total: a stream that keeps talking may run as long as it likes.
 
 use super::ProxyBody;
 use crate::store::Interception;
@@ -9,9 +13,12 @@ use crate::usage::{Api, UsageTap};
 use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
 
 /// What the record needs besides the usage.
 pub struct Pending {
@@ -25,14 +32,55 @@ pub struct TappedBody {
     inner: ProxyBody,
     tap: Option<UsageTap>,
     pending: Option<Box<Pending>>,
+    idle: IdleTimer,
 }
 
+/// The per-read idle bound. Reads only note the time; the timer is created the first time the
+/// body waits and moved only when it waits again, so a body that never waits never arms one.
+struct IdleTimer {
+    limit: Duration,
+    last_read: tokio::time::Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            last_read: tokio::time::Instant::now(),
+            timer: None,
+        }
+    }
+
+    fn read(&mut self) {
+        self.last_read = tokio::time::Instant::now();
+    }
+
+    /// Whether the body has been silent for the whole limit; if not, wake the task when it has.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.last_read + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The error a body aborted for silence ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}")]
+pub struct IdleTimeout(Duration);
+
 impl TappedBody {
-    pub fn new(inner: ProxyBody, tap: UsageTap, pending: Pending) -> Self {
+    pub fn new(inner: ProxyBody, tap: UsageTap, pending: Pending, idle_limit: Duration) -> Self {
         TappedBody {
             inner,
             tap: Some(tap),
             pending: Some(Box::new(pending)),
+            idle: IdleTimer::new(idle_limit),
         }
     }
 
@@ -73,6 +121,7 @@ impl TappedBody {
             input_tokens = record.input_tokens,
             output_tokens = record.output_tokens,
             outcome = %record.outcome,
+            error = error.unwrap_or("-"),
             duration_ms = record.duration_ms,
             "request"
         );
@@ -91,6 +140,7 @@ impl Body for TappedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.idle.read();
                 if let (Some(tap), Some(data)) = (this.tap.as_mut(), frame.data_ref()) {
                     tap.feed(data);
                 }
@@ -108,6 +158,14 @@ impl Body for TappedBody {
             Poll::Ready(None) => {
                 this.finish(true, None);
                 Poll::Ready(None)
+            }
+            Poll::Pending if this.idle.expired(cx) => {
+                this.finish(false, Some("upstream_idle_timeout"));
+                // Dropping the upstream body cancels the upstream request.
+                this.inner = http_body_util::Empty::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync();
+                Poll::Ready(Some(Err(IdleTimeout(this.idle.limit).into())))
             }
             Poll::Pending => Poll::Pending,
         }

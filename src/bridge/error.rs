@@ -23,8 +23,15 @@ pub enum BridgeError {
     InvalidKey,
     #[error("the upstream address {0} is not allowed")]
     EgressDenied(std::net::IpAddr),
-    #[error("the upstream could not be reached: {0}")]
-    Connect(String),
+    /// No connection to the upstream: `reason` says which step failed (`dns`,
+    /// `connect_refused`, `connect_timeout`, `tls`, `connect_error`).
+    #[error("the upstream could not be reached ({reason}): {detail}")]
+    Connect {
+        reason: &'static str,
+        detail: String,
+    },
+    #[error("the upstream sent no response head within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("the upstream request failed: {0}")]
     Upstream(String),
 }
@@ -38,8 +45,9 @@ impl BridgeError {
             | BridgeError::BadUpstreamUri(_)
             | BridgeError::InvalidKey
             | BridgeError::EgressDenied(_)
-            | BridgeError::Connect(_)
+            | BridgeError::Connect { .. }
             | BridgeError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            BridgeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -52,7 +60,8 @@ impl BridgeError {
             BridgeError::BadUpstreamUri(_) => "bad_upstream_uri",
             BridgeError::InvalidKey => "invalid_key",
             BridgeError::EgressDenied(_) => "upstream_address_denied",
-            BridgeError::Connect(_) => "connect_error",
+            BridgeError::Connect { reason, .. } => reason,
+            BridgeError::Timeout(_) => "upstream_timeout",
             BridgeError::Upstream(_) => "upstream_error",
         }
     }
@@ -67,23 +76,34 @@ impl BridgeError {
             BridgeError::RouteGone => {
                 "the provider for this host was removed or changed; retry the request"
             }
-            BridgeError::Connect(_) | BridgeError::EgressDenied(_) => {
+            BridgeError::Connect { .. } | BridgeError::EgressDenied(_) => {
                 "the provider's upstream could not be reached"
             }
+            BridgeError::Timeout(_) => "the provider's upstream did not answer in time",
             _ => "the request could not be forwarded to the provider",
         }
     }
 
-    /// Classify a hyper client error: connection setup (including a policy refusal in the
-    /// dialer) or a failure after the request was under way.
+    /// Classify a hyper client error: connection setup (a policy refusal, a name that does not
+    /// resolve, a refused or slow dial, a certificate that does not verify) or a failure after
+    /// the request was under way.
     pub fn from_client(e: hyper_util::client::legacy::Error) -> Self {
-        if let Some(EgressError::Denied(ip)) = std::error::Error::source(&e).and_then(find_egress) {
+        let source = std::error::Error::source(&e);
+        let egress = source.and_then(find::<EgressError>);
+        if let Some(EgressError::Denied(ip)) = egress {
             return BridgeError::EgressDenied(*ip);
         }
-        if e.is_connect() {
-            BridgeError::Connect(chain(&e))
-        } else {
-            BridgeError::Upstream(chain(&e))
+        if !e.is_connect() {
+            return BridgeError::Upstream(chain(&e));
+        }
+        let reason = match egress {
+            Some(eg) => eg.reason(),
+            None if source.and_then(find::<rustls::Error>).is_some() => "tls",
+            None => "connect_error",
+        };
+        BridgeError::Connect {
+            reason,
+            detail: chain(&e),
         }
     }
 
@@ -114,10 +134,23 @@ pub fn error_response(status: StatusCode, message: &str, request_id: &str) -> Re
     resp
 }
 
-fn find_egress<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a EgressError> {
+/// The first `T` in an error's source chain. `io::Error` hides the error it wraps from
+/// `source()` (it skips to that error's own source), so wrapped errors are unpacked explicitly:
+/// that is where the TLS connector puts a certificate failure.
+fn find<'a, T: std::error::Error + 'static>(
+    mut e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     loop {
-        if let Some(eg) = e.downcast_ref::<EgressError>() {
-            return Some(eg);
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            if let Some(t) = find::<T>(inner) {
+                return Some(t);
+            }
         }
         e = e.source()?;
     }

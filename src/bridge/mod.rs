@@ -15,6 +15,7 @@ pub mod upstream;
 pub use error::BridgeError;
 pub use upstream::ProxyBody;
 
+use crate::config::ProxyConfig;
 use crate::router::ProviderRoute;
 use crate::store::Interception;
 use crate::usage::recorder::Recorder;
@@ -23,7 +24,7 @@ use body::TappedBody;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The response header carrying our request id. An upstream's own `x-request-id` is kept as
 /// `x-upstream-request-id`, because provider support asks for theirs.
@@ -40,19 +41,25 @@ pub struct RequestContext {
     pub token_id: Option<uuid::Uuid>,
     /// Largest request body read for the model policy (`--max-request-body`).
     pub max_request_body: usize,
+    /// `--upstream-response-timeout`: the wait for the upstream's response head.
+    pub response_timeout: Duration,
+    /// `--idle-timeout`: the longest silence between two reads of the response body.
+    pub idle_timeout: Duration,
     pub user: std::sync::Arc<str>,
 }
 
 impl RequestContext {
     /// A fresh request id for an authenticated request. Time-ordered (UUIDv7), so record ids
     /// append at the end of the primary-key index instead of landing on a random page of it.
-    pub fn new(auth: &crate::proxy::auth::Authenticated, max_request_body: usize) -> Self {
+    pub fn new(auth: &crate::proxy::auth::Authenticated, config: &ProxyConfig) -> Self {
         let id = uuid::Uuid::now_v7();
         RequestContext {
             id,
             request_id: id.to_string(),
             token_id: auth.token_id(),
-            max_request_body,
+            max_request_body: config.max_request_body,
+            response_timeout: config.upstream_response_timeout,
+            idle_timeout: config.idle_timeout,
             user: auth.user().clone(),
         }
     }
@@ -110,7 +117,12 @@ pub async fn forward(
             return refusal;
         }
     };
-    let sent = send(route, parts, body).await;
+    let sent = match tokio::time::timeout(ctx.response_timeout, send(route, parts, body)).await {
+        Ok(sent) => sent,
+        // Dropping the send cancels the upstream request (its connection closes or its stream
+        // is reset), so the provider stops working on an answer nobody will read.
+        Err(_) => Err(BridgeError::Timeout(ctx.response_timeout)),
+    };
     let Some(mut record) = unanswered.take() else {
         // Not reached (only this function takes the record); answer without one.
         return sent.unwrap_or_else(|e| e.into_response(&ctx.request_id));
@@ -137,7 +149,8 @@ pub async fn forward(
                 started,
                 api,
             };
-            resp.map(|b| TappedBody::new(b, tap, pending).boxed_unsync())
+            let idle = ctx.idle_timeout;
+            resp.map(|b| TappedBody::new(b, tap, pending, idle).boxed_unsync())
         }
         Err(e) => {
             tracing::warn!(

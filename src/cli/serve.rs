@@ -117,6 +117,7 @@ impl ServeArgs {
             upstream_ca_file: self.upstream_ca_file,
             allow_private_upstreams: self.upstreams.allow_private_upstreams,
             shutdown_grace: self.shutdown_grace,
+            reload_timeout: crate::router::reload::RELOAD_TIMEOUT,
             proxy: ProxyConfig {
                 connect_ports: self.connect_ports,
                 auth: self.auth,

@@ -140,7 +140,11 @@ async fn handle_connect(
             provider_id,
             auth: who,
         };
-        state.shutdown.spawn(session.serve(upgrade));
+        let slot = req.extensions().get::<super::ConnSlot>().cloned();
+        state.shutdown.spawn(async move {
+            let _slot = slot;
+            session.serve(upgrade).await
+        });
         return established();
     }
     drop(snapshot);
@@ -183,12 +187,12 @@ async fn handle_connect(
         .with_label_values(&["tunnel"])
         .inc();
     let active = super::ActiveGuard::new(&state.metrics, "tunnel");
-    state.shutdown.spawn(tunnel::relay(
-        hyper::upgrade::on(&mut req),
-        upstream,
-        key,
-        active,
-    ));
+    let slot = req.extensions().get::<super::ConnSlot>().cloned();
+    let relay = tunnel::relay(hyper::upgrade::on(&mut req), upstream, key, active);
+    state.shutdown.spawn(async move {
+        let _slot = slot;
+        relay.await
+    });
     established()
 }
 

@@ -72,7 +72,7 @@ pub(super) async fn handle(
     };
     if let Some(route) = snapshot.route(&target.key()).cloned() {
         drop(snapshot);
-        let ctx = RequestContext::new(&who, state.config.max_request_body);
+        let ctx = RequestContext::new(&who, &state.config);
         return bridge::forward(&route, req, &ctx, &state.recorder).await;
     }
     drop(snapshot);

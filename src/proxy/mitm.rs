@@ -58,6 +58,7 @@ impl Session {
             }
             Err(_) => {
                 tracing::info!(target = %self.key, reason = "tls_handshake_timeout", "TLS handshake timed out");
+                self.handshake_failed("timeout");
                 return;
             }
         };
@@ -72,6 +73,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(target = %self.key, error = %e, "no leaf certificate; closing");
+                self.handshake_failed("no_leaf");
                 return;
             }
         };
@@ -79,14 +81,25 @@ impl Session {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::info!(target = %self.key, error = %e, "TLS handshake with the client failed");
+                self.handshake_failed("handshake_error");
                 return;
             }
             Err(_) => {
                 tracing::info!(target = %self.key, reason = "tls_handshake_timeout", "TLS handshake timed out");
+                self.handshake_failed("timeout");
                 return;
             }
         };
         self.serve_decrypted(tls).await;
+    }
+
+    /// Count a handshake with the agent that did not complete (`tls_handshake_failures_total`).
+    fn handshake_failed(&self, reason: &'static str) {
+        self.state
+            .metrics
+            .tls_handshake_failures_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Count an intercepted connection ended before its handshake (`connect_rejections_total`).
@@ -125,7 +138,9 @@ impl Session {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32)
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(config.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(config.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(20));
         let shutdown = self.state.shutdown.clone();
@@ -151,7 +166,11 @@ impl Session {
 
     /// One decrypted request.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let ctx = RequestContext::new(&self.auth, self.state.config.max_request_body);
+        if self.state.config.panic_on_path.as_deref() == Some(req.uri().path()) {
+            // Fault injection for tests (F24); `panic_on_path` has no flag.
+            panic!("injected fault: panic_on_path");
+        }
+        let ctx = RequestContext::new(&self.auth, &self.state.config);
         let request_id = ctx.request_id.as_str();
         if let Err(r) = super::connect::check_head(&req, self.state.config.max_header_bytes) {
             tracing::info!(request_id, target = %self.key, reason = r.reason, "request head refused");

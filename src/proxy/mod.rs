@@ -26,10 +26,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long the accept loop pauses after an accept error (e.g. EMFILE) instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How long an over-limit client gets to read its `503`.
+const OVER_LIMIT_WRITE: Duration = Duration::from_secs(1);
 
 /// What every connection task shares.
 pub struct ProxyState {
@@ -106,18 +110,36 @@ pub(crate) fn head_size<B>(req: &http::Request<B>) -> usize {
         .sum::<usize>()
 }
 
+/// One of the `--max-connections` places, held by a client connection and, after a `200` to
+/// its CONNECT, by the MITM session or tunnel that takes the connection over. It travels in the
+/// request's extensions from the listener to whoever spawns that task.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// What an over-limit client reads before its connection is closed.
+const OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+Retry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 37\r\n\r\n\
+the proxy is at its connection limit\n";
+
 /// Accept connections until shutdown.
 pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let state2 = state.clone();
-                state.shutdown.spawn(serve_connection(state2, stream, peer));
-            }
+            Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let slot = ConnSlot(Arc::new(permit));
+                    let state2 = state.clone();
+                    state
+                        .shutdown
+                        .spawn(serve_connection(state2, stream, peer, slot));
+                }
+                Err(_) => refuse_over_limit(&state, stream, peer),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; backing off");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -126,11 +148,44 @@ pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
     }
 }
 
-async fn serve_connection(state: Arc<ProxyState>, stream: TcpStream, peer: SocketAddr) {
+/// Answer `503` and close, without reading the request: the refusal is quick and costs a few
+/// hundred bytes, so a flood of connections cannot queue up behind the limit.
+fn refuse_over_limit(state: &ProxyState, mut stream: TcpStream, peer: SocketAddr) {
+    let m = &state.metrics;
+    m.connections_total.with_label_values(&["rejected"]).inc();
+    let refused = m
+        .connect_rejections_total
+        .with_label_values(&["max_connections"]);
+    refused.inc();
+    // One line per thousand refusals: a flood must not become a flood of log lines.
+    if refused.get() % 1000 == 1 {
+        tracing::warn!(%peer, limit = state.config.max_connections, refused_total = refused.get(), "connection refused: at --max-connections");
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(OVER_LIMIT_WRITE, async {
+            stream.write_all(OVER_LIMIT_RESPONSE).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes, so closing does not reset the
+            // connection (and the 503 with it) while its request sits unread.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+async fn serve_connection(
+    state: Arc<ProxyState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
     let _ = stream.set_nodelay(true);
     let svc_state = state.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = svc_state.clone();
+        req.extensions_mut().insert(slot.clone());
         async move { Ok::<_, Infallible>(connect::handle(state, peer, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -153,5 +208,32 @@ async fn serve_connection(state: Arc<ProxyState>, stream: TcpStream, peer: Socke
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "proxy connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_over_limit_response_is_well_framed() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head = match resp.parse(OVER_LIMIT_RESPONSE) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("incomplete or invalid: {other:?}"),
+        };
+        assert_eq!(resp.code, Some(503));
+        let length = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
+        assert_eq!(length, Some(OVER_LIMIT_RESPONSE.len() - head));
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Longest a reload may take before it counts as failed.
+/// Longest a reload may take before it counts as failed (the default of
+/// [`crate::config::AppConfig::reload_timeout`]).
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -33,6 +34,7 @@ pub struct Reloader {
     generation: u64,
     migrated: bool,
     stats: Arc<ReloadStats>,
+    timeout: Duration,
 }
 
 impl Reloader {
@@ -44,7 +46,14 @@ impl Reloader {
             generation: 0,
             migrated: false,
             stats: Arc::default(),
+            timeout: RELOAD_TIMEOUT,
         }
+    }
+
+    /// Count a reload that takes longer than `timeout` as failed (default [`RELOAD_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn stats(&self) -> Arc<ReloadStats> {
@@ -54,7 +63,7 @@ impl Reloader {
     /// Read the store and install a new snapshot. On error the previous snapshot stays.
     pub async fn reload(&mut self) -> Result<u64, StoreError> {
         // A hung query must not stall the only writer of the router forever.
-        let result = match tokio::time::timeout(RELOAD_TIMEOUT, self.try_reload()).await {
+        let result = match tokio::time::timeout(self.timeout, self.try_reload()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
         };
