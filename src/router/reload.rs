@@ -82,7 +82,7 @@ impl Reloader {
             self.store.migrate().await?;
             self.migrated = true;
         }
-        let data = self.store.load_routing().await?;
+        let data = self.store.load_routing_within(Some(self.timeout)).await?;
         self.generation += 1;
         let previous = self.router.snapshot();
         let snapshot = Snapshot::build(data, self.generation, &previous, &self.upstreams);

@@ -320,12 +320,30 @@ impl Store {
     /// Providers, keys, active tokens and the change counter, read in one transaction so the
     /// router never mixes two states.
     pub async fn load_routing(&self) -> Result<RoutingData, StoreError> {
+        self.load_routing_within(None).await
+    }
+
+    /// [`Store::load_routing`], with PostgreSQL told to give up on any statement that runs
+    /// longer than `limit` (`statement_timeout`). A caller that times out client-side only
+    /// would leave its session waiting (on a lock, say) and its pool slot taken for as long as
+    /// the hang lasts, one more per retry; cancelled by the server, the session comes back.
+    pub async fn load_routing_within(
+        &self,
+        limit: Option<Duration>,
+    ) -> Result<RoutingData, StoreError> {
         with_pool!(self, |pool, kind| {
             let mut tx = pool.begin().await?;
             if kind == Kind::Postgres {
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .execute(&mut *tx)
                     .await?;
+                if let Some(limit) = limit {
+                    // SET takes no bind parameters; a whole number of milliseconds is safe.
+                    let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+                    sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             let counter: i64 =
                 sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")

@@ -12,6 +12,7 @@ mod ca;
 mod cancel_fuzz;
 mod cli;
 mod egress;
+mod faults_db;
 mod fuzz_corpus;
 mod mitm;
 mod reload;
