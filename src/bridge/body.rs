@@ -69,6 +69,57 @@ impl IdleTimer {
     }
 }
 
+/// A request body on its way to the upstream, ended with [`IdleTimeout`] when the client stalls
+/// for the whole limit (the upstream request is then cancelled with it).
+pub struct IdleBody<B> {
+    inner: B,
+    idle: IdleTimer,
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        IdleBody {
+            inner,
+            idle: IdleTimer::new(limit),
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(r)) => {
+                this.idle.read();
+                Poll::Ready(Some(r.map_err(Into::into)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.idle.expired(cx) => {
+                Poll::Ready(Some(Err(IdleTimeout(this.idle.limit).into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The error a body aborted for silence ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent nothing for {0:?}")]

@@ -233,8 +233,9 @@ async fn read_for_policy(
     ctx: &RequestContext,
     record: &mut Unanswered<'_>,
 ) -> Result<ProxyBody, Response<ProxyBody>> {
+    let body = body::IdleBody::new(body, ctx.idle_timeout);
     if api == Api::Other || parts.method != http::Method::POST {
-        return Ok(body.map_err(Into::into).boxed_unsync());
+        return Ok(body.boxed_unsync());
     }
     let (bytes, requested) = match policy::read(body, ctx.max_request_body).await {
         Ok(read) => read,
@@ -246,6 +247,17 @@ async fn read_for_policy(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 &msg,
+                &ctx.request_id,
+            ));
+        }
+        Err(policy::ReadError::Idle) => {
+            record.set_error("client_body_timeout");
+            tracing::info!(request_id = %ctx.request_id, idle = ?ctx.idle_timeout, "request body stalled");
+            return Err(policy::provider_error(
+                route.kind,
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body stalled",
                 &ctx.request_id,
             ));
         }

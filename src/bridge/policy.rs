@@ -9,7 +9,6 @@ use crate::provider::ProviderKind;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 /// What the request asked for.
@@ -32,6 +31,8 @@ struct Peek {
 #[derive(Debug)]
 pub enum ReadError {
     TooLarge,
+    /// The client stopped sending for `--idle-timeout`.
+    Idle,
     Body(String),
 }
 
@@ -40,7 +41,11 @@ pub enum ReadError {
 /// A body whose declared length is already over `limit` is refused before the first read: with
 /// `Expect: 100-continue` the client is then never asked for it (hyper sends `100 Continue` only
 /// once the body is polled), and nothing of it is read in any case.
-pub async fn read(body: Incoming, limit: usize) -> Result<(Bytes, Requested), ReadError> {
+pub async fn read<B>(body: B, limit: usize) -> Result<(Bytes, Requested), ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Err(ReadError::TooLarge);
     }
@@ -51,6 +56,9 @@ pub async fn read(body: Incoming, limit: usize) -> Result<(Bytes, Requested), Re
                 .is_some() =>
         {
             return Err(ReadError::TooLarge)
+        }
+        Err(e) if e.downcast_ref::<super::body::IdleTimeout>().is_some() => {
+            return Err(ReadError::Idle)
         }
         Err(e) => return Err(ReadError::Body(e.to_string())),
     };

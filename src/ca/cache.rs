@@ -3,7 +3,8 @@
 //! Minting is single-flight: fifty CONNECTs racing to a host nobody has seen yet wait on one
 //! mint (moka's `try_get_with` coalesces concurrent initialisers of one key). Only router hits
 //! reach this cache, so clients cannot grow it by connecting to arbitrary names. Entries expire
-//! an hour before their leaf does.
+//! an hour before their leaf does (at most half its life before), including a leaf cut short by
+//! the CA's own expiry.
 
 use super::{CaError, CertificateAuthority};
 use crate::proxy::target::Host;
@@ -13,6 +14,7 @@ use rustls::ServerConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
@@ -24,10 +26,18 @@ pub struct CacheStats {
     pub mint_micros: AtomicU64,
 }
 
+#[derive(Clone)]
+struct CachedLeaf {
+    config: Arc<ServerConfig>,
+    serve_until: OffsetDateTime,
+}
+
 pub struct LeafCache {
     ca: Arc<CertificateAuthority>,
-    cache: Cache<Host, Arc<ServerConfig>>,
+    cache: Cache<Host, CachedLeaf>,
     validity: Duration,
+    /// How long before its leaf's expiry an entry stops being served.
+    margin: Duration,
     crypto: Arc<CryptoProvider>,
     stats: CacheStats,
 }
@@ -48,6 +58,7 @@ impl LeafCache {
             ca,
             cache,
             validity,
+            margin,
             crypto,
             stats: CacheStats::default(),
         }
@@ -55,26 +66,48 @@ impl LeafCache {
 
     /// The server configuration for `host`, minting its leaf on first use.
     pub async fn server_config(&self, host: &Host) -> Result<Arc<ServerConfig>, Arc<CaError>> {
-        let entry = self
+        let mint = async { self.mint(host) };
+        let mut entry = self
             .cache
             .entry_by_ref(host)
-            .or_try_insert_with(async { self.mint(host) })
+            .or_try_insert_with(mint)
             .await?;
+        if entry.value().serve_until <= OffsetDateTime::now_utc() {
+            // A leaf cut short by the CA's expiry ends before the cache's time-to-live does.
+            self.cache.invalidate(host).await;
+            let mint = async { self.mint(host) };
+            entry = self
+                .cache
+                .entry_by_ref(host)
+                .or_try_insert_with(mint)
+                .await?;
+        }
         if !entry.is_fresh() {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(entry.into_value())
+        Ok(entry.into_value().config)
     }
 
-    fn mint(&self, host: &Host) -> Result<Arc<ServerConfig>, CaError> {
+    fn mint(&self, host: &Host) -> Result<CachedLeaf, CaError> {
         let started = Instant::now();
         let result = self.ca.mint(host, self.validity).and_then(|leaf| {
+            // Served until `margin` before the leaf's expiry, or to its last second when the
+            // CA's expiry left it shorter than that (then minting fails from that point on).
+            let early = leaf.not_after - self.margin;
+            let serve_until = if early > OffsetDateTime::now_utc() {
+                early
+            } else {
+                leaf.not_after
+            };
             let mut config = ServerConfig::builder_with_provider(self.crypto.clone())
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(leaf.chain, leaf.key)?;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
+            Ok(CachedLeaf {
+                config: Arc::new(config),
+                serve_until,
+            })
         });
         let counter = if result.is_ok() {
             &self.stats.mints

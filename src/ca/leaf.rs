@@ -31,6 +31,11 @@ pub(super) fn mint(
     host: &Host,
     validity: Duration,
 ) -> Result<Leaf, CaError> {
+    let now = OffsetDateTime::now_utc();
+    if ca_not_after <= now {
+        // The CA expired while running: a leaf signed now would fail every client's check.
+        return Err(CaError::ExpiredWhileRunning(ca_not_after));
+    }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let name = match host {
@@ -48,7 +53,6 @@ pub(super) fn mint(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    let now = OffsetDateTime::now_utc();
     params.not_before = now - CLOCK_SKEW;
     params.not_after = (now + validity).min(ca_not_after);
     params.serial_number = Some(random_serial());

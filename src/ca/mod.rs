@@ -27,6 +27,9 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// The common name of a generated CA.
 pub const CA_COMMON_NAME: &str = "aibridge-proxy CA";
 
+/// A CA closer than this to its expiry is warned about at start.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Why the CA cannot be used. Messages name the file and the fix; none contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -42,6 +45,8 @@ pub enum CaError {
     Mismatch { cert: String, key: String },
     #[error("{0}: the CA certificate expired on {1}; run `aibridge-proxy ca init --force`")]
     Expired(String, OffsetDateTime),
+    #[error("the CA certificate expired on {0}; no leaf can be minted: run `aibridge-proxy ca init --force` and restart")]
+    ExpiredWhileRunning(OffsetDateTime),
     #[error("{0}: the CA certificate is not valid before {1}")]
     NotYetValid(String, OffsetDateTime),
     #[error("{0}: the certificate is not a CA (basicConstraints CA:TRUE missing)")]
@@ -142,6 +147,9 @@ impl CertificateAuthority {
         let not_before = validity.not_before.to_datetime();
         if not_before > now + Duration::from_secs(3600) {
             return Err(CaError::NotYetValid(cert_name, not_before));
+        }
+        if not_after - now < EXPIRY_WARNING {
+            tracing::warn!(cert = %cert_name, %not_after, "the CA certificate expires within 30 days; leaves will not outlive it and interception stops when it expires: run `aibridge-proxy ca init --force` and redistribute the certificate");
         }
         let issuer = Issuer::from_ca_cert_der(ca_der, key)
             .map_err(|_| CaError::BadCertificate(cert_name))?;

@@ -188,7 +188,8 @@ async fn handle_connect(
         .inc();
     let active = super::ActiveGuard::new(&state.metrics, "tunnel");
     let slot = req.extensions().get::<super::ConnSlot>().cloned();
-    let relay = tunnel::relay(hyper::upgrade::on(&mut req), upstream, key, active);
+    let idle = state.config.idle_timeout;
+    let relay = tunnel::relay(hyper::upgrade::on(&mut req), upstream, key, idle, active);
     state.shutdown.spawn(async move {
         let _slot = slot;
         relay.await

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod connect;
 pub mod egress;
 mod forward;
+mod idle;
 mod mitm;
 pub mod target;
 mod tunnel;

@@ -4,11 +4,15 @@
 //! `200` went out, so a refused or unreachable destination is an HTTP answer, not a reset.
 //! The client's socket is taken back from hyper after the upgrade, so the copy runs between
 //! two plain TCP sockets with large buffers (bulk transfers are bound by syscalls per byte).
+//! A tunnel on which nothing moved either way for `--idle-timeout` is closed.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::idle::{Activity, IdleIo};
+use std::time::Duration;
 
 /// Copy buffer per direction: large enough that a bulk transfer costs few syscalls.
 const COPY_BUFFER: usize = 256 * 1024;
@@ -17,6 +21,7 @@ pub(super) async fn relay(
     upgrade: OnUpgrade,
     mut upstream: TcpStream,
     target: String,
+    idle: Duration,
     _active: super::ActiveGuard,
 ) {
     let upgraded = match upgrade.await {
@@ -26,16 +31,27 @@ pub(super) async fn relay(
             return;
         }
     };
-    let result = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let mut client = parts.io.into_inner();
-            // Bytes the client sent right behind the CONNECT head were read with it.
-            match upstream.write_all(&parts.read_buf).await {
-                Ok(()) => copy(&mut client, &mut upstream).await,
-                Err(e) => Err(e),
+    let activity = Activity::new();
+    let copied = async {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let mut client = IdleIo::new(parts.io.into_inner(), activity.clone());
+                // Bytes the client sent right behind the CONNECT head were read with it.
+                upstream.write_all(&parts.read_buf).await?;
+                copy(&mut client, &mut upstream).await
+            }
+            Err(upgraded) => {
+                let mut client = IdleIo::new(TokioIo::new(upgraded), activity.clone());
+                copy(&mut client, &mut upstream).await
             }
         }
-        Err(upgraded) => copy(&mut TokioIo::new(upgraded), &mut upstream).await,
+    };
+    let result = tokio::select! {
+        r = copied => r,
+        _ = activity.idle_for(idle) => {
+            tracing::debug!(%target, ?idle, "tunnel idle; closing");
+            return;
+        }
     };
     match result {
         Ok((up, down)) => {

@@ -7,7 +7,7 @@ use crate::support::upstream::{
 use crate::support::*;
 use aibridge_proxy::store::Interception;
 
-async fn row(proxy: &TestProxy, request_id: &str) -> Interception {
+pub(crate) async fn row(proxy: &TestProxy, request_id: &str) -> Interception {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
@@ -151,7 +151,7 @@ async fn failed_and_cancelled_requests_are_recorded_too() {
     let r = row(&proxy, resp.headers()["x-request-id"].to_str().unwrap()).await;
     assert_eq!(
         (r.status, r.error.as_deref(), r.provider.as_str()),
-        (502, Some("connect_error"), "dead")
+        (502, Some("connect_refused"), "dead")
     );
 
     // The client drops a stream after its first event: recorded as client_cancelled.
@@ -455,7 +455,7 @@ async fn usage_api(db: &crate::support::db::TestDb) {
 crate::both_backends!(interceptions_and_usage_through_the_api, usage_api);
 
 /// `name{labels} value` lines → value, for a metric name and an exact label set.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = match line.rsplit_once(' ') {
             Some(p) => p,

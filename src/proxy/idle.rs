@@ -1,0 +1,139 @@
+//! Connection idle timeout (`--idle-timeout`): a tunnel or an intercepted connection on which no
+//! byte moved in either direction for the whole limit is closed.
+//!
+//! Reads and writes only store a coarse timestamp (one relaxed atomic store); a watchdog sleeps
+//! until the last activity plus the limit and checks again, so the cost per byte is nil and
+//! there is one timer per connection, not one per read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// When a connection last moved a byte, in milliseconds since it opened.
+#[derive(Clone)]
+pub(crate) struct Activity {
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    pub(crate) async fn idle_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// An I/O object that records its activity.
+pub(crate) struct IdleIo<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S> IdleIo<S> {
+    pub(crate) fn new(inner: S, activity: Activity) -> Self {
+        IdleIo { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn idle_fires_only_after_a_whole_silent_limit() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(a, activity.clone());
+        let limit = Duration::from_millis(100);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        b.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await.unwrap();
+        activity.idle_for(limit).await;
+        // 60 ms of silence, a byte, then a whole limit of silence again: the byte moved the
+        // deadline (without it the watchdog would have fired at 100 ms).
+        assert!(started.elapsed() >= Duration::from_millis(160));
+    }
+}
