@@ -1,5 +1,11 @@
-//! Connection idle timeout (`--idle-timeout`): a tunnel or an intercepted connection on which no
-//! byte moved in either direction for the whole limit is closed.
+//! Tunnel idle timeout (`--idle-timeout`): a tunnel on which no byte moved in either direction
+//! for the whole limit is closed.
+//!
+//! Intercepted connections do not use it: there the limit applies per request (a response body
+//! silent for the limit, a request body stalled for it), because a connection whose request
+//! waits on a slow non-streamed completion is silent for minutes and must not be cut. Between
+//! HTTP/1 requests hyper's header read timer closes an idle keep-alive connection; HTTP/2
+//! connections are kept while the client answers our keep-alive pings.
 //!
 //! Reads and writes only store a coarse timestamp (one relaxed atomic store); a watchdog sleeps
 //! until the last activity plus the limit and checks again, so the cost per byte is nil and

@@ -11,7 +11,6 @@
 //! other than the one it was accepted for.
 
 use super::auth::Authenticated;
-use super::idle::{Activity, IdleIo};
 use super::target::{Host, Target};
 use super::ProxyState;
 use crate::bridge::{self, BridgeError, ProxyBody, RequestContext};
@@ -145,23 +144,16 @@ impl Session {
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(20));
         let shutdown = self.state.shutdown.clone();
-        let idle = config.idle_timeout;
         let session = Arc::new(self);
         let svc_session = session.clone();
         let service = service_fn(move |req| {
             let session = svc_session.clone();
             async move { Ok::<_, Infallible>(session.handle(req).await) }
         });
-        let activity = Activity::new();
-        let io = TokioIo::new(IdleIo::new(tls, activity.clone()));
-        let conn = builder.serve_connection(io, service);
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
-            _ = activity.idle_for(idle) => {
-                tracing::debug!(target = %session.key, ?idle, "intercepted connection idle; closing");
-                return;
-            }
             _ = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
