@@ -13,6 +13,7 @@ pub mod plain;
 pub mod proxy;
 pub mod raw;
 pub mod relay;
+pub mod scripted;
 pub mod tls;
 pub mod upstream;
 
