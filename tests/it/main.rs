@@ -13,6 +13,7 @@ mod cancel_fuzz;
 mod cli;
 mod egress;
 mod faults_db;
+mod faults_proxy;
 mod faults_upstream;
 mod fuzz_corpus;
 mod mitm;
