@@ -4,7 +4,9 @@
 //!
 //! Start-up order keeps one promise: subscribe first, then load, so a change committed during
 //! start-up is never missed. A database that is down at start leaves the router empty and
-//! `/readyz` false while tunnels and the admin API serve; the reloader keeps retrying.
+//! `/readyz` false while the admin API serves; the reloader keeps retrying. Tunnels serve too
+//! under `--auth none`; with token auth no agent token is known before the first load, so
+//! CONNECTs answer 407 until then.
 
 use crate::admin::{self, AdminState};
 use crate::bridge::upstream::{UpstreamFactory, UpstreamTlsError};
@@ -21,6 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{Keyring, SecretsKeyError, Store, StoreError};
 use crate::usage::recorder::Recorder;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -121,12 +124,22 @@ impl App {
         let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams)
             .with_timeout(config.reload_timeout);
         let reload_stats = reloader.stats();
-        match reloader.reload().await {
-            Ok(_) => warn_about_clear_keys(&store).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
-                wake.notify_one();
+        if subscription_live.load(Ordering::Acquire) {
+            match reloader.reload().await {
+                Ok(_) => warn_about_clear_keys(&store).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
+                    wake.notify_one();
+                }
             }
+        } else {
+            // The LISTEN attempt already waited out the pool's connect timeout: a load now would
+            // wait as long again for the same answer before the listeners open. The reloader
+            // tries in the background instead (and again once the subscription is in).
+            tracing::warn!(
+                "database unreachable at start; serving with an empty router and retrying"
+            );
+            wake.notify_one();
         }
         shutdown.spawn(subscription.run(router.clone(), wake.clone(), shutdown.clone()));
         shutdown.spawn(reloader.run(wake, shutdown.clone()));
