@@ -16,6 +16,7 @@ mod faults_db;
 mod faults_proxy;
 mod faults_upstream;
 mod fuzz_corpus;
+mod limits;
 mod mitm;
 mod reload;
 mod secrets;

@@ -12,7 +12,10 @@ pub const DATA: u8 = 0;
 pub const HEADERS: u8 = 1;
 pub const RST_STREAM: u8 = 3;
 pub const SETTINGS: u8 = 4;
+pub const PING: u8 = 6;
 pub const GOAWAY: u8 = 7;
+pub const WINDOW_UPDATE: u8 = 8;
+pub const CONTINUATION: u8 = 9;
 
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
@@ -21,6 +24,8 @@ const ACK: u8 = 0x1;
 /// RST_STREAM / GOAWAY error codes (RFC 9113 §7).
 pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const REFUSED_STREAM: u32 = 0x7;
+pub const CANCEL: u32 = 0x8;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -43,8 +48,42 @@ pub enum Reply {
     Silent,
 }
 
+/// How a connection ended, as [`H2::gone`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// GOAWAY with this error code.
+    GoAway(u32),
+    /// EOF or a read error without a GOAWAY.
+    Closed,
+    /// Still open at the end of the wait.
+    Open,
+}
+
+/// One frame's bytes: the 9-byte head and `payload`.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes()[1..]);
+    frame.push(kind);
+    frame.push(flags);
+    frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 pub struct H2<S> {
     io: S,
+}
+
+impl<S> H2<S> {
+    /// A frame reader or writer over `io`, past the handshake (e.g. one half of a split).
+    pub fn new(io: S) -> H2<S> {
+        H2 { io }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.io
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> H2<S> {
@@ -60,54 +99,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2<S> {
                 return Ok(h2);
             }
         }
-    }
-
-    pub async fn send(
-        &mut self,
-        kind: u8,
-        flags: u8,
-        stream: u32,
-        payload: &[u8],
-    ) -> std::io::Result<()> {
-        let len = payload.len() as u32;
-        let mut frame = Vec::with_capacity(9 + payload.len());
-        frame.extend_from_slice(&len.to_be_bytes()[1..]);
-        frame.push(kind);
-        frame.push(flags);
-        frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-        frame.extend_from_slice(payload);
-        self.io.write_all(&frame).await?;
-        self.io.flush().await
-    }
-
-    /// A HEADERS frame carrying `fields` in order (pseudo-fields first, as the caller lists them).
-    pub async fn headers(
-        &mut self,
-        stream: u32,
-        fields: &[(&str, &str)],
-        end_stream: bool,
-    ) -> std::io::Result<()> {
-        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
-        self.send(HEADERS, flags, stream, &encode(fields)).await
-    }
-
-    pub async fn read_frame(&mut self, wait: Duration) -> std::io::Result<Frame> {
-        let read = async {
-            let mut head = [0u8; 9];
-            self.io.read_exact(&mut head).await?;
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
-            self.io.read_exact(&mut payload).await?;
-            Ok(Frame {
-                kind: head[3],
-                flags: head[4],
-                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-                payload,
-            })
-        };
-        tokio::time::timeout(wait, read)
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 
     /// Read frames until `stream` is answered (response head or reset) or the connection ends.
@@ -132,6 +123,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2<S> {
                 _ => {}
             }
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> H2<S> {
+    pub async fn send(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        self.send_raw(&frame(kind, flags, stream, payload)).await
+    }
+
+    /// Write already-built frames (see [`frame`]) in one go.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// A HEADERS frame carrying `fields` in order (pseudo-fields first, as the caller lists them).
+    pub async fn headers(
+        &mut self,
+        stream: u32,
+        fields: &[(&str, &str)],
+        end_stream: bool,
+    ) -> std::io::Result<()> {
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        self.send(HEADERS, flags, stream, &encode(fields)).await
+    }
+}
+
+impl<S: AsyncRead + Unpin> H2<S> {
+    /// Read (and drop) frames until a GOAWAY, the end of the connection, or `wait` passes; also
+    /// returns how many frames came before.
+    pub async fn gone(&mut self, wait: Duration) -> (Gone, usize) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut frames = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                Ok(f) if f.kind == GOAWAY => return (Gone::GoAway(code(&f.payload, 4)), frames),
+                Ok(_) => frames += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return (Gone::Open, frames),
+                Err(_) => return (Gone::Closed, frames),
+            }
+        }
+    }
+
+    pub async fn read_frame(&mut self, wait: Duration) -> std::io::Result<Frame> {
+        let read = async {
+            let mut head = [0u8; 9];
+            self.io.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            self.io.read_exact(&mut payload).await?;
+            Ok(Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+                payload,
+            })
+        };
+        tokio::time::timeout(wait, read)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 }
 
