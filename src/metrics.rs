@@ -163,7 +163,9 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Account one finished bridged request from its record.
+    /// Account one finished bridged request from its record. `upstream_errors_total` counts
+    /// what went wrong on the provider's side only; the client's own doings (leaving, a refused
+    /// model, a body too large) are in `requests_total` by status and in the record.
     pub fn observe(&self, r: &Interception) {
         let code = r.status.to_string();
         self.requests_total
@@ -177,7 +179,7 @@ impl Metrics {
                 .with_label_values(&[r.provider.as_str()])
                 .observe(ttfb as f64 / 1000.0);
         }
-        if let Some(reason) = r.error.as_deref() {
+        if let Some(reason) = r.error.as_deref().filter(|r| is_upstream_failure(r)) {
             self.upstream_errors_total
                 .with_label_values(&[r.provider.as_str(), reason])
                 .inc();
@@ -205,4 +207,24 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Record errors that are the upstream's (or the path to it) failing.
+fn is_upstream_failure(reason: &str) -> bool {
+    matches!(
+        reason,
+        "dns"
+            | "connect_refused"
+            | "connect_timeout"
+            | "connect_error"
+            | "tls"
+            | "upstream_address_denied"
+            | "upstream_timeout"
+            | "upstream_error"
+            | "upstream_reset"
+            | "upstream_idle_timeout"
+            | "bad_upstream_uri"
+            | "invalid_key"
+            | "route_gone"
+    )
 }

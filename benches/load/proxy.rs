@@ -113,6 +113,8 @@ impl ProxyProcess {
             .args(["--connect-ports", &format!("443,80,{}", setup.bulk_port)])
             .args(["--allow-private-cidrs", "127.0.0.0/8"])
             .args(["--allow-private-upstreams", "127.0.0.0/8"])
+            // The idle scenario holds 10 000 connections and still probes with more.
+            .args(["--max-connections", "30000"])
             .args(extra_serve_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
@@ -71,16 +72,22 @@ impl IdleTimer {
 
 /// A request body on its way to the upstream, ended with [`IdleTimeout`] when the client stalls
 /// for the whole limit (the upstream request is then cancelled with it).
+///
+/// How it failed is noted in `failure`, because the upstream client reports only its own side
+/// of it (an HTTP/2 upstream sees a stream we reset, an HTTP/1 one an aborted write): the
+/// bridge reads the note to tell a client that left from an upstream that failed.
 pub struct IdleBody<B> {
     inner: B,
     idle: IdleTimer,
+    failure: Arc<OnceLock<&'static str>>,
 }
 
 impl<B> IdleBody<B> {
-    pub fn new(inner: B, limit: Duration) -> Self {
+    pub fn new(inner: B, limit: Duration, failure: Arc<OnceLock<&'static str>>) -> Self {
         IdleBody {
             inner,
             idle: IdleTimer::new(limit),
+            failure,
         }
     }
 }
@@ -99,12 +106,17 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(r)) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 this.idle.read();
-                Poll::Ready(Some(r.map_err(Into::into)))
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let _ = this.failure.set("client_cancelled");
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending if this.idle.expired(cx) => {
+                let _ = this.failure.set("client_body_timeout");
                 Poll::Ready(Some(Err(IdleTimeout(this.idle.limit).into())))
             }
             Poll::Pending => Poll::Pending,

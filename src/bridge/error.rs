@@ -34,6 +34,10 @@ pub enum BridgeError {
     Timeout(std::time::Duration),
     #[error("the upstream request failed: {0}")]
     Upstream(String),
+    /// The client's request body failed while it streamed to the upstream: the client left
+    /// (`client_cancelled`) or stalled past `--idle-timeout` (`client_body_timeout`).
+    #[error("the request body failed ({0}): {1}")]
+    ClientBody(&'static str, String),
 }
 
 impl BridgeError {
@@ -48,6 +52,8 @@ impl BridgeError {
             | BridgeError::Connect { .. }
             | BridgeError::Upstream(_) => StatusCode::BAD_GATEWAY,
             BridgeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            BridgeError::ClientBody("client_body_timeout", _) => StatusCode::REQUEST_TIMEOUT,
+            BridgeError::ClientBody(..) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -63,6 +69,7 @@ impl BridgeError {
             BridgeError::Connect { reason, .. } => reason,
             BridgeError::Timeout(_) => "upstream_timeout",
             BridgeError::Upstream(_) => "upstream_error",
+            BridgeError::ClientBody(reason, _) => reason,
         }
     }
 
@@ -80,6 +87,7 @@ impl BridgeError {
                 "the provider's upstream could not be reached"
             }
             BridgeError::Timeout(_) => "the provider's upstream did not answer in time",
+            BridgeError::ClientBody(..) => "the request body could not be read",
             _ => "the request could not be forwarded to the provider",
         }
     }

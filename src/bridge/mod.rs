@@ -24,6 +24,7 @@ use body::TappedBody;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The response header carrying our request id. An upstream's own `x-request-id` is kept as
@@ -105,6 +106,8 @@ pub async fn forward(
         record: Some(record),
     };
     let (parts, body) = req.into_parts();
+    let body_failure = Arc::new(OnceLock::new());
+    let body = body::IdleBody::new(body, ctx.idle_timeout, body_failure.clone());
     let body = match read_for_policy(route, api, &parts, body, ctx, &mut unanswered).await {
         Ok(body) => body,
         Err(refusal) => {
@@ -123,6 +126,11 @@ pub async fn forward(
         // is reset), so the provider stops working on an answer nobody will read.
         Err(_) => Err(BridgeError::Timeout(ctx.response_timeout)),
     };
+    // The upstream request failed because the client's body did: the client's doing.
+    let sent = sent.map_err(|e| match body_failure.get() {
+        Some(reason) => BridgeError::ClientBody(reason, e.to_string()),
+        None => e,
+    });
     let Some(mut record) = unanswered.take() else {
         // Not reached (only this function takes the record); answer without one.
         return sent.unwrap_or_else(|e| e.into_response(&ctx.request_id));
@@ -166,6 +174,9 @@ pub async fn forward(
                 .extensions()
                 .get::<ErrorReason>()
                 .map(|r| r.0.to_string());
+            if record.error.as_deref() == Some("client_cancelled") {
+                record.outcome = "client_cancelled".into();
+            }
             record.duration_ms = started.elapsed().as_millis() as i64;
             recorder.record(record);
             resp
@@ -229,11 +240,10 @@ async fn read_for_policy(
     route: &ProviderRoute,
     api: Api,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: body::IdleBody<Incoming>,
     ctx: &RequestContext,
     record: &mut Unanswered<'_>,
 ) -> Result<ProxyBody, Response<ProxyBody>> {
-    let body = body::IdleBody::new(body, ctx.idle_timeout);
     if api == Api::Other || parts.method != http::Method::POST {
         return Ok(body.boxed_unsync());
     }
@@ -324,5 +334,16 @@ async fn send(
         .request(Request::from_parts(parts, body))
         .await
         .map_err(BridgeError::from_client)?;
+    let h = resp.headers();
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH)
+    {
+        // RFC 9112 §6.3: a smuggling or splitting attempt, "ought to be handled as an error".
+        // Relaying it would pair hyper's chunked decoding with a Content-Length the client
+        // trusts: a wrong body that looks complete.
+        return Err(BridgeError::Upstream(
+            "response with both Transfer-Encoding and Content-Length".into(),
+        ));
+    }
     Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
 }

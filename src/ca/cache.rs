@@ -82,7 +82,11 @@ impl LeafCache {
                 .or_try_insert_with(mint)
                 .await?;
         }
-        if !entry.is_fresh() {
+        if entry.is_fresh() {
+            // moka applies its capacity bound in housekeeping (every few hundred ms or 64
+            // writes); run it now so `--cert-cache-size` holds at every mint.
+            self.cache.run_pending_tasks().await;
+        } else {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
         }
         Ok(entry.into_value().config)

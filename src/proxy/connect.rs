@@ -9,7 +9,7 @@ use super::auth::{self, AuthError};
 use super::target::{Target, TargetError};
 use super::{forward, mitm, tunnel, ProxyState};
 use crate::bridge::{headers, ProxyBody};
-use crate::config::NonProviderHosts;
+use crate::config::{AuthMode, NonProviderHosts};
 use crate::metrics::Metrics;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
@@ -67,6 +67,20 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     if let Err(r) = check_head(&req, state.config.max_header_bytes) {
         return reject(&state.metrics, peer, r.status, r.reason, r.message);
+    }
+    if state.config.auth == AuthMode::Token && !state.router.is_ready() {
+        // No token is known before the first load: a 407 would tell the agent its token is
+        // wrong when the proxy is only starting (its database unreachable so far).
+        let mut resp = reject(
+            &state.metrics,
+            peer,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the proxy has not loaded its configuration yet; retry shortly",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
     }
     if req.method() == Method::CONNECT {
         handle_connect(state, peer, req).await

@@ -167,8 +167,7 @@ impl Session {
     /// One decrypted request.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         if self.state.config.panic_on_path.as_deref() == Some(req.uri().path()) {
-            // Fault injection for tests (F24); `panic_on_path` has no flag.
-            panic!("injected fault: panic_on_path");
+            injected_panic();
         }
         let ctx = RequestContext::new(&self.auth, &self.state.config);
         let request_id = ctx.request_id.as_str();
@@ -218,6 +217,12 @@ impl Session {
         };
         bridge::forward(&route, req, &ctx, &self.state.recorder).await
     }
+}
+
+/// Fault injection for tests (F24); `panic_on_path` has no flag.
+#[allow(clippy::panic)]
+fn injected_panic() -> ! {
+    panic!("injected fault: panic_on_path")
 }
 
 /// SNI names the CONNECT host (case and one trailing dot aside). An IP-literal CONNECT accepts

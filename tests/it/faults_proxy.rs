@@ -13,7 +13,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const LIMIT: Duration = Duration::from_millis(400);
 
-fn short_timeouts() -> Option<Box<dyn FnOnce(&mut AppConfig) + Send>> {
+fn short_timeouts() -> Option<Tweak> {
     Some(Box::new(|c: &mut AppConfig| {
         c.proxy.upstream_response_timeout = LIMIT;
         c.proxy.idle_timeout = LIMIT;

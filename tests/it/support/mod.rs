@@ -18,7 +18,7 @@ pub mod tls;
 pub mod upstream;
 
 pub use client::{agent_client, Http};
-pub use proxy::{loopback_upstreams, ProviderSpec, TestProxy, TestProxyOptions};
+pub use proxy::{loopback_upstreams, ProviderSpec, TestProxy, TestProxyOptions, Tweak};
 pub use tls::TestCa;
 pub use upstream::MockUpstream;
 

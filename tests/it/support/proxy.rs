@@ -53,6 +53,9 @@ impl ProviderSpec {
     }
 }
 
+/// A last change to the configuration before the proxy starts.
+pub type Tweak = Box<dyn FnOnce(&mut AppConfig) + Send>;
+
 pub struct TestProxyOptions {
     pub providers: Vec<ProviderSpec>,
     /// PEM of the upstream's CA, written to a file and passed as `--upstream-ca-file`.
@@ -80,7 +83,7 @@ pub struct TestProxyOptions {
     /// `--previous-secrets-key-file`.
     pub previous_secrets_key_file: Option<PathBuf>,
     /// Last word on the configuration (timeouts, limits, fault injection).
-    pub tweak: Option<Box<dyn FnOnce(&mut AppConfig) + Send>>,
+    pub tweak: Option<Tweak>,
 }
 
 impl Default for TestProxyOptions {
