@@ -6,7 +6,7 @@
 //! start-up is never missed. A database that is down at start leaves the router empty and
 //! `/readyz` false while the admin API serves; the reloader keeps retrying. Tunnels serve too
 //! under `--auth none`; with token auth no agent token is known before the first load, so
-//! CONNECTs answer 407 until then.
+//! every proxy request answers `503` (`not_ready`, `Retry-After: 5`) until then.
 
 use crate::admin::{self, AdminState};
 use crate::bridge::upstream::{UpstreamFactory, UpstreamTlsError};

@@ -28,12 +28,16 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Largest model-call request body read for the model policy (`413` beyond).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Longest silence between two reads of an upstream response body. A per-read bound, never a
+/// Longest silence on a response body, a request body or a tunnel. A per-read bound, never a
 /// total one: an SSE stream may run for an hour as long as it keeps talking.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// Longest wait for an upstream's response head (`504` beyond). Generous: a large non-streamed
-/// completion sends nothing until it is done.
+/// Longest wait from sending a request (connect and any streamed upload included) to the
+/// upstream's response head (`504` beyond). Generous: a large non-streamed completion sends
+/// nothing until it is done.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Upper bounds on flags, far beyond any sane value, so arithmetic on them cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
 /// Open client connections served at once; beyond it new ones get `503` and are closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// HTTP/2 streams a client may open at once on one intercepted connection.
@@ -177,14 +181,20 @@ impl AppConfig {
         if self.proxy.max_header_bytes < 8192 {
             errors.push("--max-header-bytes must be at least 8192".to_string());
         }
-        if self.proxy.max_connections == 0 {
-            errors.push("--max-connections must be at least 1".to_string());
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&self.proxy.max_connections) {
+            errors.push(format!(
+                "--max-connections must be from 1 to {MAX_CONNECTIONS_LIMIT}"
+            ));
         }
         if self.proxy.h2_max_concurrent_streams == 0 {
             errors.push("--h2-max-concurrent-streams must be at least 1".to_string());
         }
         if self.leaf_validity < Duration::from_secs(2 * 3600) {
             errors.push("--leaf-validity must be at least 2h".to_string());
+        }
+        if self.leaf_validity > Duration::from_secs(398 * 24 * 3600) {
+            // Browsers' and most TLS stacks' ceiling for a server certificate.
+            errors.push("--leaf-validity must be at most 398d".to_string());
         }
         if self.cert_cache_size == 0 {
             errors.push("--cert-cache-size must be at least 1".to_string());
@@ -201,6 +211,8 @@ impl AppConfig {
         ] {
             if d.is_zero() {
                 errors.push(format!("{name} must be greater than zero"));
+            } else if d > MAX_DURATION {
+                errors.push(format!("{name} must be at most 365d"));
             }
         }
         if errors.is_empty() {

@@ -224,6 +224,7 @@ fn is_upstream_failure(reason: &str) -> bool {
             | "upstream_reset"
             | "upstream_idle_timeout"
             | "bad_upstream_uri"
+            | "bad_uri"
             | "invalid_key"
             | "route_gone"
     )

@@ -59,7 +59,7 @@ impl Shutdown {
             tokio::select! {
                 r = task => {
                     if r.is_err() {
-                        tracing::error!("a connection task panicked; it was dropped alone");
+                        tracing::error!("a task panicked (a bug); it was dropped alone");
                         if let Some(c) = panics {
                             c.inc();
                         }

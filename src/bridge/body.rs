@@ -36,11 +36,13 @@ pub struct TappedBody {
     idle: IdleTimer,
 }
 
-/// The per-read idle bound. Reads only note the time; the timer is created the first time the
-/// body waits and moved only when it waits again, so a body that never waits never arms one.
+/// The per-read idle bound. Silence is counted from the first time the body is asked for data
+/// and has none, not from the last frame: a body nobody asked for a while (a slow reader, a
+/// full HTTP/2 window) is not silent. Frames only clear a flag; the timer is created the first
+/// time the body waits and moved each time a new wait begins.
 struct IdleTimer {
     limit: Duration,
-    last_read: tokio::time::Instant,
+    waiting: bool,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -48,25 +50,30 @@ impl IdleTimer {
     fn new(limit: Duration) -> Self {
         IdleTimer {
             limit,
-            last_read: tokio::time::Instant::now(),
+            waiting: false,
             timer: None,
         }
     }
 
     fn read(&mut self) {
-        self.last_read = tokio::time::Instant::now();
+        self.waiting = false;
     }
 
-    /// Whether the body has been silent for the whole limit; if not, wake the task when it has.
+    /// Called when the body has nothing: whether it has had nothing for the whole limit since
+    /// this wait began; if not, the task is woken when it has.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = self.last_read + self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-        timer.as_mut().poll(cx).is_ready()
+        match self.timer.as_mut() {
+            Some(timer) => timer.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
     }
 }
 
@@ -134,7 +141,7 @@ where
 
 /// The error a body aborted for silence ends with.
 #[derive(Debug, thiserror::Error)]
-#[error("the upstream sent nothing for {0:?}")]
+#[error("nothing arrived for {0:?} (--idle-timeout)")]
 pub struct IdleTimeout(Duration);
 
 impl TappedBody {

@@ -42,7 +42,8 @@ pub struct RequestContext {
     pub token_id: Option<uuid::Uuid>,
     /// Largest request body read for the model policy (`--max-request-body`).
     pub max_request_body: usize,
-    /// `--upstream-response-timeout`: the wait for the upstream's response head.
+    /// `--upstream-response-timeout`: from sending the request (connect and any streamed upload
+    /// included) to the upstream's response head.
     pub response_timeout: Duration,
     /// `--idle-timeout`: the longest silence between two reads of the response body.
     pub idle_timeout: Duration,
@@ -113,6 +114,9 @@ pub async fn forward(
         Err(refusal) => {
             if let Some(mut record) = unanswered.take() {
                 record.status = i32::from(refusal.status().as_u16());
+                if record.error.as_deref() == Some("client_cancelled") {
+                    record.outcome = "client_cancelled".into();
+                }
                 record.duration_ms = started.elapsed().as_millis() as i64;
                 tracing::info!(request_id = %ctx.request_id, provider = %route.name, status = record.status, error = ?record.error, "request refused by policy");
                 recorder.record(record);
@@ -272,7 +276,8 @@ async fn read_for_policy(
             ));
         }
         Err(policy::ReadError::Body(e)) => {
-            record.set_error("client_body_error");
+            // The client's connection broke (or it broke HTTP framing) mid-body.
+            record.set_error("client_cancelled");
             tracing::info!(request_id = %ctx.request_id, error = %e, "request body could not be read");
             return Err(policy::provider_error(
                 route.kind,

@@ -77,11 +77,11 @@ pub struct ServeArgs {
     /// Largest model-call request body (read for the model policy; 413 beyond).
     #[arg(long, env = "AIBRIDGE_MAX_REQUEST_BODY", default_value_t = config::DEFAULT_MAX_REQUEST_BODY)]
     max_request_body: usize,
-    /// Longest silence between two reads of an upstream response body (streams are never
-    /// bounded in total, only per read).
+    /// Longest silence on a response body, a request body or a tunnel (per read: streams are
+    /// never bounded in total).
     #[arg(long, env = "AIBRIDGE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// Longest wait for a provider's response head (504 beyond).
+    /// Longest wait from sending a request to the provider's response head (504 beyond).
     #[arg(long, env = "AIBRIDGE_UPSTREAM_RESPONSE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     upstream_response_timeout: Duration,
     /// Client connections served at once; beyond it new ones get 503 and are closed.

@@ -33,6 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long the accept loop pauses after an accept error (e.g. EMFILE) instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// Over-limit connections being answered `503` at once.
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// How long an over-limit client gets to read its `503`.
 const OVER_LIMIT_WRITE: Duration = Duration::from_secs(1);
 
@@ -125,6 +127,7 @@ the proxy is at its connection limit\n";
 /// Accept connections until shutdown.
 pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -139,7 +142,7 @@ pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
                         .shutdown
                         .spawn(serve_connection(state2, stream, peer, slot));
                 }
-                Err(_) => refuse_over_limit(&state, stream, peer),
+                Err(_) => refuse_over_limit(&state, &refusals, stream, peer),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; backing off");
@@ -150,8 +153,15 @@ pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
 }
 
 /// Answer `503` and close, without reading the request: the refusal is quick and costs a few
-/// hundred bytes, so a flood of connections cannot queue up behind the limit.
-fn refuse_over_limit(state: &ProxyState, mut stream: TcpStream, peer: SocketAddr) {
+/// hundred bytes, so a flood of connections cannot queue up behind the limit. At most
+/// [`MAX_REFUSALS_IN_FLIGHT`] refusals are written at once; beyond that a connection is closed
+/// without a word, so a flood cannot hold descriptors at its own rate either.
+fn refuse_over_limit(
+    state: &ProxyState,
+    refusals: &Arc<Semaphore>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
     let m = &state.metrics;
     m.connections_total.with_label_values(&["rejected"]).inc();
     let refused = m
@@ -162,7 +172,11 @@ fn refuse_over_limit(state: &ProxyState, mut stream: TcpStream, peer: SocketAddr
     if refused.get() % 1000 == 1 {
         tracing::warn!(%peer, limit = state.config.max_connections, refused_total = refused.get(), "connection refused: at --max-connections");
     }
-    tokio::spawn(async move {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    state.shutdown.spawn(async move {
+        let _permit = permit;
         let _ = tokio::time::timeout(OVER_LIMIT_WRITE, async {
             stream.write_all(OVER_LIMIT_RESPONSE).await?;
             stream.shutdown().await?;
@@ -186,7 +200,10 @@ async fn serve_connection(
     let svc_state = state.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = svc_state.clone();
-        req.extensions_mut().insert(slot.clone());
+        // Only a CONNECT hands its connection on (to a MITM session or a tunnel).
+        if req.method() == http::Method::CONNECT {
+            req.extensions_mut().insert(slot.clone());
+        }
         async move { Ok::<_, Infallible>(connect::handle(state, peer, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
