@@ -169,6 +169,9 @@ impl App {
                     metrics: metrics.clone(),
                     leaves: leaves.clone(),
                     reload_stats: reload_stats.clone(),
+                    proxy: config.proxy.clone(),
+                    recorder: recorder.clone(),
+                    shutdown: shutdown.clone(),
                 });
                 shutdown.spawn(admin::serve(listener, admin_state, shutdown.clone()));
                 Some(addr)

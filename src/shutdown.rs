@@ -79,6 +79,12 @@ impl Shutdown {
         self.drain.is_cancelled()
     }
 
+    /// The cut signal, for work that runs outside the scope's tasks (the admin listener's
+    /// connections are axum's) to end itself when the grace runs out.
+    pub fn cut_token(&self) -> CancellationToken {
+        self.cut.clone()
+    }
+
     /// Whether the grace period ran out and remaining work is being dropped.
     pub fn is_cut(&self) -> bool {
         self.cut.is_cancelled()

@@ -1,5 +1,6 @@
 //! The admin listener: the REST API under `/api/v1` (bearer token), plus `/healthz` and
-//! `/ca.pem` (open) and `/readyz` (token, like the API).
+//! `/ca.pem` (open), `/readyz` (token, like the API) and the direct bridge under `/bridge/`
+//! (agent tokens; see [`bridge`]).
 //!
 //! Writes go to the store, which publishes them; the handler then waits (briefly, bounded) until
 //! this proxy's router serves the change, so a `2xx` means "this replica routes accordingly".
@@ -7,6 +8,7 @@
 //! token only in its creation response.
 
 mod auth;
+pub mod bridge;
 mod error;
 mod models;
 mod providers;
@@ -23,7 +25,7 @@ use crate::store::Store;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Json;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +47,10 @@ pub struct AdminState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub leaves: Arc<crate::ca::LeafCache>,
     pub reload_stats: Arc<crate::router::reload::ReloadStats>,
+    /// For the direct bridge: auth mode, limits and timeouts, where records go, the shutdown.
+    pub proxy: crate::config::ProxyConfig,
+    pub recorder: crate::usage::recorder::Recorder,
+    pub shutdown: Shutdown,
 }
 
 impl AdminState {
@@ -100,6 +106,8 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
         .merge(protected)
         .route("/healthz", get(healthz))
         .route("/ca.pem", get(ca_pem))
+        // The direct bridge authenticates agents itself (their token as the API key).
+        .route("/bridge/{*rest}", any(bridge::handle))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

@@ -78,6 +78,18 @@ pub fn prepare_request(
     Ok(())
 }
 
+/// Remove every credential header (the direct bridge's agent token must never travel on).
+pub fn strip_credentials(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_credential(n.as_str()))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Prepare an upstream response's headers for the client.
 pub fn prepare_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
@@ -107,7 +119,9 @@ pub fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), BadTransferEnc
 #[error("provider key is not a valid header value")]
 pub struct InvalidKey;
 
-fn is_credential(name: &str) -> bool {
+/// A header carrying client credentials (`authorization`, `x-api-key`, `api-key`, and their
+/// underscore aliases).
+pub fn is_credential(name: &str) -> bool {
     let folded = name.replace('_', "-");
     CREDENTIALS.contains(&folded.as_str())
 }

@@ -23,7 +23,6 @@ use crate::usage::{Api, UsageTap};
 use body::TappedBody;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,12 +67,16 @@ impl RequestContext {
 }
 
 /// Send `req` to `route`'s upstream and stream back its answer. Errors become responses.
-pub async fn forward(
+pub async fn forward<B>(
     route: &ProviderRoute,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &RequestContext,
     recorder: &Recorder,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<crate::BoxError>,
+{
     let started = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
     let api = Api::detect(route.kind, req.uri().path());
@@ -240,14 +243,18 @@ pub struct ErrorReason(pub &'static str);
 
 /// For model API calls, read the body (bounded), note the requested model and apply the
 /// provider's allowlist; other requests stream through untouched.
-async fn read_for_policy(
+async fn read_for_policy<B>(
     route: &ProviderRoute,
     api: Api,
     parts: &http::request::Parts,
-    body: body::IdleBody<Incoming>,
+    body: body::IdleBody<B>,
     ctx: &RequestContext,
     record: &mut Unanswered<'_>,
-) -> Result<ProxyBody, Response<ProxyBody>> {
+) -> Result<ProxyBody, Response<ProxyBody>>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<crate::BoxError>,
+{
     if api == Api::Other || parts.method != http::Method::POST {
         return Ok(body.boxed_unsync());
     }

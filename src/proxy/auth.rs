@@ -8,7 +8,7 @@
 use crate::config::AuthMode;
 use crate::router::Snapshot;
 use base64::Engine;
-use http::header::{HeaderMap, PROXY_AUTHORIZATION};
+use http::header::{HeaderMap, AUTHORIZATION, PROXY_AUTHORIZATION};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -80,6 +80,44 @@ pub fn authenticate(
     }
     let token = basic_password(value.as_bytes())?;
     let digest = crate::store::hash_token(&token);
+    let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
+    Ok(Authenticated {
+        token_id: Some(entry.id),
+        user: entry.user.clone(),
+    })
+}
+
+/// Authenticate a direct-bridge request, where the agent token stands in for the provider API
+/// key its SDK sends: `Authorization: Bearer TOKEN` (OpenAI SDKs) or `x-api-key: TOKEN`
+/// (Anthropic SDKs). Exactly one credential must be present.
+pub fn authenticate_api_key(
+    headers: &HeaderMap,
+    snapshot: &Snapshot,
+    mode: AuthMode,
+) -> Result<Authenticated, AuthError> {
+    if mode == AuthMode::None {
+        return authenticate(headers, snapshot, mode);
+    }
+    let bearer = headers.get_all(AUTHORIZATION).iter().map(|v| {
+        let v = v.to_str().map_err(|_| AuthError::Malformed)?;
+        match v.trim().split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+            _ => Err(AuthError::Scheme),
+        }
+    });
+    let api_key = headers
+        .get_all("x-api-key")
+        .iter()
+        .map(|v| v.to_str().map(str::trim).map_err(|_| AuthError::Malformed));
+    let mut presented = bearer.chain(api_key);
+    let token = presented.next().ok_or(AuthError::Missing)??;
+    if presented.next().is_some() {
+        return Err(AuthError::Ambiguous);
+    }
+    if token.is_empty() || token.len() > MAX_CREDENTIALS_LEN {
+        return Err(AuthError::Malformed);
+    }
+    let digest = crate::store::hash_token(token);
     let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
     Ok(Authenticated {
         token_id: Some(entry.id),

@@ -62,6 +62,8 @@ pub struct Snapshot {
     /// The store's change counter this snapshot reflects.
     pub counter: i64,
     routes: HashMap<String, Arc<ProviderRoute>>,
+    /// Every routable provider by name (the direct bridge's lookup), with or without hosts.
+    by_name: HashMap<String, Arc<ProviderRoute>>,
     pub providers: Vec<ProviderState>,
     /// Ids of the active tokens, so open connections can be re-checked per request.
     active_tokens: std::collections::HashSet<Uuid>,
@@ -80,6 +82,7 @@ impl Snapshot {
             loaded_at: OffsetDateTime::now_utc(),
             counter: -1,
             routes: HashMap::new(),
+            by_name: HashMap::new(),
             providers: Vec::new(),
             active_tokens: Default::default(),
             tokens: HashMap::new(),
@@ -89,6 +92,11 @@ impl Snapshot {
     /// The provider intercepting `key` ("host:port"), if any.
     pub fn route(&self, key: &str) -> Option<&Arc<ProviderRoute>> {
         self.routes.get(key)
+    }
+
+    /// The enabled provider named `name`, if it is routable.
+    pub fn provider(&self, name: &str) -> Option<&Arc<ProviderRoute>> {
+        self.by_name.get(name)
     }
 
     /// Whether the token with this id is still active (not revoked).
@@ -134,8 +142,9 @@ impl Snapshot {
         upstreams: &UpstreamFactory,
     ) -> Snapshot {
         let reusable: HashMap<Uuid, &Arc<ProviderRoute>> =
-            previous.routes.values().map(|r| (r.id, r)).collect();
+            previous.by_name.values().map(|r| (r.id, r)).collect();
         let mut routes: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
+        let mut by_name: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut providers = Vec::with_capacity(data.providers.len());
 
@@ -207,6 +216,7 @@ impl Snapshot {
                 owners.insert(k.clone(), row.name.clone());
                 routes.insert(k, route.clone());
             }
+            by_name.insert(row.name.clone(), route);
             providers.push(state);
         }
 
@@ -232,6 +242,7 @@ impl Snapshot {
             loaded_at: OffsetDateTime::now_utc(),
             counter: data.counter,
             routes,
+            by_name,
             providers,
             active_tokens,
             tokens,

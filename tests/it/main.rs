@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod auth;
 mod bad_input;
+mod bridge_direct;
 mod ca;
 mod cancel_fuzz;
 mod cli;
