@@ -44,7 +44,7 @@ pub struct RequestContext {
     /// `--upstream-response-timeout`: from sending the request (connect and any streamed upload
     /// included) to the upstream's response head.
     pub response_timeout: Duration,
-    /// `--idle-timeout`: the longest silence between two reads of the response body.
+    /// `--idle-timeout`: the longest silence while waiting on the request or the response body.
     pub idle_timeout: Duration,
     pub user: std::sync::Arc<str>,
 }
