@@ -108,12 +108,13 @@ async fn a_revoked_token_gets_407_after_the_reload() {
 /// Welch's t on the two duration samples must stay under 4.5, dudect's threshold.
 #[tokio::test]
 async fn token_validation_time_does_not_depend_on_a_shared_prefix() {
-    use aibridge_proxy::bridge::upstream::UpstreamFactory;
+    use aibridge_proxy::auth::authenticate;
     use aibridge_proxy::config::AuthMode;
-    use aibridge_proxy::proxy::auth::authenticate;
-    use aibridge_proxy::proxy::egress::{Dialer, EgressPolicy};
+    use aibridge_proxy::net::egress::{Dialer, EgressPolicy};
+    use aibridge_proxy::net::upstream::UpstreamFactory;
     use aibridge_proxy::router::Snapshot;
-    use aibridge_proxy::store::{hash_token, AgentToken, RoutingData};
+    use aibridge_proxy::secret::token::digest as hash_token;
+    use aibridge_proxy::store::{AgentToken, RoutingData};
     let upstreams = UpstreamFactory::new(
         tls::provider(),
         None,

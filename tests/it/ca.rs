@@ -194,7 +194,7 @@ fn mismatched_cert_and_key_are_refused() {
         key: dir.path().join("ca-key.pem"),
     };
     std::fs::write(&paths.cert, &cas[0].1).unwrap(); // RSA cert
-    aibridge_proxy::ca::files::write_private(&paths.key, cas[2].2.as_bytes()).unwrap(); // EC key
+    aibridge_proxy::secret::files::write_private(&paths.key, cas[2].2.as_bytes()).unwrap(); // EC key
     let err = aibridge_proxy::ca::CertificateAuthority::load(&paths)
         .unwrap_err()
         .to_string();

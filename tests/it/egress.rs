@@ -9,8 +9,8 @@
 use crate::cli::{bin, stderr, stdout};
 use crate::support::upstream::CHAT_JSON;
 use crate::support::*;
+use aibridge_proxy::net::egress::EgressPolicy;
 use aibridge_proxy::provider::ProviderKind;
-use aibridge_proxy::proxy::egress::EgressPolicy;
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{NewProvider, Store};
 use bytes::Bytes;

@@ -222,9 +222,7 @@ async fn a_panicking_connection_task_dies_alone_and_is_counted() {
     let proxy = TestProxy::start(TestProxyOptions {
         providers: vec![ProviderSpec::openai(upstream.base_url())],
         upstream_ca_pem: Some(ca.cert_pem.clone()),
-        tweak: Some(Box::new(|c: &mut AppConfig| {
-            c.proxy.panic_on_path = Some("/v1/panic".into());
-        })),
+        panic_on_path: Some("/v1/panic".into()),
         ..Default::default()
     })
     .await;

@@ -1,9 +1,9 @@
 //! The proxy, started in-process with its own temp dir (SQLite file, generated CA).
 
-use aibridge_proxy::app::App;
+use aibridge_proxy::app::{App, Seams};
 use aibridge_proxy::config::{AppConfig, NonProviderHosts};
+use aibridge_proxy::net::egress::{EgressPolicy, Resolver, StaticResolver};
 use aibridge_proxy::provider::ProviderKind;
-use aibridge_proxy::proxy::egress::{EgressPolicy, Resolver, StaticResolver};
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{Keyring, NewProvider, Store};
 use std::net::{IpAddr, SocketAddr};
@@ -82,8 +82,10 @@ pub struct TestProxyOptions {
     pub secrets_key_file: Option<PathBuf>,
     /// `--previous-secrets-key-file`.
     pub previous_secrets_key_file: Option<PathBuf>,
-    /// Last word on the configuration (timeouts, limits, fault injection).
+    /// Last word on the configuration (timeouts, limits).
     pub tweak: Option<Tweak>,
+    /// Fault injection: decrypted requests for this path panic their connection task (F24).
+    pub panic_on_path: Option<String>,
 }
 
 impl Default for TestProxyOptions {
@@ -103,6 +105,7 @@ impl Default for TestProxyOptions {
             secrets_key_file: None,
             previous_secrets_key_file: None,
             tweak: None,
+            panic_on_path: None,
         }
     }
 }
@@ -170,7 +173,7 @@ impl TestProxy {
 
         if let Some((cert, key)) = &opts.ca_files {
             std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
-            aibridge_proxy::ca::files::write_private(
+            aibridge_proxy::secret::files::write_private(
                 &dir.path().join("ca-key.pem"),
                 key.as_bytes(),
             )
@@ -192,12 +195,16 @@ impl TestProxy {
             .map(|c| c.parse().unwrap())
             .collect();
         config.allow_private_upstreams = allow_private_upstreams;
+        let mut seams = Seams {
+            panic_on_path: opts.panic_on_path.clone(),
+            ..Seams::default()
+        };
         if !opts.hosts.is_empty() {
             let hosts = opts
                 .hosts
                 .iter()
                 .fold(StaticResolver::new(), |r, (name, ip)| r.with(name, [*ip]));
-            config.proxy.resolver = Resolver::new(hosts);
+            seams.resolver = Resolver::new(hosts);
         }
         config.proxy.non_provider_hosts = opts.non_provider_hosts;
         config.proxy.connect_ports.extend(&opts.extra_ports);
@@ -212,7 +219,9 @@ impl TestProxy {
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::start(config, listener, Some(admin)).await.unwrap();
+        let app = App::start(config, listener, Some(admin), seams)
+            .await
+            .unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
         let admin_token = std::fs::read_to_string(dir.path().join("admin-token"))
             .unwrap()

@@ -79,7 +79,7 @@ pub fn authenticate(
         return Err(AuthError::Ambiguous);
     }
     let token = basic_password(value.as_bytes())?;
-    let digest = crate::store::hash_token(&token);
+    let digest = crate::secret::token::digest(&token);
     let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
     Ok(Authenticated {
         token_id: Some(entry.id),
@@ -117,7 +117,7 @@ pub fn authenticate_api_key(
     if token.is_empty() || token.len() > MAX_CREDENTIALS_LEN {
         return Err(AuthError::Malformed);
     }
-    let digest = crate::store::hash_token(token);
+    let digest = crate::secret::token::digest(token);
     let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
     Ok(Authenticated {
         token_id: Some(entry.id),
