@@ -1,31 +1,21 @@
 //! The admin API on both backends: every mutation is followed by a request through the proxy
 //! that proves the routing changed; auth on every route; validation answers.
 
-use crate::both_backends;
 use crate::support::db::TestDb;
 use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON};
 use crate::support::*;
-use aibridge_proxy::config::NonProviderHosts;
 use serde_json::json;
 
-async fn start(db: &TestDb) -> (MockUpstream, TestProxy) {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.clone()),
-        // Hosts no provider claims are refused at once (no DNS): 403 means "not intercepted".
-        non_provider_hosts: NonProviderHosts::Deny,
-        ..Default::default()
-    })
-    .await;
-    (upstream, proxy)
+/// No provider yet; hosts no provider claims are refused at once (no DNS): 403 means "not
+/// intercepted".
+async fn start(db: &TestDb) -> Env {
+    Env::with(|o| o.database(&db.url).deny_non_providers()).await
 }
 
 /// Status of a POST through the proxy to `https://{host}/v1/...`; 403 = not intercepted.
 async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
-    match client
+    match proxy
+        .client(Http::Two)
         .post(format!("https://{host}{path}"))
         .body("{}")
         .send()
@@ -37,10 +27,7 @@ async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
         ),
         // A refused CONNECT surfaces as a client error; read its status from the proxy directly.
         Err(_) => {
-            let req = format!(
-                "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: {}\r\n\r\n",
-                raw::basic(&proxy.token)
-            );
+            let req = raw::connect_head(&format!("{host}:443"), &proxy.token);
             let (head, _) = raw::send_head(proxy.addr, req.as_bytes()).await;
             (raw::status(&head), head)
         }
@@ -48,7 +35,8 @@ async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
 }
 
 async fn crud_reroutes(db: &TestDb) {
-    let (upstream, proxy) = start(db).await;
+    let proxy = start(db).await;
+    let upstream = &proxy.upstream;
     let chat = "/v1/chat/completions";
     assert_eq!(
         call(&proxy, "api.openai.com", chat).await.0,
@@ -243,7 +231,8 @@ async fn crud_reroutes(db: &TestDb) {
 both_backends!(crud_through_the_api_reroutes_the_proxy, crud_reroutes);
 
 async fn models_and_tokens(db: &TestDb) {
-    let (upstream, proxy) = start(db).await;
+    let proxy = start(db).await;
+    let upstream = &proxy.upstream;
     let (_, p) = proxy
         .admin(
             "POST",
@@ -341,7 +330,7 @@ async fn models_and_tokens(db: &TestDb) {
         .unwrap()
         .iter()
         .any(|i| i["user"] == "dana"));
-    let client = agent_client(proxy.addr, &token, &[&proxy.ca_pem], Http::One);
+    let client = proxy.client_as(&token, Http::One);
     // api.openai.com is not claimed (the provider intercepts its base URL's host): 403 = authenticated.
     let req = format!(
         "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
@@ -374,12 +363,9 @@ both_backends!(models_default_and_tokens_through_the_api, models_and_tokens);
 #[tokio::test]
 async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
     let db = TestDb::sqlite();
-    let (_upstream, proxy) = start(&db).await;
-    let base = format!("http://{}", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::client_config(&[], &[]))
-        .build()
-        .unwrap();
+    let proxy = start(&db).await;
+    let base = proxy.admin_url("");
+    let client = plain_client();
     let id = uuid::Uuid::new_v4();
     let routes = [
         ("GET", "/api/v1/providers".to_string()),
@@ -451,8 +437,8 @@ async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let db = TestDb::sqlite();
-    let (upstream, proxy) = start(&db).await;
-    let ok = json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url()});
+    let proxy = start(&db).await;
+    let ok = json!({"name": "openai", "kind": "openai", "base_url": proxy.upstream.base_url()});
     let with = |k: &str, v: serde_json::Value| {
         let mut b = ok.clone();
         b[k] = v;
@@ -483,13 +469,8 @@ async fn bad_requests_get_json_errors() {
             "{err}"
         );
     }
-    let url = format!("http://{}/api/v1/providers", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::client_config(&[], &[]))
-        .build()
-        .unwrap();
-    let resp = client
-        .post(&url)
+    let resp = plain_client()
+        .post(proxy.admin_url("/api/v1/providers"))
         .bearer_auth(&proxy.admin_token)
         .header("content-type", "application/json")
         .body("{not json")

@@ -1,22 +1,18 @@
 //! The store on both backends: provider rules, and the default-model invariant under
 //! concurrent writers.
 
-use crate::both_backends;
-use crate::support::db::TestDb;
-use aibridge_proxy::provider::ProviderKind;
+use crate::support::both_backends;
+use crate::support::db::{new_provider, TestDb};
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{ModelPatch, NewModel, NewProvider, ProviderPatch, Store, StoreError};
 use std::sync::Arc;
 
+/// Provider `name` at `base_url`, no intercept host, one key.
 fn provider(name: &str, base_url: &str) -> NewProvider {
     NewProvider {
-        name: name.into(),
-        kind: ProviderKind::Openai,
-        base_url: base_url.into(),
         intercept_hosts: vec![],
-        enabled: true,
-        enforce_models: false,
         api_keys: vec![Secret::new(format!("sk-{name}-0123456789"))],
+        ..new_provider(name, base_url, "")
     }
 }
 

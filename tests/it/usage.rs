@@ -1,54 +1,30 @@
 //! Usage accounting end to end: every call through the MITM path leaves one interception row
 //! with the exact token counts the upstream sent, streaming or not, for all three APIs.
 
+use crate::support::db::TestDb;
 use crate::support::upstream::{
     CHAT_JSON, CHAT_SSE, MESSAGES_JSON, MESSAGES_SSE, RESPONSES_JSON, RESPONSES_SSE,
 };
 use crate::support::*;
 use aibridge_proxy::store::Interception;
 
-pub(crate) async fn row(proxy: &TestProxy, request_id: &str) -> Interception {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
-        if let Some(r) = rows.into_iter().find(|r| r.request_id == request_id) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no interception row for {request_id}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 type Tokens = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 #[tokio::test]
 async fn each_api_streaming_and_not_records_exact_tokens() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let proxy = Env::openai_and_anthropic().await;
+    let client = proxy.client(Http::Two);
     // (url, stream, body the client must get, model, (input, output, cache read, cache write))
     let cases: Vec<(&str, bool, &str, &str, Tokens)> = vec![
         (
-            "https://api.openai.com/v1/chat/completions",
+            CHAT,
             false,
             CHAT_JSON,
             "gpt-4o-mini",
             (Some(11), Some(3), Some(0), None),
         ),
         (
-            "https://api.openai.com/v1/chat/completions",
+            CHAT,
             true,
             CHAT_SSE,
             "gpt-4o-2024-08-06",
@@ -69,14 +45,14 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
             (Some(400), Some(20), Some(100), None),
         ),
         (
-            "https://api.anthropic.com/v1/messages",
+            MESSAGES,
             false,
             MESSAGES_JSON,
             "claude-sonnet",
             (Some(9), Some(2), None, None),
         ),
         (
-            "https://api.anthropic.com/v1/messages",
+            MESSAGES,
             true,
             MESSAGES_SSE,
             "claude-sonnet-4-5",
@@ -94,7 +70,7 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
             want_body,
             "{url} stream={stream}"
         );
-        let r = row(&proxy, &request_id).await;
+        let r = proxy.row(&request_id).await;
         let got = (
             r.input_tokens,
             r.output_tokens,
@@ -114,41 +90,20 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
         assert_eq!(r.method, "POST");
         assert!(r.ttfb_ms.is_some() && r.error.is_none());
     }
-    let total = proxy
-        .app
-        .store
-        .recent_interceptions(100)
-        .await
-        .unwrap()
-        .len();
-    assert_eq!(total, 6, "one row per request");
+    assert_eq!(proxy.rows().await.len(), 6, "one row per request");
 }
 
 #[tokio::test]
 async fn failed_and_cancelled_requests_are_recorded_too() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    let dead = ProviderSpec {
+        name: "dead",
+        ..ProviderSpec::anthropic(format!("https://127.0.0.1:{}", free_port()))
     };
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let mut dead = ProviderSpec::anthropic(format!("https://127.0.0.1:{closed}"));
-    dead.name = "dead";
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url()), dead],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let resp = client
-        .post("https://api.anthropic.com/v1/messages")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let proxy = Env::with(|o| o.http1_upstream().openai().provider(|_| dead)).await;
+    let client = proxy.client(Http::One);
+    let resp = client.post(MESSAGES).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 502);
-    let r = row(&proxy, resp.headers()["x-request-id"].to_str().unwrap()).await;
+    let r = proxy.row(&request_id(&resp)).await;
     assert_eq!(
         (r.status, r.error.as_deref(), r.provider.as_str()),
         (502, Some("connect_refused"), "dead")
@@ -160,29 +115,18 @@ async fn failed_and_cancelled_requests_are_recorded_too() {
         .send()
         .await
         .unwrap();
-    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let id = request_id(&resp);
     let _first = resp.chunk().await.unwrap();
     drop(resp);
     drop(client);
-    let r = row(&proxy, &request_id).await;
+    let r = proxy.row(&id).await;
     assert_eq!(r.outcome, "client_cancelled");
-    upstream.release();
+    proxy.upstream.release();
 }
 
 #[tokio::test]
 async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        max_request_body: Some(64 * 1024),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::with(|o| o.openai().anthropic().max_request_body(64 * 1024)).await;
     use serde_json::json;
     for p in ["openai", "anthropic"] {
         let (status, _) = proxy
@@ -204,19 +148,18 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
             .await;
         assert_eq!(status, 201);
     }
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
-    let chat = "https://api.openai.com/v1/chat/completions";
+    let client = proxy.client(Http::Two);
     let ok = client
-        .post(chat)
+        .post(CHAT)
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
         .send()
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(proxy.upstream.seen().len(), 1);
 
     let refused = client
-        .post(chat)
+        .post(CHAT)
         .body(r#"{"model":"gpt-5-secret","messages":[]}"#)
         .send()
         .await
@@ -230,7 +173,7 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .contains("gpt-5-secret"));
 
     let refused = client
-        .post("https://api.anthropic.com/v1/messages")
+        .post(MESSAGES)
         .body(r#"{"model":"claude-opus","max_tokens":1}"#)
         .send()
         .await
@@ -248,7 +191,7 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         "not json",
     ] {
         assert_eq!(
-            client.post(chat).body(bad).send().await.unwrap().status(),
+            client.post(CHAT).body(bad).send().await.unwrap().status(),
             403,
             "{bad}"
         );
@@ -259,23 +202,16 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         "x".repeat(100 * 1024)
     );
     assert_eq!(
-        client.post(chat).body(big).send().await.unwrap().status(),
+        client.post(CHAT).body(big).send().await.unwrap().status(),
         413
     );
     assert_eq!(
-        upstream.seen().len(),
+        proxy.upstream.seen().len(),
         1,
         "nothing refused reached the upstream"
     );
     // Records are written off the request path: wait for all of them.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let rows = loop {
-        let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
-        if rows.len() == 6 || tokio::time::Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let rows = proxy.wait_rows(6).await;
     let refusals: Vec<_> = rows.iter().filter(|r| r.status == 403).collect();
     assert_eq!(refusals.len(), 4);
     assert!(rows
@@ -286,52 +222,23 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .all(|r| r.error.as_deref() == Some("model_not_allowed")));
 }
 
-async fn usage_api(db: &crate::support::db::TestDb) {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+async fn usage_api(db: &TestDb) {
+    let proxy = Env::with(|o| o.openai().anthropic().database(&db.url)).await;
+    let client = proxy.client(Http::Two);
     let calls = [
-        (
-            "https://api.openai.com/v1/chat/completions",
-            r#"{"stream":true}"#,
-        ),
-        ("https://api.openai.com/v1/chat/completions", "{}"),
+        (CHAT, r#"{"stream":true}"#),
+        (CHAT, "{}"),
         ("https://api.openai.com/v1/responses", r#"{"stream":true}"#),
-        (
-            "https://api.anthropic.com/v1/messages",
-            r#"{"stream":true}"#,
-        ),
-        ("https://api.anthropic.com/v1/messages", "{}"),
+        (MESSAGES, r#"{"stream":true}"#),
+        (MESSAGES, "{}"),
     ];
     for (url, body) in calls {
         let resp = client.post(url).body(body).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy
-        .app
-        .store
-        .recent_interceptions(100)
-        .await
-        .unwrap()
-        .len()
-        < calls.len()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "records written");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
+    let rows = proxy.wait_rows(calls.len()).await;
+    assert!(rows.len() >= calls.len(), "records written");
 
     // Cursor pagination walks every row once, newest first.
     let mut seen = Vec::new();
@@ -407,7 +314,7 @@ async fn usage_api(db: &crate::support::db::TestDb) {
                     _ => Some(r.user.as_str()) == k,
                 })
                 .collect();
-            let sum = |f: fn(&&aibridge_proxy::store::Interception) -> Option<i64>| -> i64 {
+            let sum = |f: fn(&&Interception) -> Option<i64>| -> i64 {
                 group.iter().map(|r| f(r).unwrap_or(0)).sum()
             };
             assert_eq!(
@@ -452,77 +359,20 @@ async fn usage_api(db: &crate::support::db::TestDb) {
         422
     );
 }
-crate::both_backends!(interceptions_and_usage_through_the_api, usage_api);
-
-/// `name{labels} value` lines → value, for a metric name and an exact label set.
-pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(p) => p,
-            None => continue,
-        };
-        let (n, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let mut got: Vec<(String, String)> = label_text
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        got.sort();
-        let mut want: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        want.sort();
-        if got == want {
-            return value.parse().unwrap();
-        }
-    }
-    0.0
-}
+both_backends!(interceptions_and_usage_through_the_api, usage_api);
 
 #[tokio::test]
 async fn metrics_move_by_exactly_the_traffic_sent() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::openai().await;
     let scrape = || async {
         let (status, _) = proxy.admin("GET", "/healthz", None).await;
         assert_eq!(status, 200);
-        let url = format!("http://{}/metrics", proxy.app.admin_addr.unwrap());
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls::client_config(&[], &[]))
-            .build()
-            .unwrap();
-        let resp = client
-            .get(url)
-            .bearer_auth(&proxy.admin_token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.text().await.unwrap()
+        proxy.metrics().await
     };
     let before = scrape().await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let client = proxy.client(Http::Two);
     for _ in 0..3 {
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(CHAT).body("{}").send().await.unwrap();
         resp.text().await.unwrap();
     }
     let req = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
@@ -625,37 +475,23 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_database_outage() {
-    let Some(db) =
-        crate::support::db::TestDb::postgres("usage::records_survive_a_database_outage").await
-    else {
+    let Some(db) = TestDb::postgres("usage::records_survive_a_database_outage").await else {
         return;
     };
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
     let relay = crate::support::relay::Relay::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.replace("127.0.0.1:5432", &relay.addr.to_string())),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let relayed = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
+    let proxy = Env::with(|o| o.openai().database(&relayed)).await;
+    let client = proxy.client(Http::Two);
     relay.cut();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(CHAT).body("{}").send().await.unwrap();
         assert_eq!(
             resp.status(),
             200,
             "traffic does not depend on the database"
         );
-        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
+        ids.push(request_id(&resp));
         resp.text().await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -1,8 +1,13 @@
-//! A real HTTP client configured as an agent: `HTTPS_PROXY` with the token in the userinfo,
-//! trusting the proxy's CA (and, for tunnel tests, the upstream's).
+//! Real HTTP clients: an agent's (`HTTPS_PROXY` with the token in the userinfo, trusting the
+//! proxy's CA — and, for tunnel tests, the upstream's) and a plain one for the admin listener.
 
 use super::tls::client_config;
 use std::net::SocketAddr;
+
+/// The chat completions URL an OpenAI SDK calls.
+pub const CHAT: &str = "https://api.openai.com/v1/chat/completions";
+/// The messages URL an Anthropic SDK calls.
+pub const MESSAGES: &str = "https://api.anthropic.com/v1/messages";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Http {
@@ -34,4 +39,13 @@ pub fn agent_client(
         builder = builder.http1_only();
     }
     builder.build().unwrap()
+}
+
+/// A client with no proxy, for the admin listener and plain servers (the TLS config is there
+/// only because reqwest is built without a default crypto provider).
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(client_config(&[], &[]))
+        .build()
+        .unwrap()
 }

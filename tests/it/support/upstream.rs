@@ -72,6 +72,14 @@ struct Shared {
 }
 
 impl MockUpstream {
+    /// A mock speaking h2 and HTTP/1.1 under a fresh test CA, for tests that run the real
+    /// binary (an in-process proxy comes with its own, in [`super::Env`]).
+    pub async fn with_ca() -> (MockUpstream, super::TestCa) {
+        let ca = super::TestCa::new();
+        let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+        (upstream, ca)
+    }
+
     pub async fn start(config: Arc<rustls::ServerConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
