@@ -30,20 +30,16 @@ async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
         .bearer_auth(&proxy.token)
         .header("x_api_key", "sk-client-alias")
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
     let seen = upstream.seen();
     let req = &seen[0];
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("POST", "/v1/chat/completions?trace=1")
-    );
-    let auth: Vec<_> = req.headers.get_all("authorization").iter().collect();
-    assert_eq!(auth, vec!["Bearer sk-provider-openai-0123456789"]);
+    assert_eq!(req.target(), ("POST", "/v1/chat/completions?trace=1"));
+    let auth = req.values("authorization");
+    assert_eq!(auth, ["Bearer sk-provider-openai-0123456789"]);
     assert!(req.headers.get("x_api_key").is_none());
     let host = req
         .headers
@@ -72,18 +68,12 @@ async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
         .post(format!("{}/v1/messages", base(&proxy, "anthropic")))
         .header("x-api-key", &proxy.token)
         .body(r#"{"model":"claude-sonnet","max_tokens":8,"messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), MESSAGES_JSON);
-    let keys: Vec<_> = upstream.seen()[0]
-        .headers
-        .get_all("x-api-key")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
-    assert_eq!(keys, vec!["sk-ant-provider-0123456789".to_string()]);
+    let seen = upstream.seen();
+    assert_eq!(seen[0].values("x-api-key"), ["sk-ant-provider-0123456789"]);
 }
 
 #[tokio::test]
@@ -98,9 +88,8 @@ async fn the_agent_token_never_reaches_a_provider_without_a_key() {
     let resp = plain_client()
         .get(format!("{}/echo", base(&proxy, "openai")))
         .bearer_auth(&proxy.token)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     let req = &proxy.upstream.seen()[0];
     assert!(
@@ -150,7 +139,7 @@ async fn refusals_are_one_line_and_reach_nothing() {
         ),
     ];
     for (name, req, status) in cases {
-        let resp = req.send().await.unwrap();
+        let resp = req.call().await;
         assert_eq!(resp.status().as_u16(), status, "{name}");
         assert!(resp.headers().contains_key("x-request-id"), "{name}");
         if status == 401 {
@@ -173,11 +162,6 @@ async fn refusals_are_one_line_and_reach_nothing() {
     let generation = proxy.generation();
     assert!(proxy.app.store.revoke_token(proxy.token_id).await.unwrap());
     proxy.wait_for_generation(generation).await;
-    let resp = client
-        .get(&url)
-        .bearer_auth(&proxy.token)
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(&url).bearer_auth(&proxy.token).call().await;
     assert_eq!(resp.status(), 401);
 }

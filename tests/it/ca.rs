@@ -165,7 +165,7 @@ async fn operator_cas_in_every_key_format_sign_leaves_clients_accept() {
             "{label}: the operator's CA is used, not a generated one"
         );
         let client = agent_client(proxy.addr, &proxy.token, &[&cert], Http::One);
-        let resp = client.get(CHAT).send().await.unwrap();
+        let resp = client.get(CHAT).call().await;
         assert_eq!(resp.status(), 200, "{label}");
     }
 }
@@ -194,13 +194,12 @@ async fn a_combined_cert_and_key_file_never_serves_the_key() {
     let combined = format!("{key}{cert}");
     let key = key.clone();
     let proxy = intercepting_proxy(|o| o.ca_files(combined, key)).await;
-    let (status, _) = proxy.admin("GET", "/healthz", None).await;
+    let (status, _) = proxy.admin_get("/healthz").await;
     assert_eq!(status, 200);
     let served = plain_client()
         .get(proxy.admin_url("/ca.pem"))
-        .send()
+        .call()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -208,6 +207,6 @@ async fn a_combined_cert_and_key_file_never_serves_the_key() {
     assert!(!served.contains("PRIVATE KEY"), "{served}");
     // The re-encoded certificate is the operator's: clients trusting it accept the leaves.
     let client = agent_client(proxy.addr, &proxy.token, &[&served], Http::One);
-    let resp = client.get(CHAT).send().await.unwrap();
+    let resp = client.get(CHAT).call().await;
     assert_eq!(resp.status(), 200);
 }

@@ -381,17 +381,6 @@ async fn probe(env: &Reach) -> Result<(), String> {
     Ok(())
 }
 
-fn seed() -> u64 {
-    match std::env::var("AIBRIDGE_FUZZ_SEED") {
-        Ok(s) => s.parse().expect("AIBRIDGE_FUZZ_SEED is a u64"),
-        Err(_) => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).unwrap();
-            u64::from_le_bytes(b)
-        }
-    }
-}
-
 /// OpenAI through a fault relay to an HTTP/1.1 mock upstream, with `change` applied (it gets the
 /// relay's port).
 async fn behind_relay(change: impl FnOnce(Setup, u16) -> Setup) -> (Relay, Env) {
@@ -436,11 +425,8 @@ fn disconnects_at_every_phase_leave_nothing_behind() {
         gauges(&proxy).3
     });
 
-    let seed = seed();
-    let cases = std::env::var("AIBRIDGE_CANCEL_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES);
+    let seed = fuzz::seed();
+    let cases = fuzz::cases("AIBRIDGE_CANCEL_FUZZ_CASES", CASES);
     let batches = cases.div_ceil(BATCH);
     println!("cancel fuzz: seed {seed} (replay with AIBRIDGE_FUZZ_SEED={seed}), {cases} cases in {batches} batches of {BATCH}, baseline tasks {baseline}");
     let mut runner = TestRunner::new(Config {

@@ -2,7 +2,7 @@
 //! the CLI while `serve` runs is picked up without restart; SIGTERM exits 0). The `secrets`
 //! commands and the full-run secret-leak capture are in `secrets.rs`.
 
-use crate::support::bin::{bin, cli_db, stderr, stdout, Child};
+use crate::support::bin::{bin, cli_db, create_provider, stderr, stdout, Child};
 use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -126,22 +126,16 @@ fn tokens_and_providers_from_the_command_line() {
     );
 
     // The key comes from the environment variable named by --key-env, never from argv.
-    let db = cli_db(d);
-    let create = bin()
-        .args([
-            "providers",
-            "create",
-            "--name",
+    let create = crate::support::bin::run(
+        d,
+        &create_provider(
             "openai",
-            "--kind",
             "openai",
-            "--base-url",
             "https://api.openai.com",
-        ])
-        .args(["--key-env", "TEST_OPENAI_KEY", "--database-url", &db])
-        .env("TEST_OPENAI_KEY", "sk-secret-value-abcd")
-        .output()
-        .unwrap();
+            &["--key-env", "TEST_OPENAI_KEY"],
+        ),
+        &[("TEST_OPENAI_KEY", "sk-secret-value-abcd")],
+    );
     assert!(create.status.success(), "{}", stderr(&create));
     let list = stdout(&run(d, &["providers", "list"]));
     assert!(
@@ -152,48 +146,24 @@ fn tokens_and_providers_from_the_command_line() {
 
     let missing_env = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
+        &create_provider(
             "other",
-            "--kind",
             "anthropic",
-            "--base-url",
             "https://x.example",
-            "--key-env",
-            "NOPE_NOT_SET",
-        ],
+            &["--key-env", "NOPE_NOT_SET"],
+        ),
     );
     assert!(!missing_env.status.success());
     assert!(stderr(&missing_env).contains("NOPE_NOT_SET"));
 
     let bad = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
-            "Bad_Name",
-            "--kind",
-            "openai",
-            "--base-url",
-            "https://x.example",
-        ],
+        &create_provider("Bad_Name", "openai", "https://x.example", &[]),
     );
     assert!(!bad.status.success());
     let dup = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
-            "openai",
-            "--kind",
-            "openai",
-            "--base-url",
-            "https://x.example",
-        ],
+        &create_provider("openai", "openai", "https://x.example", &[]),
     );
     assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
 
@@ -285,17 +255,9 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     // While it runs, the CLI adds a token and a provider in another process.
     let token_out = run(&d, &["token", "create", "--user", "carol"]);
     let token = stdout_last_line(&token_out);
+    let base_url = upstream.base_url();
     let create = bin()
-        .args([
-            "providers",
-            "create",
-            "--name",
-            "openai",
-            "--kind",
-            "openai",
-            "--base-url",
-            &upstream.base_url(),
-        ])
+        .args(create_provider("openai", "openai", &base_url, &[]))
         .args([
             "--intercept-host",
             "api.openai.com",

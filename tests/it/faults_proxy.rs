@@ -48,11 +48,7 @@ async fn an_upstream_silent_before_its_head_gets_504_and_is_cancelled() {
         .await;
     let client = proxy.client(Http::One);
     let started = Instant::now();
-    let resp = client
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(MODELS).call().await;
     let waited = started.elapsed();
     assert_eq!(resp.status(), 504);
     assert!(
@@ -94,30 +90,15 @@ async fn a_stream_silent_between_events_is_aborted_at_the_idle_timeout() {
     let proxy = Env::with(|o| short_timeouts(o.http1_upstream().openai())).await;
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
-        let chat = r#"{"model":"gpt-4o-mini","stream":true}"#;
         // Ten events 100 ms apart: 1 s in total, more than twice the limit, never idle.
-        let talking = client
-            .post(CHAT)
-            .header("x-mock-events", "10")
-            .header("x-mock-gap-ms", "100")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
+        let talking = paced_chat(&client, 10, 100).call().await;
         let id = request_id(&talking);
         let body = talking.text().await.unwrap();
         assert!(body.ends_with("data: [DONE]\n\n"), "{http:?}: {body}");
         assert_eq!(proxy.row(&id).await.outcome, "completed");
 
         // Events 3 s apart: the first arrives, then the stream is cut at the limit.
-        let mut quiet = client
-            .post(CHAT)
-            .header("x-mock-events", "3")
-            .header("x-mock-gap-ms", "3000")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
+        let mut quiet = paced_chat(&client, 3, 3000).call().await;
         let id = request_id(&quiet);
         let first = quiet.chunk().await.unwrap().unwrap();
         assert!(first.starts_with(b"data: "), "{http:?}");
@@ -150,14 +131,7 @@ async fn a_client_leaving_mid_stream_cancels_upstream_and_leaves_nothing_behind(
     let inflight = || [("provider", "openai")];
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
-        let mut resp = client
-            .post(CHAT)
-            .header("x-mock-events", "1000")
-            .header("x-mock-gap-ms", "20")
-            .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
-            .send()
-            .await
-            .unwrap();
+        let mut resp = paced_chat(&client, 1000, 20).call().await;
         let id = request_id(&resp);
         resp.chunk().await.unwrap().unwrap();
         assert_eq!(
@@ -198,11 +172,7 @@ async fn a_client_leaving_mid_stream_cancels_upstream_and_leaves_nothing_behind(
 async fn a_panicking_connection_task_dies_alone_and_is_counted() {
     let proxy = Env::with(|o| o.http1_upstream().openai().panic_on_path("/v1/panic")).await;
     let bystander = proxy.client(Http::One);
-    let ok = bystander
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let ok = bystander.get(MODELS).call().await;
     assert_eq!(ok.status(), 404);
 
     let victim = proxy.client(Http::One);
@@ -217,11 +187,7 @@ async fn a_panicking_connection_task_dies_alone_and_is_counted() {
         1.0
     );
     for client in [&bystander, &victim] {
-        let resp = client
-            .get("https://api.openai.com/v1/models")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.get(MODELS).call().await;
         assert_eq!(resp.status(), 404, "the proxy keeps serving");
     }
 }
@@ -235,12 +201,7 @@ async fn a_ca_expiring_while_running_stops_interception_cleanly() {
     let (cert, key) = short_lived_ca(life);
     let started = Instant::now();
     let proxy = Env::with(|o| o.http1_upstream().openai().ca_files(cert, key)).await;
-    let resp = proxy
-        .client(Http::One)
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let resp = proxy.client(Http::One).get(MODELS).call().await;
     assert_eq!(resp.status(), 404);
     // The leaf served is cut at the CA's expiry, not seven days out.
     let tls = proxy.intercepted().await;
@@ -254,7 +215,7 @@ async fn a_ca_expiring_while_running_stops_interception_cleanly() {
 
     tokio::time::sleep((life + Duration::from_millis(300)).saturating_sub(started.elapsed())).await;
     let fresh = proxy.client(Http::One);
-    let after = fresh.get("https://api.openai.com/v1/models").send().await;
+    let after = fresh.get(MODELS).send().await;
     assert!(after.is_err(), "a handshake succeeded after the CA expired");
     assert_eq!(
         proxy
@@ -265,7 +226,7 @@ async fn a_ca_expiring_while_running_stops_interception_cleanly() {
             .await,
         1.0
     );
-    let (status, _) = proxy.admin("GET", "/healthz", None).await;
+    let (status, _) = proxy.admin_get("/healthz").await;
     assert_eq!(status, 200);
 }
 

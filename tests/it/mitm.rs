@@ -13,9 +13,8 @@ async fn json_request_gets_the_provider_key_and_the_upstream_body() {
         .header("authorization", "Bearer sk-client-own-key")
         .header("x_api_key", "sk-client-alias")
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(
@@ -28,12 +27,9 @@ async fn json_request_gets_the_provider_key_and_the_upstream_body() {
     let seen = env.upstream.seen();
     assert_eq!(seen.len(), 1);
     let req = &seen[0];
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("POST", "/v1/chat/completions?trace=1")
-    );
-    let auth: Vec<_> = req.headers.get_all("authorization").iter().collect();
-    assert_eq!(auth, vec!["Bearer sk-provider-openai-0123456789"]);
+    assert_eq!(req.target(), ("POST", "/v1/chat/completions?trace=1"));
+    let auth = req.values("authorization");
+    assert_eq!(auth, ["Bearer sk-provider-openai-0123456789"]);
     for gone in ["x_api_key", "x-api-key", "proxy-authorization"] {
         assert!(
             req.headers.get(gone).is_none(),
@@ -51,9 +47,8 @@ async fn anthropic_key_is_sent_as_x_api_key() {
         .post(MESSAGES)
         .header("x-api-key", "sk-ant-client")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), MESSAGES_JSON);
     let seen = env.upstream.seen();
@@ -75,9 +70,8 @@ async fn provider_without_a_key_passes_the_client_credentials_through() {
         .post(CHAT)
         .header("authorization", "Bearer sk-byok")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         env.upstream.seen()[0].headers["authorization"],
@@ -94,7 +88,7 @@ async fn http1_and_http2_clients_both_work() {
     ] {
         let client = env.client(http);
         for _ in 0..3 {
-            let resp = client.post(CHAT).body("{}").send().await.unwrap();
+            let resp = client.post(CHAT).body("{}").call().await;
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.version(), version, "client side speaks {version:?}");
             assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
@@ -128,9 +122,8 @@ async fn sse_events_arrive_one_by_one() {
             .client(http)
             .post(format!("https://api.openai.com{path}"))
             .body("{}")
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
         // The upstream holds events two and three until we have event one: if the proxy
@@ -165,9 +158,8 @@ async fn request_bodies_stream_to_the_upstream() {
         .client(Http::Two)
         .post("https://api.openai.com/echo")
         .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), body.as_slice());
 }
@@ -210,12 +202,7 @@ async fn sni_naming_another_host_aborts_before_any_mint() {
 async fn upstream_down_gives_502_with_request_id() {
     // A provider whose upstream port has nothing listening.
     let env = Env::with(|o| o.openai_at(format!("https://127.0.0.1:{}", free_port()))).await;
-    let resp = env
-        .client(Http::One)
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let resp = env.client(Http::One).get(MODELS).call().await;
     assert_eq!(resp.status(), 502);
     assert!(resp.headers().contains_key("x-request-id"));
     let body = resp.text().await.unwrap();
@@ -229,7 +216,7 @@ async fn upstream_down_gives_502_with_request_id() {
 async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
     let env = Env::openai().await;
     let client = env.client(Http::One);
-    let resp = client.get(CHAT).send().await.unwrap();
+    let resp = client.get(CHAT).call().await;
     assert_eq!(resp.status(), 200);
 
     let generation = env.generation();
@@ -237,7 +224,7 @@ async fn removed_provider_is_not_intercepted_and_open_connections_get_502() {
     env.wait_for_generation(generation).await;
 
     // Same keep-alive connection, accepted for the old provider: refused, never re-routed.
-    let resp = client.get(CHAT).send().await.unwrap();
+    let resp = client.get(CHAT).call().await;
     assert_eq!(resp.status(), 502);
     assert_eq!(env.upstream.seen().len(), 1);
     assert!(!env.routes("api.openai.com:443"));
@@ -251,17 +238,14 @@ async fn a_token_revoked_while_a_connection_is_open_stops_working_on_it() {
         let generation = env.generation();
         env.wait_for_generation(generation).await;
         let client = env.client_as(token.expose(), http);
-        assert_eq!(
-            client.post(CHAT).body("{}").send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(client.post(CHAT).body("{}").call().await.status(), 200);
         let seen = env.upstream.seen().len();
         let generation = env.generation();
         assert!(env.app.store.revoke_token(row.id).await.unwrap());
         env.wait_for_generation(generation).await;
         // Same client, same open connection (h1 keep-alive / h2 stream): refused from now on.
         assert_eq!(
-            client.post(CHAT).body("{}").send().await.unwrap().status(),
+            client.post(CHAT).body("{}").call().await.status(),
             407,
             "{http:?}"
         );

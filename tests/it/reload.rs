@@ -1,7 +1,7 @@
 //! Hot reload: many replicas on one PostgreSQL, LISTEN loss, database outages, and reloads under
 //! streaming load. Figures (convergence times) are printed, never asserted as timings.
 
-use crate::support::db::{new_provider, with_database, writer, TestDb};
+use crate::support::db::{new_provider, with_database, writer, TestDb, BUMP_COUNTER};
 use crate::support::relay::Relay;
 use crate::support::upstream::STREAM_EVENTS;
 use crate::support::*;
@@ -33,11 +33,7 @@ async fn replicas_on_one_postgres_converge() {
     let a = Env::with(on(&db.url)).await;
     let b = a.another(on(&db.url)).await;
     let (status, _) = a
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": a.upstream.base_url(), "intercept_hosts": ["h0.example"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "openai", "kind": "openai", "base_url": a.upstream.base_url(), "intercept_hosts": ["h0.example"]}))
         .await;
     assert_eq!(status, 201);
     b.wait_route("h0.example:443", true).await;
@@ -46,10 +42,9 @@ async fn replicas_on_one_postgres_converge() {
         let host = format!("h{i}.example");
         let started = Instant::now();
         let (status, _) = a
-            .admin(
-                "PATCH",
+            .admin_patch(
                 "/api/v1/providers/openai",
-                Some(json!({"intercept_hosts": [host.clone()]})),
+                json!({"intercept_hosts": [host.clone()]}),
             )
             .await;
         assert_eq!(status, 200);
@@ -69,9 +64,8 @@ async fn replicas_on_one_postgres_converge() {
         .client(Http::One)
         .post("https://h100.example/v1/chat/completions")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -155,14 +149,14 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
     let proxy = on(&relayed_url)(setup).start().await;
     let client = proxy.client(Http::Two);
     let ok = |client: reqwest::Client| async move {
-        let resp = client.post(CHAT).body("{}").send().await.unwrap();
+        let resp = client.post(CHAT).body("{}").call().await;
         resp.status().as_u16()
     };
     assert_eq!(ok(client.clone()).await, 200);
-    assert_eq!(proxy.admin("GET", "/readyz", None).await.0, 200);
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
 
     relay.cut();
-    let ready = || async { proxy.admin("GET", "/readyz", None).await.0 };
+    let ready = || async { proxy.admin_get("/readyz").await.0 };
     let deadline = Instant::now() + WAIT;
     while ready().await != 503 {
         assert!(Instant::now() < deadline, "readyz never noticed the outage");
@@ -196,11 +190,7 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
 async fn reload_under_load(db: &TestDb) {
     let proxy = Env::with(on(&db.url)).await;
     let (status, _) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": proxy.upstream.base_url(), "intercept_hosts": ["api.openai.com"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "openai", "kind": "openai", "base_url": proxy.upstream.base_url(), "intercept_hosts": ["api.openai.com"]}))
         .await;
     assert_eq!(status, 201);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -243,7 +233,7 @@ async fn reload_under_load(db: &TestDb) {
     let generation = proxy.generation();
     for i in 0..100 {
         let (status, _) = proxy
-            .admin("PATCH", "/api/v1/providers/openai", Some(json!({"enforce_models": i % 2 == 0, "api_keys": [format!("sk-rotated-{i:04}-0123456789")]})))
+            .admin_patch("/api/v1/providers/openai", json!({"enforce_models": i % 2 == 0, "api_keys": [format!("sk-rotated-{i:04}-0123456789")]}))
             .await;
         assert_eq!(status, 200);
     }
@@ -303,10 +293,7 @@ async fn burst_coalesces(db: &TestDb) {
         let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
         let mut tx = pool.begin().await.unwrap();
         for _ in 0..1000 {
-            sqlx::query("UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            sqlx::query(BUMP_COUNTER).execute(&mut *tx).await.unwrap();
         }
         tx.commit().await.unwrap();
         pool.close().await;
@@ -345,12 +332,11 @@ async fn bad_row_excluded_alone(db: &TestDb) {
     proxy.wait_route("bad.example:443", true).await;
     // A row no write path would accept (an older version, a hand edit): only it is excluded.
     let corrupt = "UPDATE ai_providers SET base_url = 'not a url' WHERE name = 'bad'";
-    let bump = "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1";
     if db.backend == "postgres" {
         let pool = writer.postgres_pool().unwrap();
         let mut tx = pool.begin().await.unwrap();
         sqlx::query(corrupt).execute(&mut *tx).await.unwrap();
-        sqlx::query(bump).execute(&mut *tx).await.unwrap();
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await.unwrap();
         sqlx::query("NOTIFY ai_providers_changed")
             .execute(&mut *tx)
             .await
@@ -359,7 +345,7 @@ async fn bad_row_excluded_alone(db: &TestDb) {
     } else {
         let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
         sqlx::query(corrupt).execute(&pool).await.unwrap();
-        sqlx::query(bump).execute(&pool).await.unwrap();
+        sqlx::query(BUMP_COUNTER).execute(&pool).await.unwrap();
         pool.close().await;
     }
     proxy.wait_route("bad.example:443", false).await;
@@ -367,13 +353,13 @@ async fn bad_row_excluded_alone(db: &TestDb) {
         proxy.routes("good.example:443"),
         "the good row still routes"
     );
-    let (_, bad) = proxy.admin("GET", "/api/v1/providers/bad", None).await;
+    let (_, bad) = proxy.admin_get("/api/v1/providers/bad").await;
     assert_eq!(bad["status"], "error", "{bad}");
     assert!(
         bad["warnings"][0].as_str().unwrap().contains("base_url"),
         "{bad}"
     );
-    let (_, good) = proxy.admin("GET", "/api/v1/providers/openai", None).await;
+    let (_, good) = proxy.admin_get("/api/v1/providers/openai").await;
     assert_eq!(good["status"], "enabled");
     writer.close().await;
 }

@@ -3,7 +3,7 @@
 //! every stream leaves its interception record, and the process exits 0; a second signal exits
 //! at once.
 
-use crate::support::bin::{bin, Child};
+use crate::support::bin::{bin, state_in, Child};
 use crate::support::db::{new_provider, writer};
 use crate::support::*;
 use aibridge_proxy::secret::Secret;
@@ -57,18 +57,11 @@ async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16
     let (_, token) = store.create_token("drain").await.unwrap();
     store.close().await;
     let port = free_port();
-    let path = |f: &str| dir.join(f).display().to_string();
     let child = Child(
         bin()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", "127.0.0.1:0", "--database-url", &db])
-            .args([
-                "--ca-cert",
-                &path("ca.pem"),
-                "--ca-key",
-                &path("ca-key.pem"),
-            ])
-            .args(["--admin-token-file", &path("admin-token")])
+            .args(state_in(dir))
             .arg("--upstream-ca-file")
             .arg(ca.write_pem(dir))
             .args(["--allow-private-cidrs", "127.0.0.0/8"])
@@ -101,14 +94,7 @@ async fn open_stream(
     client: &reqwest::Client,
     events: usize,
 ) -> tokio::task::JoinHandle<Result<String, Instant>> {
-    let mut resp = client
-        .post(CHAT)
-        .header("x-mock-events", events.to_string())
-        .header("x-mock-gap-ms", "50")
-        .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = paced_chat(client, events, 50).call().await;
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     let mut body = String::from_utf8_lossy(&first).into_owned();

@@ -4,7 +4,9 @@
 use crate::support::both_backends;
 use crate::support::db::{new_provider, TestDb};
 use aibridge_proxy::secret::Secret;
-use aibridge_proxy::store::{ModelPatch, NewModel, NewProvider, ProviderPatch, Store, StoreError};
+use aibridge_proxy::store::{
+    ModelPatch, NewModel, NewProvider, Provider, ProviderPatch, Store, StoreError,
+};
 use std::sync::Arc;
 
 /// Provider `name` at `base_url`, no intercept host, one key.
@@ -25,6 +27,15 @@ fn model(provider: &str, name: &str, is_default: bool) -> NewModel {
         enabled: true,
         is_default,
     }
+}
+
+/// Point provider `name` (or id) at `base_url`, nothing else changed.
+async fn rebase(store: &Store, name: &str, base_url: &str) -> Provider {
+    let patch = ProviderPatch {
+        base_url: Some(base_url.into()),
+        ..Default::default()
+    };
+    store.update_provider(name, patch).await.unwrap()
 }
 
 async fn defaults(store: &Store) -> Vec<String> {
@@ -69,16 +80,7 @@ async fn provider_rules(db: &TestDb) {
         Err(StoreError::Invalid(_))
     ));
     // Moving the base URL to another host without new keys detaches the keys.
-    let moved = store
-        .update_provider(
-            "openai",
-            ProviderPatch {
-                base_url: Some("https://elsewhere.example".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let moved = rebase(&store, "openai", "https://elsewhere.example").await;
     assert!(
         moved.keys.is_empty(),
         "keys must not follow the provider to a new host"
@@ -88,28 +90,10 @@ async fn provider_rules(db: &TestDb) {
         .create_provider(provider("two", "https://two.example/v1"))
         .await
         .unwrap();
-    let kept = store
-        .update_provider(
-            &p2.id.to_string(),
-            ProviderPatch {
-                base_url: Some("https://two.example/v2".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let kept = rebase(&store, &p2.id.to_string(), "https://two.example/v2").await;
     assert_eq!(kept.keys.len(), 1);
     // Same host and port, but plain http: the key would travel unencrypted, so it is detached.
-    let downgraded = store
-        .update_provider(
-            "two",
-            ProviderPatch {
-                base_url: Some("http://two.example:443/v2".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let downgraded = rebase(&store, "two", "http://two.example:443/v2").await;
     assert!(
         downgraded.keys.is_empty(),
         "an https → http change drops the keys"

@@ -50,9 +50,8 @@ async fn tls_through_a_tunnel_sees_the_destination_certificate() {
     let resp = client
         .post(format!("https://localhost:{port}/echo"))
         .body("through")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "through");
     assert_eq!(env.mints(), 0);
@@ -121,9 +120,8 @@ async fn plain_http_is_forwarded_without_proxy_credentials() {
     let client = agent_client(proxy.addr, &proxy.token, &[], Http::One);
     let resp = client
         .get(format!("http://127.0.0.1:{port}/hello"))
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     let seen = resp.text().await.unwrap();
     assert!(
@@ -140,8 +138,7 @@ async fn plain_http_is_forwarded_without_proxy_credentials() {
         .unwrap();
     let resp = anonymous
         .get(format!("http://127.0.0.1:{port}/hello"))
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 407);
 }

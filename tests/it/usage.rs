@@ -61,7 +61,7 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
     ];
     for (url, stream, want_body, model, tokens) in cases {
         let body = format!("{{\"model\":\"{model}\",\"stream\":{stream}}}");
-        let resp = client.post(url).body(body).send().await.unwrap();
+        let resp = client.post(url).body(body).call().await;
         assert_eq!(resp.status(), 200);
         let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
         // Tee, don't transform: the client gets the upstream's bytes exactly.
@@ -101,7 +101,7 @@ async fn failed_and_cancelled_requests_are_recorded_too() {
     };
     let proxy = Env::with(|o| o.http1_upstream().openai().provider(|_| dead)).await;
     let client = proxy.client(Http::One);
-    let resp = client.post(MESSAGES).body("{}").send().await.unwrap();
+    let resp = client.post(MESSAGES).body("{}").call().await;
     assert_eq!(resp.status(), 502);
     let r = proxy.row(&request_id(&resp)).await;
     assert_eq!(
@@ -110,11 +110,7 @@ async fn failed_and_cancelled_requests_are_recorded_too() {
     );
 
     // The client drops a stream after its first event: recorded as client_cancelled.
-    let mut resp = client
-        .get("https://api.openai.com/v1/sse")
-        .send()
-        .await
-        .unwrap();
+    let mut resp = client.get("https://api.openai.com/v1/sse").call().await;
     let id = request_id(&resp);
     let _first = resp.chunk().await.unwrap();
     drop(resp);
@@ -130,21 +126,16 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
     use serde_json::json;
     for p in ["openai", "anthropic"] {
         let (status, _) = proxy
-            .admin(
-                "PATCH",
+            .admin_patch(
                 &format!("/api/v1/providers/{p}"),
-                Some(json!({"enforce_models": true})),
+                json!({"enforce_models": true}),
             )
             .await;
         assert_eq!(status, 200);
     }
     for (p, m) in [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet")] {
         let (status, _) = proxy
-            .admin(
-                "POST",
-                "/api/v1/models",
-                Some(json!({"provider": p, "model": m})),
-            )
+            .admin_post("/api/v1/models", json!({"provider": p, "model": m}))
             .await;
         assert_eq!(status, 201);
     }
@@ -152,18 +143,16 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
     let ok = client
         .post(CHAT)
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(ok.status(), 200);
     assert_eq!(proxy.upstream.seen().len(), 1);
 
     let refused = client
         .post(CHAT)
         .body(r#"{"model":"gpt-5-secret","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(refused.status(), 403);
     let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "model_not_allowed");
@@ -175,9 +164,8 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
     let refused = client
         .post(MESSAGES)
         .body(r#"{"model":"claude-opus","max_tokens":1}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(refused.status(), 403);
     let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
     assert_eq!(
@@ -191,7 +179,7 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         "not json",
     ] {
         assert_eq!(
-            client.post(CHAT).body(bad).send().await.unwrap().status(),
+            client.post(CHAT).body(bad).call().await.status(),
             403,
             "{bad}"
         );
@@ -201,10 +189,7 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         r#"{{"model":"gpt-4o-mini","pad":"{}"}}"#,
         "x".repeat(100 * 1024)
     );
-    assert_eq!(
-        client.post(CHAT).body(big).send().await.unwrap().status(),
-        413
-    );
+    assert_eq!(client.post(CHAT).body(big).call().await.status(), 413);
     assert_eq!(
         proxy.upstream.seen().len(),
         1,
@@ -233,7 +218,7 @@ async fn usage_api(db: &TestDb) {
         (MESSAGES, "{}"),
     ];
     for (url, body) in calls {
-        let resp = client.post(url).body(body).send().await.unwrap();
+        let resp = client.post(url).body(body).call().await;
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
@@ -248,7 +233,7 @@ async fn usage_api(db: &TestDb) {
             Some(c) => format!("/api/v1/interceptions?limit=2&cursor={c}"),
             None => "/api/v1/interceptions?limit=2".to_string(),
         };
-        let (status, page) = proxy.admin("GET", &path, None).await;
+        let (status, page) = proxy.admin_get(&path).await;
         assert_eq!(status, 200, "{page}");
         for item in page["items"].as_array().unwrap() {
             seen.push(item["id"].as_str().unwrap().to_string());
@@ -265,7 +250,7 @@ async fn usage_api(db: &TestDb) {
     assert_eq!(seen, want);
 
     let (_, anth) = proxy
-        .admin("GET", "/api/v1/interceptions?provider=anthropic", None)
+        .admin_get("/api/v1/interceptions?provider=anthropic")
         .await;
     let items = anth["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
@@ -273,22 +258,19 @@ async fn usage_api(db: &TestDb) {
         .iter()
         .all(|i| i["provider"] == "anthropic" && i["user"] == "alice"));
     assert_eq!(
+        proxy.admin_get("/api/v1/interceptions?limit=0").await.0,
+        422
+    );
+    assert_eq!(
         proxy
-            .admin("GET", "/api/v1/interceptions?limit=0", None)
+            .admin_get("/api/v1/interceptions?cursor=garbage")
             .await
             .0,
         422
     );
     assert_eq!(
         proxy
-            .admin("GET", "/api/v1/interceptions?cursor=garbage", None)
-            .await
-            .0,
-        422
-    );
-    assert_eq!(
-        proxy
-            .admin("GET", "/api/v1/interceptions?since=yesterday", None)
+            .admin_get("/api/v1/interceptions?since=yesterday")
             .await
             .0,
         422
@@ -301,7 +283,7 @@ async fn usage_api(db: &TestDb) {
         ("user", "user"),
     ] {
         let (status, usage) = proxy
-            .admin("GET", &format!("/api/v1/usage?group_by={group_by}"), None)
+            .admin_get(&format!("/api/v1/usage?group_by={group_by}"))
             .await;
         assert_eq!(status, 200);
         for item in usage["items"].as_array().unwrap() {
@@ -340,9 +322,7 @@ async fn usage_api(db: &TestDb) {
             );
         }
     }
-    let (_, by_provider) = proxy
-        .admin("GET", "/api/v1/usage?group_by=provider", None)
-        .await;
+    let (_, by_provider) = proxy.admin_get("/api/v1/usage?group_by=provider").await;
     let openai = &by_provider["items"]
         .as_array()
         .unwrap()
@@ -351,13 +331,7 @@ async fn usage_api(db: &TestDb) {
         .unwrap()
         .clone();
     assert_eq!(openai["input_tokens"], 11 + 176 + 400);
-    assert_eq!(
-        proxy
-            .admin("GET", "/api/v1/usage?group_by=color", None)
-            .await
-            .0,
-        422
-    );
+    assert_eq!(proxy.admin_get("/api/v1/usage?group_by=color").await.0, 422);
 }
 both_backends!(interceptions_and_usage_through_the_api, usage_api);
 
@@ -365,14 +339,14 @@ both_backends!(interceptions_and_usage_through_the_api, usage_api);
 async fn metrics_move_by_exactly_the_traffic_sent() {
     let proxy = Env::openai().await;
     let scrape = || async {
-        let (status, _) = proxy.admin("GET", "/healthz", None).await;
+        let (status, _) = proxy.admin_get("/healthz").await;
         assert_eq!(status, 200);
         proxy.metrics().await
     };
     let before = scrape().await;
     let client = proxy.client(Http::Two);
     for _ in 0..3 {
-        let resp = client.post(CHAT).body("{}").send().await.unwrap();
+        let resp = client.post(CHAT).body("{}").call().await;
         resp.text().await.unwrap();
     }
     let req = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
@@ -485,7 +459,7 @@ async fn records_survive_a_database_outage() {
     relay.cut();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let resp = client.post(CHAT).body("{}").send().await.unwrap();
+        let resp = client.post(CHAT).body("{}").call().await;
         assert_eq!(
             resp.status(),
             200,

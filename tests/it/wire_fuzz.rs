@@ -523,24 +523,6 @@ async fn run_batch(
     }
 }
 
-fn seed() -> u64 {
-    match std::env::var("AIBRIDGE_FUZZ_SEED") {
-        Ok(s) => s.parse().expect("AIBRIDGE_FUZZ_SEED is a u64"),
-        Err(_) => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).unwrap();
-            u64::from_le_bytes(b)
-        }
-    }
-}
-
-fn case_count() -> usize {
-    std::env::var("AIBRIDGE_WIRE_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES)
-}
-
 #[test]
 fn generated_streams_end_in_documented_answers() {
     let rt = panics::runtime("wire");
@@ -552,8 +534,8 @@ fn generated_streams_end_in_documented_answers() {
         token: &proxy.token,
         client_hello: &hello,
     };
-    let seed = seed();
-    let cases = case_count();
+    let seed = fuzz::seed();
+    let cases = fuzz::cases("AIBRIDGE_WIRE_FUZZ_CASES", CASES);
     let batches = cases.div_ceil(BATCH);
     println!("wire fuzz: seed {seed} (replay with AIBRIDGE_FUZZ_SEED={seed}), {cases} cases in {batches} batches of {BATCH}");
     let config = Config {
@@ -605,9 +587,8 @@ fn generated_streams_end_in_documented_answers() {
             .post(CHAT)
             .header("content-type", "application/json")
             .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         assert_eq!(resp.status(), 200);
         assert!(resp.text().await.unwrap().contains("chat.completion"));
     });

@@ -2,9 +2,10 @@
 //! TLS, ALPN, pipelining, revocation, `Expect: 100-continue`, concurrency, admin writes).
 
 use super::row::{shown, ANTHROPIC_KEY};
-use super::run::tls_in;
+use super::run::{answered_200, send, tls_to_host};
 use super::*;
 use crate::support::h2raw::{self, Reply, H2};
+use crate::support::observe::Tls;
 use futures_util::future::BoxFuture;
 
 pub(super) fn a23(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
@@ -40,15 +41,7 @@ pub(super) async fn request_ok<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
 ) -> Result<(), String> {
     let req = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    raw::send(&mut tls, req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer = raw::read_response(&mut tls).await;
-    if answer.status == 200 {
-        Ok(())
-    } else {
-        Err(format!("request inside: {:?}", answer.head))
-    }
+    answered_200(&mut tls, req.as_bytes(), "request inside").await
 }
 
 pub(super) fn a24(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
@@ -236,7 +229,7 @@ pub(super) fn a27(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
 pub(super) fn a28_ip(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         // rustls sends no SNI for an IP address; the leaf must carry the IP as its SAN.
-        let tls = tls_in(env, Px::Deny, "10.1.2.3:443", "10.1.2.3", &[b"http/1.1"]).await?;
+        let tls = tls_to_host(env, Px::Deny, "10.1.2.3", &[b"http/1.1"]).await?;
         request_ok(tls, "10.1.2.3").await
     })
 }
@@ -283,7 +276,7 @@ pub(super) fn a29_garbage(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
 
 pub(super) fn a29_none(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
-        let tls = tls_in(env, Px::Deny, "api.openai.com:443", "api.openai.com", &[]).await?;
+        let tls = tls_to_host(env, Px::Deny, "api.openai.com", &[]).await?;
         request_ok(tls, "api.openai.com").await
     })
 }
@@ -350,7 +343,7 @@ pub(super) fn b10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let (status, created) = env
             .deny
-            .admin("POST", "/api/v1/tokens", Some(json!({"user": "b10"})))
+            .admin_post("/api/v1/tokens", json!({"user": "b10"}))
             .await;
         if status != 201 {
             return Err(format!("token create: {status} {created}"));
@@ -365,7 +358,7 @@ pub(super) fn b10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
             return Err(format!("before the revoke: {head:?}"));
         }
         let path = format!("/api/v1/tokens/{}", created["id"].as_str().unwrap_or("x"));
-        let (status, _) = env.deny.admin("DELETE", &path, None).await;
+        let (status, _) = env.deny.admin_delete(&path).await;
         if status != 204 {
             return Err(format!("revoke: {status}"));
         }
@@ -381,26 +374,23 @@ pub(super) fn b10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     })
 }
 
+/// A chat POST head to `host` through the deny proxy, declaring a body of `length` bytes and
+/// `Expect: 100-continue`, sent; the body is the caller's to send (or not).
+async fn expect_continue(env: &Stage, host: &str, length: usize) -> Result<Tls, String> {
+    let mut tls = tls_to_host(env, Px::Deny, host, &[b"http/1.1"]).await?;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+    );
+    send(&mut tls, head.as_bytes()).await?;
+    Ok(tls)
+}
+
 /// `Expect: 100-continue` with a declared body over the limit: the answer comes without a
 /// `100 Continue` and without the client sending a byte of the body.
 pub(super) fn c21_too_large(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let seen = env.upstream().seen().len();
-        let mut tls = tls_in(
-            env,
-            Px::Deny,
-            "api.openai.com:443",
-            "api.openai.com",
-            &[b"http/1.1"],
-        )
-        .await?;
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-            BODY_LIMIT * 4
-        );
-        raw::send(&mut tls, head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tls = expect_continue(env, "api.openai.com", BODY_LIMIT * 4).await?;
         let answer = raw::read_response(&mut tls).await;
         if answer.status != 413 {
             return Err(format!("answer: {:?}", answer.head));
@@ -420,29 +410,13 @@ pub(super) fn c21_too_large(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
 pub(super) fn c21_model(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let seen = env.upstream().seen().len();
-        let mut tls = tls_in(
-            env,
-            Px::Deny,
-            "strict.example.com:443",
-            "strict.example.com",
-            &[b"http/1.1"],
-        )
-        .await?;
         let body = r#"{"model":"gpt-other"}"#;
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: strict.example.com\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        raw::send(&mut tls, head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tls = expect_continue(env, "strict.example.com", body.len()).await?;
         let interim = raw::read_response(&mut tls).await;
         if interim.status != 100 {
             return Err(format!("first answer: {:?}", interim.head));
         }
-        raw::send(&mut tls, body.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        send(&mut tls, body.as_bytes()).await?;
         let answer = raw::read_response(&mut tls).await;
         if answer.status != 403 || !String::from_utf8_lossy(&answer.body).contains("gpt-other") {
             return Err(format!("answer: {:?} {}", answer.head, shown(&answer.body)));
@@ -456,14 +430,7 @@ pub(super) fn c21_model(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
 
 pub(super) fn d9(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
-        let tls = tls_in(
-            env,
-            Px::Deny,
-            "api.openai.com:443",
-            "api.openai.com",
-            &[b"h2"],
-        )
-        .await?;
+        let tls = tls_to_host(env, Px::Deny, "api.openai.com", &[b"h2"]).await?;
         let mut h2 = H2::handshake(tls).await.map_err(|e| e.to_string())?;
         // Open streams that wait for their bodies (the policy reads a chat body first), so
         // they stay open without reaching the upstream.
@@ -514,14 +481,7 @@ pub(super) fn d11(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let mints = env.deny.mints();
         let tries = (0..50).map(|_| async {
-            let tls = tls_in(
-                env,
-                Px::Deny,
-                "d11.example.com:443",
-                "d11.example.com",
-                &[b"http/1.1"],
-            )
-            .await?;
+            let tls = tls_to_host(env, Px::Deny, "d11.example.com", &[b"http/1.1"]).await?;
             request_ok(tls, "d11.example.com").await
         });
         for result in futures_util::future::join_all(tries).await {
@@ -538,21 +498,11 @@ pub(super) fn e7_normalized(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let body = json!({"name": "e7", "kind": "openai", "base_url": env.upstream().base_url(),
                           "intercept_hosts": ["E7.Example.COM."]});
-        let (status, created) = env
-            .deny
-            .admin("POST", "/api/v1/providers", Some(body))
-            .await;
+        let (status, created) = env.deny.admin_post("/api/v1/providers", body).await;
         if status != 201 || created["intercept_hosts"] != json!(["e7.example.com"]) {
             return Err(format!("{status} {created}"));
         }
-        let tls = tls_in(
-            env,
-            Px::Deny,
-            "e7.example.com:443",
-            "e7.example.com",
-            &[b"http/1.1"],
-        )
-        .await?;
+        let tls = tls_to_host(env, Px::Deny, "e7.example.com", &[b"http/1.1"]).await?;
         request_ok(tls, "e7.example.com").await
     })
 }
@@ -567,14 +517,11 @@ pub(super) fn e8(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
             .load(std::sync::atomic::Ordering::SeqCst);
         let body = json!({"name": "e8", "kind": "openai", "base_url": env.upstream().base_url(),
                           "intercept_hosts": ["[::1]:8443"]});
-        let (status, created) = env
-            .deny
-            .admin("POST", "/api/v1/providers", Some(body))
-            .await;
+        let (status, created) = env.deny.admin_post("/api/v1/providers", body).await;
         if status != 201 || created["status"] != "enabled" {
             return Err(format!("{status} {created}"));
         }
-        let (_, router) = env.deny.admin("GET", "/api/v1/router", None).await;
+        let (_, router) = env.deny.admin_get("/api/v1/router").await;
         if router["hosts"]["[::1]:8443"] != "e8"
             || router["hosts"]["api.openai.com:443"] != "openai"
         {
@@ -597,13 +544,10 @@ pub(super) fn e10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let (status, body) = env
             .deny
-            .admin(
-                "POST",
+            .admin_post(
                 "/api/v1/providers",
-                Some(
-                    json!({"name": "e10", "kind": "openai", "base_url": env.upstream().base_url(),
+                json!({"name": "e10", "kind": "openai", "base_url": env.upstream().base_url(),
                             "intercept_hosts": ["e10.example.com"]}),
-                ),
             )
             .await;
         if status != 201 {
@@ -613,10 +557,9 @@ pub(super) fn e10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
         for i in 0..10 {
             let (status, m) = env
                 .deny
-                .admin(
-                    "POST",
+                .admin_post(
                     "/api/v1/models",
-                    Some(json!({"provider": "e10", "model": format!("m{i}")})),
+                    json!({"provider": "e10", "model": format!("m{i}")}),
                 )
                 .await;
             if status != 201 {
@@ -628,11 +571,7 @@ pub(super) fn e10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
             let id = ids[i % ids.len()].clone();
             async move {
                 env.deny
-                    .admin(
-                        "PUT",
-                        "/api/v1/default-model",
-                        Some(json!({"model_id": id})),
-                    )
+                    .admin_put("/api/v1/default-model", json!({"model_id": id}))
                     .await
                     .0
             }
@@ -641,7 +580,7 @@ pub(super) fn e10(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
         if let Some(s) = statuses.iter().find(|s| **s != 200 && **s != 409) {
             return Err(format!("a PUT got {s}"));
         }
-        let (_, models) = env.deny.admin("GET", "/api/v1/models", None).await;
+        let (_, models) = env.deny.admin_get("/api/v1/models").await;
         let defaults = models["items"]
             .as_array()
             .map(|items| items.iter().filter(|m| m["is_default"] == true).count())
@@ -657,17 +596,17 @@ pub(super) fn e11(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
         let (status, created) = env
             .deny
-            .admin("POST", "/api/v1/tokens", Some(json!({"user": "e11"})))
+            .admin_post("/api/v1/tokens", json!({"user": "e11"}))
             .await;
         let token = created["token"].as_str().unwrap_or_default().to_string();
         if status != 201 || token.is_empty() {
             return Err(format!("token create: {status}"));
         }
-        let (_, tokens) = env.deny.admin("GET", "/api/v1/tokens", None).await;
+        let (_, tokens) = env.deny.admin_get("/api/v1/tokens").await;
         if tokens.to_string().contains(&token) {
             return Err("GET /tokens shows a token".into());
         }
-        let (_, providers) = env.deny.admin("GET", "/api/v1/providers", None).await;
+        let (_, providers) = env.deny.admin_get("/api/v1/providers").await;
         let text = providers.to_string();
         for key in [
             "sk-provider-openai-0123456789",
@@ -681,10 +620,7 @@ pub(super) fn e11(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
         if !text.contains("sk-...6789") {
             return Err(format!("no masked key: {text}"));
         }
-        let (_, one) = env
-            .deny
-            .admin("GET", "/api/v1/providers/openai", None)
-            .await;
+        let (_, one) = env.deny.admin_get("/api/v1/providers/openai").await;
         if one.to_string().contains("sk-provider-openai-0123456789") {
             return Err("GET /providers/openai shows the key".into());
         }

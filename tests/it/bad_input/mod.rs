@@ -77,18 +77,13 @@ impl Stage {
             })
             .await;
         let (status, body) = deny
-            .admin(
-                "PATCH",
-                "/api/v1/providers/strict",
-                Some(json!({"enforce_models": true})),
-            )
+            .admin_patch("/api/v1/providers/strict", json!({"enforce_models": true}))
             .await;
         assert_eq!(status, 200, "{body}");
         let (status, body) = deny
-            .admin(
-                "POST",
+            .admin_post(
                 "/api/v1/models",
-                Some(json!({"provider": "strict", "model": "gpt-allowed"})),
+                json!({"provider": "strict", "model": "gpt-allowed"}),
             )
             .await;
         assert_eq!(status, 201, "{body}");

@@ -39,6 +39,39 @@ pub(super) async fn tls_in(
         .map_err(|e| format!("handshake: {e}"))
 }
 
+/// CONNECT `host:443` through `px` and finish TLS with SNI `host`.
+pub(super) async fn tls_to_host(
+    env: &Stage,
+    px: Px,
+    host: &str,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    tls_in(env, px, &format!("{host}:443"), host, alpn).await
+}
+
+/// Write and flush all of `bytes`; a failure as the row's error.
+pub(super) async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> Result<(), String> {
+    raw::send(stream, bytes).await.map_err(|e| e.to_string())
+}
+
+/// Send `request` and read the answer: `Ok` for a `200`, else the head, for `what`.
+pub(super) async fn answered_200<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    what: &str,
+) -> Result<(), String> {
+    send(stream, request).await?;
+    let answer = raw::read_response(stream).await;
+    if answer.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{what}: {:?}", answer.head))
+    }
+}
+
 /// Send `bytes` while reading the answer (a proxy may answer before it has read everything),
 /// check the answer and, for [`Conn::Closes`], that the connection ends.
 pub(super) async fn exchange<S>(
@@ -165,14 +198,7 @@ pub(super) async fn run_row(env: &Stage, row: &Row) -> Result<(), String> {
             }
         }
         Input::H2(fields) => {
-            let tls = tls_in(
-                env,
-                row.px,
-                "api.openai.com:443",
-                "api.openai.com",
-                &[b"h2"],
-            )
-            .await?;
+            let tls = tls_to_host(env, row.px, "api.openai.com", &[b"h2"]).await?;
             let mut h2 = H2::handshake(tls).await.map_err(|e| format!("h2: {e}"))?;
             let fields: Vec<(&str, &str)> = fields
                 .iter()
@@ -260,25 +286,7 @@ pub(super) const GOOD_H2: [(&str, &str); 4] = [
 
 /// The health probe: a full intercepted request through `px`.
 pub(super) async fn probe(env: &Stage, px: Px) -> Result<(), String> {
-    let tls = tls_in(
-        env,
-        px,
-        "api.openai.com:443",
-        "api.openai.com",
-        &[b"http/1.1"],
-    )
-    .await?;
-    let (mut r, mut w) = tokio::io::split(tls);
-    raw::send(
-        &mut w,
-        b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let answer = raw::read_response(&mut r).await;
-    if answer.status == 200 {
-        Ok(())
-    } else {
-        Err(format!("probe: {:?}", answer.head))
-    }
+    let mut tls = tls_to_host(env, px, "api.openai.com", &[b"http/1.1"]).await?;
+    let request = b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n";
+    answered_200(&mut tls, request, "probe").await
 }

@@ -13,7 +13,7 @@ mod tunnels;
 mod upstreams;
 mod writes;
 
-use crate::support::bin::{run, stderr, stdout};
+use crate::support::bin::{create_provider, run, stderr, stdout};
 use crate::support::db::new_provider;
 use crate::support::net::echo_server_on;
 use crate::support::proxy::upstream_policy;

@@ -51,9 +51,8 @@ async fn base_url_matrix(
         let resp = client
             .post(format!("https://p{i}.example/v1/chat/completions"))
             .body(r#"{"model":"gpt-4o"}"#)
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         let status = resp.status().as_u16();
         let id = request_id(&resp);
         assert!(!id.is_empty(), "{}: X-Request-Id", d.ip);
@@ -143,9 +142,8 @@ async fn upstream_redirects_are_relayed_as_they_came_and_never_followed() {
     ] {
         let resp = client
             .get(format!("https://api.openai.com{path}"))
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         assert_eq!(resp.status(), 302, "{path}");
         assert_eq!(
             resp.headers().get("location").unwrap().to_str().unwrap(),

@@ -29,7 +29,7 @@ async fn seed_legacy(url: &str) {
 }
 
 async fn statuses(proxy: &TestProxy) -> Vec<(String, String, Vec<String>)> {
-    let (code, body) = proxy.admin("GET", "/api/v1/providers", None).await;
+    let (code, body) = proxy.admin_get("/api/v1/providers").await;
     assert_eq!(code, 200);
     body["items"]
         .as_array()
@@ -83,26 +83,23 @@ async fn rows_written_before_the_policy_are_marked_error_alone() {
     // The row can still be edited without touching its base URL, and repointed to a public
     // host; a write of another private base URL is refused.
     let (code, _) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             "/api/v1/providers/legacy-loop",
-            Some(json!({"enforce_models": true})),
+            json!({"enforce_models": true}),
         )
         .await;
     assert_eq!(code, 200);
     let (code, err) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             "/api/v1/providers/legacy-loop",
-            Some(json!({"base_url": "https://10.1.2.3"})),
+            json!({"base_url": "https://10.1.2.3"}),
         )
         .await;
     assert_eq!(code, 422, "{err}");
     let (code, view) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             "/api/v1/providers/legacy-loop",
-            Some(json!({"base_url": "https://llm.example.com"})),
+            json!({"base_url": "https://llm.example.com"}),
         )
         .await;
     assert_eq!(code, 200, "{view}");
@@ -170,7 +167,7 @@ async fn the_admin_api_refuses_malformed_and_private_base_urls_with_422() {
     let proxy = Env::with(|o| o.allow_private_upstreams(&[])).await;
     for (i, url) in MALFORMED.iter().chain(PRIVATE).enumerate() {
         let body = json!({"name": format!("p{i}"), "kind": "openai", "base_url": url});
-        let (code, err) = proxy.admin("POST", "/api/v1/providers", Some(body)).await;
+        let (code, err) = proxy.admin_post("/api/v1/providers", body).await;
         assert_eq!(code, 422, "{url}: {err}");
         assert_eq!(err["error"], "invalid", "{url}: {err}");
         let detail = err["detail"].as_str().unwrap();
@@ -182,29 +179,24 @@ async fn the_admin_api_refuses_malformed_and_private_base_urls_with_422() {
             assert!(detail.contains("--allow-private-upstreams"), "{detail}");
         }
     }
-    let (_, list) = proxy.admin("GET", "/api/v1/providers", None).await;
+    let (_, list) = proxy.admin_get("/api/v1/providers").await;
     assert_eq!(list["items"], json!([]), "nothing was written");
 
     // PATCH is checked the same way and leaves the row as it was.
     let (code, _) = proxy
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/providers",
-            Some(json!({"name": "ok", "kind": "openai", "base_url": "https://api.example.com"})),
+            json!({"name": "ok", "kind": "openai", "base_url": "https://api.example.com"}),
         )
         .await;
     assert_eq!(code, 201);
     for url in PRIVATE {
         let (code, err) = proxy
-            .admin(
-                "PATCH",
-                "/api/v1/providers/ok",
-                Some(json!({"base_url": url})),
-            )
+            .admin_patch("/api/v1/providers/ok", json!({"base_url": url}))
             .await;
         assert_eq!(code, 422, "{url}: {err}");
     }
-    let (_, ok) = proxy.admin("GET", "/api/v1/providers/ok", None).await;
+    let (_, ok) = proxy.admin_get("/api/v1/providers/ok").await;
     assert_eq!(ok["base_url"], "https://api.example.com");
 
     // With the flag, exactly the allowed range is accepted.
@@ -224,28 +216,9 @@ async fn the_admin_api_refuses_malformed_and_private_base_urls_with_422() {
     .enumerate()
     {
         let body = json!({"name": format!("a{i}"), "kind": "openai", "base_url": url});
-        let (got, err) = allowed.admin("POST", "/api/v1/providers", Some(body)).await;
+        let (got, err) = allowed.admin_post("/api/v1/providers", body).await;
         assert_eq!(got, code, "{url}: {err}");
     }
-}
-
-fn create(name: &str, base_url: &str) -> Vec<String> {
-    [
-        "providers",
-        "create",
-        "--name",
-        name,
-        "--kind",
-        "openai",
-        "--base-url",
-        base_url,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 #[test]
@@ -253,7 +226,8 @@ fn the_cli_and_apply_refuse_private_base_urls_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for (i, url) in MALFORMED.iter().chain(PRIVATE).enumerate() {
-        let out = run(d, &strs(&create(&format!("p{i}"), url)), &[]);
+        let name = format!("p{i}");
+        let out = run(d, &create_provider(&name, "openai", url, &[]), &[]);
         assert_eq!(out.status.code(), Some(64), "{url}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains("error: base_url"), "{url}: {err}");
@@ -266,16 +240,15 @@ fn the_cli_and_apply_refuse_private_base_urls_unless_allowed() {
     assert_eq!(list.lines().count(), 1, "header only: {list}");
 
     // The flag (or its environment variable) allows exactly its ranges.
-    let mut meta = create("meta", "http://169.254.169.254");
-    meta.extend(["--allow-private-upstreams".into(), "169.254.0.0/16".into()]);
-    let out = run(d, &strs(&meta), &[]);
+    let allow_metadata = ["--allow-private-upstreams", "169.254.0.0/16"];
+    let meta = create_provider("meta", "openai", "http://169.254.169.254", &allow_metadata);
+    let out = run(d, &meta, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut wrong = create("loop", "https://127.0.0.1:8443");
-    wrong.extend(["--allow-private-upstreams".into(), "169.254.0.0/16".into()]);
-    assert_eq!(run(d, &strs(&wrong), &[]).status.code(), Some(64));
+    let wrong = create_provider("loop", "openai", "https://127.0.0.1:8443", &allow_metadata);
+    assert_eq!(run(d, &wrong, &[]).status.code(), Some(64));
     let out = run(
         d,
-        &strs(&create("loop", "https://127.0.0.1:8443")),
+        &create_provider("loop", "openai", "https://127.0.0.1:8443", &[]),
         &[("AIBRIDGE_ALLOW_PRIVATE_UPSTREAMS", "127.0.0.0/8")],
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -1,7 +1,7 @@
 //! Bounded resources: F22 a full record queue, F23 `EMFILE` on accept.
 
 use super::*;
-use crate::support::bin::Child;
+use crate::support::bin::{state_in, Child};
 use aibridge_proxy::store::{Interception, Store};
 
 // ---------------------------------------------------------------------------------------------
@@ -38,8 +38,7 @@ async fn f22_a_full_record_queue_counts_every_dropped_record() {
     let Some(db) = TestDb::postgres("faults_db::f22_record_overflow").await else {
         return;
     };
-    let (relay, relayed) = relay_for(&db).await;
-    let proxy = pg_proxy(&db.url, &relayed, |_| {}).await;
+    let (relay, proxy) = behind_relay(&db).await;
     relay.cut();
     // More records than the queue (plus the one batch the writer holds) can keep.
     let sent = QUEUE_CAPACITY + 1500;
@@ -149,7 +148,6 @@ async fn f23_emfile_on_accept_backs_off_without_spinning_and_recovers() {
     let (port, admin_port) = (free_port(), free_port());
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let path = |f: &str| dir.path().join(f).display().to_string();
     let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
@@ -157,13 +155,7 @@ async fn f23_emfile_on_accept_backs_off_without_spinning_and_recovers() {
         .arg(env!("CARGO_BIN_EXE_aibridge-proxy"))
         .args(["serve", "--listen", &addr.to_string()])
         .args(["--admin-listen", &admin.to_string(), "--database-url", &db])
-        .args([
-            "--ca-cert",
-            &path("ca.pem"),
-            "--ca-key",
-            &path("ca-key.pem"),
-        ])
-        .args(["--admin-token-file", &path("admin-token")])
+        .args(state_in(dir.path()))
         .args(["--allow-private-cidrs", "127.0.0.0/8"])
         .args(["--connect-ports", &format!("443,{echo}")])
         .stdout(std::process::Stdio::null())

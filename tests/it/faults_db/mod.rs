@@ -70,6 +70,28 @@ async fn pg_proxy(
     .await
 }
 
+/// [`pg_proxy`] on `db` through a fault relay (seeded directly), and the relay.
+async fn behind_relay(db: &TestDb) -> (Relay, Env) {
+    let (relay, relayed) = relay_for(db).await;
+    (relay, pg_proxy(&db.url, &relayed, |_| {}).await)
+}
+
+/// [`pg_proxy`] on `db` directly, once ready.
+async fn ready_on(db: &TestDb) -> Env {
+    let proxy = pg_proxy(&db.url, &db.url, |_| {}).await;
+    wait_ready(&proxy, 200).await;
+    proxy
+}
+
+/// The steady state a fault starts from: the proxy ready and a client whose first chat went
+/// through (returned, to keep its connection).
+async fn serving(proxy: &TestProxy) -> reqwest::Client {
+    let client = proxy.client(Http::Two);
+    assert_eq!(chat(&client).await, Ok(200));
+    wait_ready(proxy, 200).await;
+    client
+}
+
 /// `reloads_total{result}` now.
 async fn reloads(proxy: &TestProxy, result: &str) -> f64 {
     proxy

@@ -103,11 +103,7 @@ async fn f11_a_refusing_database_at_start_still_starts_not_ready() {
     assert!(took < Duration::from_secs(5), "start is bounded: {took:?}");
     let (status, body) = proxy.readyz().await;
     assert_eq!(status, 503, "{body}");
-    let healthz = plain_client()
-        .get(proxy.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let healthz = plain_client().get(proxy.admin_url("/healthz")).call().await;
     assert_eq!(healthz.status(), 200);
     let (status, _) =
         tunnel_echo(proxy.addr, &format!("127.0.0.1:{echo}"), &proxy.token, b"x").await;
@@ -115,20 +111,15 @@ async fn f11_a_refusing_database_at_start_still_starts_not_ready() {
     assert_eq!(status, 503, "token-auth CONNECT before the first load");
 }
 
-// ---------------------------------------------------------------------------------------------
-// F12: database down during reloads (reload.rs has the outage/convergence; this adds the
-// failed reloads in `reloads_total{result="error"}` and their backoff).
-
+/// F12: database down during reloads (reload.rs has the outage/convergence; this adds the
+/// failed reloads in `reloads_total{result="error"}` and their backoff).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f12_reloads_while_the_database_is_down_are_counted_and_backed_off() {
     let Some(db) = TestDb::postgres("faults_db::f12_reloads_counted").await else {
         return;
     };
-    let (relay, relayed) = relay_for(&db).await;
-    let proxy = pg_proxy(&db.url, &relayed, |_| {}).await;
-    let client = proxy.client(Http::Two);
-    assert_eq!(chat(&client).await, Ok(200));
-    wait_ready(&proxy, 200).await;
+    let (relay, proxy) = behind_relay(&db).await;
+    let client = serving(&proxy).await;
     let errors_before = reloads(&proxy, "error").await;
     let generation = proxy.generation();
     let traffic = Traffic::start(client.clone());
@@ -179,19 +170,14 @@ async fn f12_reloads_while_the_database_is_down_are_counted_and_backed_off() {
     direct.close().await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// F15: PostgreSQL restart / failover.
-
+/// F15: PostgreSQL restart / failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f15_a_postgres_restart_reconnects_pool_and_listener_and_applies_the_missed_change() {
     let Some(db) = TestDb::postgres("faults_db::f15_postgres_restart").await else {
         return;
     };
-    let (relay, relayed) = relay_for(&db).await;
-    let proxy = pg_proxy(&db.url, &relayed, |_| {}).await;
-    let client = proxy.client(Http::Two);
-    assert_eq!(chat(&client).await, Ok(200));
-    wait_ready(&proxy, 200).await;
+    let (relay, proxy) = behind_relay(&db).await;
+    let client = serving(&proxy).await;
     let traffic = Traffic::start(client.clone());
     for round in 0..2 {
         let accepted = relay.accepted();
@@ -248,10 +234,9 @@ async fn f15_a_postgres_restart_reconnects_pool_and_listener_and_applies_the_mis
         );
         // The pool works again: an admin write through this proxy lands.
         let (status, body) = proxy
-            .admin(
-                "PATCH",
+            .admin_patch(
                 "/api/v1/providers/openai",
-                Some(json!({"api_keys": [format!("sk-after-restart-{round}-0123456789")]})),
+                json!({"api_keys": [format!("sk-after-restart-{round}-0123456789")]}),
             )
             .await;
         assert_eq!(status, 200, "{body}");

@@ -2,15 +2,13 @@
 //! F18 a reload racing a stream, F19 bad rows.
 
 use super::*;
-use crate::support::db::{new_provider, writer};
+use crate::support::db::{new_provider, writer, BUMP_COUNTER};
 use crate::support::upstream::SSE_EVENTS;
 use aibridge_proxy::router::Snapshot;
 use serde_json::json;
 use std::sync::Mutex;
 
-// ---------------------------------------------------------------------------------------------
-// F13: database slow (a reload query hangs on a lock).
-
+/// F13: database slow (a reload query hangs on a lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f13_a_hung_reload_times_out_and_requests_do_not_wait() {
     let Some(db) = TestDb::postgres("faults_db::f13_hung_reload").await else {
@@ -106,16 +104,13 @@ async fn f13_a_hung_reload_times_out_and_requests_do_not_wait() {
     let _ = notifier.close().await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// F16: NOTIFY payload malformed or near the 8000-byte limit.
-
+/// F16: NOTIFY payload malformed or near the 8000-byte limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f16_malformed_and_near_limit_notify_payloads_still_reload() {
     let Some(db) = TestDb::postgres("faults_db::f16_notify_payloads").await else {
         return;
     };
-    let proxy = pg_proxy(&db.url, &db.url, |_| {}).await;
-    wait_ready(&proxy, 200).await;
+    let proxy = ready_on(&db).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let payloads: Vec<(&str, String)> = vec![
         ("ai_providers_changed", "{\"op\": \"upd".to_string()),
@@ -180,17 +175,14 @@ async fn f16_malformed_and_near_limit_notify_payloads_still_reload() {
     let _ = conn.close().await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// F17: reload storm (reload.rs counts coalesced reloads; this adds "generation strictly
-// increasing; no request fails" under NOTIFY bursts and admin writes in a loop).
-
+/// F17: reload storm (reload.rs counts coalesced reloads; this adds "generation strictly
+/// increasing; no request fails" under NOTIFY bursts and admin writes in a loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f17_a_reload_storm_keeps_generations_increasing_and_fails_no_request() {
     let Some(db) = TestDb::postgres("faults_db::f17_reload_storm").await else {
         return;
     };
-    let proxy = pg_proxy(&db.url, &db.url, |_| {}).await;
-    wait_ready(&proxy, 200).await;
+    let proxy = ready_on(&db).await;
     let client = proxy.client(Http::Two);
     assert_eq!(chat(&client).await, Ok(200));
     let traffic = Traffic::start(client.clone());
@@ -237,10 +229,9 @@ async fn f17_a_reload_storm_keeps_generations_increasing_and_fails_no_request() 
     let writes = 30;
     for i in 0..writes {
         let (status, body) = proxy
-            .admin(
-                "PATCH",
+            .admin_patch(
                 "/api/v1/providers/openai",
-                Some(json!({"api_keys": [format!("sk-storm-{i:04}-0123456789")]})),
+                json!({"api_keys": [format!("sk-storm-{i:04}-0123456789")]}),
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -275,10 +266,8 @@ async fn f17_a_reload_storm_keeps_generations_increasing_and_fails_no_request() 
     direct.close().await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// F18: reload racing a request (mitm.rs has the 502 on the next request; this adds the
-// in-flight request finishing on the snapshot it started with).
-
+/// F18: reload racing a request (mitm.rs has the 502 on the next request; this adds the
+/// in-flight request finishing on the snapshot it started with).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_removed() {
     let proxy = Env::with(|o| o.openai().deny_non_providers()).await;
@@ -286,26 +275,21 @@ async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_
     for http in [Http::One, Http::Two] {
         if http == Http::Two {
             let (status, body) = proxy
-                .admin(
-                    "POST",
+                .admin_post(
                     "/api/v1/providers",
-                    Some(json!({
+                    json!({
                         "name": "openai",
                         "kind": "openai",
                         "base_url": upstream.base_url(),
                         "intercept_hosts": ["api.openai.com"],
-                    })),
+                    }),
                 )
                 .await;
             assert_eq!(status, 201, "{body}");
         }
         let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
         let seen = upstream.seen().len();
-        let mut resp = client
-            .get("https://api.openai.com/v1/sse")
-            .send()
-            .await
-            .unwrap();
+        let mut resp = client.get("https://api.openai.com/v1/sse").call().await;
         assert_eq!(resp.status(), 200);
         let mut body = String::new();
         while !body.contains(SSE_EVENTS[0]) {
@@ -318,9 +302,7 @@ async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_
         }
         // The provider goes away while the stream is open.
         let generation = proxy.generation();
-        let (status, _) = proxy
-            .admin("DELETE", "/api/v1/providers/openai", None)
-            .await;
+        let (status, _) = proxy.admin_delete("/api/v1/providers/openai").await;
         assert_eq!(status, 204);
         proxy.wait_for_generation(generation).await;
         assert!(!proxy.routes("api.openai.com:443"));
@@ -334,8 +316,13 @@ async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_
         }
         assert_eq!(body, SSE_EVENTS.concat(), "{http:?}: the whole stream");
         assert!(!upstream.released_by_timeout());
+        // hyper's client hands an HTTP/1 connection back to its pool from a task of its own once
+        // the body has ended; give that task its turn, or the next request opens a connection of
+        // its own (whose CONNECT is refused: the provider is gone) and never reaches this one.
+        drop(resp);
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // The next request on that connection re-checks: 502 with a one-line reason.
-        let resp = client.post(CHAT).body("{}").send().await.unwrap();
+        let resp = client.post(CHAT).body("{}").call().await;
         assert_eq!(resp.status(), 502, "{http:?}");
         let reason = resp.text().await.unwrap();
         assert!(
@@ -346,10 +333,8 @@ async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// F19: one bad row (reload.rs covers an unparsable base_url; this adds IPv6 hosts: malformed,
-// refused by the upstream policy, and as an intercept host).
-
+/// F19: one bad row (reload.rs covers an unparsable base_url; this adds IPv6 hosts: malformed,
+/// refused by the upstream policy, and as an intercept host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f19_bad_ipv6_rows_are_excluded_alone_with_their_reason() {
     let proxy = Env::with(|o| o.openai().deny_non_providers()).await;
@@ -384,10 +369,7 @@ async fn f19_bad_ipv6_rows_are_excluded_alone_with_their_reason() {
         .await
         .unwrap();
     }
-    sqlx::query("UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(BUMP_COUNTER).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     pool.close().await;
     for i in 0..bad.len() {
@@ -396,9 +378,7 @@ async fn f19_bad_ipv6_rows_are_excluded_alone_with_their_reason() {
             .await;
     }
     for (name, column, value) in bad {
-        let (status, body) = proxy
-            .admin("GET", &format!("/api/v1/providers/{name}"), None)
-            .await;
+        let (status, body) = proxy.admin_get(&format!("/api/v1/providers/{name}")).await;
         assert_eq!(status, 200, "{body}");
         println!(
             "FIGURE F19: {column} {value:?} → {} {}",
@@ -410,7 +390,7 @@ async fn f19_bad_ipv6_rows_are_excluded_alone_with_their_reason() {
             "{name}: the reason is shown: {body}"
         );
     }
-    let (_, good) = proxy.admin("GET", "/api/v1/providers/openai", None).await;
+    let (_, good) = proxy.admin_get("/api/v1/providers/openai").await;
     assert_eq!(good["status"], "enabled", "{good}");
     let client = proxy.client(Http::Two);
     assert_eq!(chat(&client).await, Ok(200), "the good row still routes");

@@ -42,6 +42,24 @@ impl Drop for EndReport {
     }
 }
 
+/// The next upload the upstream saw end is `path`'s, and it ended uncompleted after at least
+/// `sent` bytes.
+async fn ended_uncompleted(
+    ends: &mut tokio::sync::mpsc::UnboundedReceiver<(String, BodyEnd)>,
+    path: &str,
+    sent: usize,
+) {
+    let (got, end) = tokio::time::timeout(WAIT, ends.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, path);
+    assert!(
+        matches!(end, BodyEnd::Failed(n) | BodyEnd::Dropped(n) if n >= sent),
+        "the upstream sees its request end uncompleted: {end:?}"
+    );
+}
+
 /// F10: the client goes away in the middle of its upload (HTTP/1: the connection closes;
 /// HTTP/2: the stream fails). A streamed upload is cancelled upstream too; a buffered model
 /// request never reaches it. Exactly one record each, and nothing stays in flight.
@@ -96,15 +114,7 @@ async fn f10_client_leaving_mid_upload_cancels_upstream_and_records_once() {
     })
     .await;
     drop(tls);
-    let (path, end) = tokio::time::timeout(WAIT, ends.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(path, "/v1/files/h1");
-    assert!(
-        matches!(end, BodyEnd::Failed(n) | BodyEnd::Dropped(n) if n >= SENT),
-        "the upstream sees its request end uncompleted: {end:?}"
-    );
+    ended_uncompleted(&mut ends, "/v1/files/h1", SENT).await;
 
     // HTTP/2, streamed path: the client's body fails, its stream is reset.
     received.store(0, std::sync::atomic::Ordering::SeqCst);
@@ -136,15 +146,7 @@ async fn f10_client_leaving_mid_upload_cancels_upstream_and_records_once() {
         "the client's own upload failed"
     );
     drop(client);
-    let (path, end) = tokio::time::timeout(WAIT, ends.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(path, "/v1/files/h2");
-    assert!(
-        matches!(end, BodyEnd::Failed(n) | BodyEnd::Dropped(n) if n >= SENT),
-        "the upstream sees its request end uncompleted: {end:?}"
-    );
+    ended_uncompleted(&mut ends, "/v1/files/h2", SENT).await;
 
     // HTTP/1, model request (read whole for the policy): nothing reaches the upstream.
     let mut tls = proxy.intercepted().await;
@@ -220,7 +222,7 @@ async fn f20_full_cert_cache_evicts_and_keeps_serving() {
             MESSAGES
         };
         async move {
-            let resp = client.post(url).body("{}").send().await.unwrap();
+            let resp = client.post(url).body("{}").call().await;
             assert_eq!(resp.status(), 200, "{host}");
             resp.text().await.unwrap();
         }

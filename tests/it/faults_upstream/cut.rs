@@ -4,7 +4,7 @@
 use super::*;
 use crate::support::relay::{Fault, Relay};
 use crate::support::scripted::{RawUpstream, Reply, Then};
-use crate::support::upstream::CHAT_JSON;
+use crate::support::upstream::{paced_transcript, CHAT_JSON};
 
 /// The Anthropic stream's first two events: input, cache and 10 output tokens so far.
 const MESSAGES_SSE_HEAD: [&str; 2] = [
@@ -56,7 +56,7 @@ async fn f3_reset_mid_body_truncates_and_keeps_partial_usage() {
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
         for (url, body, partial) in cases {
-            let mut resp = client.post(url).body(body).send().await.unwrap();
+            let mut resp = client.post(url).body(body).call().await;
             assert_eq!(resp.status(), 200, "{http:?} {url}");
             let id = request_id(&resp);
             // Everything the upstream sent arrives before the reset...
@@ -100,25 +100,9 @@ async fn f3_reset_mid_body_truncates_and_keeps_partial_usage() {
         }
     }
     for name in ["openai", "anthropic"] {
-        proxy
-            .wait_metric(
-                UPSTREAM_ERRORS,
-                &[("provider", name), ("reason", "upstream_reset")],
-                2.0,
-            )
-            .await;
+        wait_upstream_errors(&proxy, name, "upstream_reset", 2.0).await;
     }
     assert_eq!(upstream.heads().len(), 4, "nothing retried");
-}
-
-/// A paced chat stream from the mock upstream (`x-mock-events`), as its bytes would arrive.
-fn paced_body(events: usize) -> String {
-    let mut out = String::new();
-    for i in 0..events {
-        out.push_str(&format!("data: {{\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n"));
-    }
-    out.push_str("data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n");
-    out
 }
 
 /// F3 swept over byte offsets: the relay between proxy and upstream cuts each connection after
@@ -134,19 +118,13 @@ async fn cut_at_every_offset(fault: Fault) {
         .openai_at(format!("https://{LOCALHOST}:{}", relay.addr.port()))
         .start()
         .await;
-    let full = paced_body(EVENTS);
+    let full = paced_transcript(EVENTS);
     const REQUESTS: usize = 24;
     let (mut failed, mut truncated, mut complete, mut headless) = (0, 0, 0, 0);
     for i in 0..REQUESTS {
         let http = if i % 2 == 0 { Http::One } else { Http::Two };
         let client = proxy.client(http);
-        let sent = client
-            .post(CHAT)
-            .header("x-mock-events", EVENTS.to_string())
-            .header("x-mock-gap-ms", "1")
-            .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
-            .send()
-            .await;
+        let sent = paced_chat(&client, EVENTS, 1).send().await;
         // The upstream's head and its failure arrived together: the answer is aborted before
         // its head reached the client (h2: RST_STREAM; HTTP/1: the connection closes). Its
         // record is checked with the others' below.

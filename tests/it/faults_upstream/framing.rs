@@ -188,9 +188,8 @@ async fn f6_pooled_connection_closed_by_the_peer_is_replaced() {
             let resp = client
                 .post(CHAT)
                 .body(format!(r#"{{"model":"gpt-4o-mini","n":{i}}}"#))
-                .send()
-                .await
-                .unwrap();
+                .call()
+                .await;
             sent += 1;
             assert_eq!(resp.status(), 200, "{http:?} #{i}");
             assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
@@ -238,10 +237,10 @@ async fn f6_request_sent_on_a_connection_then_closed_is_not_retried() {
     let client = proxy.client(Http::One);
     let url = "https://api.openai.com/v1/chat/completions";
     let body = r#"{"model":"gpt-4o-mini"}"#;
-    let first = client.post(url).body(body).send().await.unwrap();
+    let first = client.post(url).body(body).call().await;
     assert_eq!(first.status(), 200);
     first.text().await.unwrap();
-    let second = client.post(url).body(body).send().await.unwrap();
+    let second = client.post(url).body(body).call().await;
     assert_eq!(second.status(), 502, "sent once, never re-sent");
     let r = proxy.row(&request_id(&second)).await;
     assert_eq!(r.error.as_deref(), Some("upstream_error"));
@@ -250,7 +249,7 @@ async fn f6_request_sent_on_a_connection_then_closed_is_not_retried() {
         2,
         "the upstream saw the request exactly once"
     );
-    let third = client.post(url).body(body).send().await.unwrap();
+    let third = client.post(url).body(body).call().await;
     assert_eq!(third.status(), 200);
     assert_eq!((upstream.heads().len(), upstream.connections()), (3, 2));
 }
@@ -296,9 +295,8 @@ async fn f7_goaway_lets_streams_finish_and_moves_new_requests() {
     let mut slow = streaming
         .post("https://api.openai.com/v1/slow")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(slow.status(), 200);
     let first = tokio::time::timeout(WAIT, slow.chunk())
         .await
@@ -311,12 +309,7 @@ async fn f7_goaway_lets_streams_finish_and_moves_new_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
-        let resp = client
-            .post(CHAT)
-            .body(r#"{"model":"gpt-4o-mini"}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(CHAT).body(MINI).call().await;
         assert_eq!(resp.status(), 200, "{http:?}: a request after GOAWAY");
         assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
     }

@@ -19,6 +19,8 @@ const GENERIC_UNREACHABLE: &str = "the provider's upstream could not be reached\
 const GENERIC_FAILED: &str = "the request could not be forwarded to the provider\n";
 const UPSTREAM_ERRORS: &str = "aibridge_proxy_upstream_errors_total";
 const LOCALHOST: &str = "127.0.0.1";
+/// A chat request body naming its model.
+const MINI: &str = r#"{"model":"gpt-4o-mini"}"#;
 
 fn loopback() -> IpAddr {
     LOCALHOST.parse().unwrap()
@@ -68,4 +70,10 @@ fn upstream_fault_series(text: &str) -> Vec<String> {
 /// One chunk of a chunked body.
 fn chunk(data: &str) -> String {
     format!("{:x}\r\n{data}\r\n", data.len())
+}
+
+/// Wait until `upstream_errors_total{provider, reason}` reaches `want`.
+async fn wait_upstream_errors(proxy: &TestProxy, provider: &str, reason: &str, want: f64) {
+    let labels = [("provider", provider), ("reason", reason)];
+    proxy.wait_metric(UPSTREAM_ERRORS, &labels, want).await;
 }

@@ -12,12 +12,7 @@ async fn f1_refused_connection_is_recorded_as_connect_refused() {
     let proxy = Env::with(|o| o.openai_at(format!("https://{LOCALHOST}:{port}"))).await;
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
-        let resp = client
-            .post(CHAT)
-            .body(r#"{"model":"gpt-4o-mini"}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = client.post(CHAT).body(MINI).call().await;
         assert_eq!(resp.status(), 502, "{http:?}");
         let id = request_id(&resp);
         let body = resp.text().await.unwrap();
@@ -31,13 +26,7 @@ async fn f1_refused_connection_is_recorded_as_connect_refused() {
         );
         assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
     }
-    proxy
-        .wait_metric(
-            UPSTREAM_ERRORS,
-            &[("provider", "openai"), ("reason", "connect_refused")],
-            2.0,
-        )
-        .await;
+    wait_upstream_errors(&proxy, "openai", "connect_refused", 2.0).await;
     assert_eq!(proxy.rows().await.len(), 2, "one record per request");
 }
 
@@ -77,15 +66,10 @@ async fn f2_invalid_upstream_tls_is_refused_and_never_retried_unverified() {
     let url = |host: &str| format!("https://{host}/v1/chat/completions");
     for http in [Http::One, Http::Two] {
         let client = proxy.client(http);
-        let ok = client
-            .post(url("good.example"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let ok = client.post(url("good.example")).body("{}").call().await;
         assert_eq!(ok.status(), 200, "{http:?}: control");
         for host in ["wrongca.example", "wrongname.example", "expired.example"] {
-            let resp = client.post(url(host)).body("{}").send().await.unwrap();
+            let resp = client.post(url(host)).body("{}").call().await;
             assert_eq!(resp.status(), 502, "{http:?} {host}");
             let id = request_id(&resp);
             assert_eq!(resp.text().await.unwrap(), GENERIC_UNREACHABLE, "{host}");
@@ -107,13 +91,7 @@ async fn f2_invalid_upstream_tls_is_refused_and_never_retried_unverified() {
             upstream.seen().is_empty(),
             "{name}: no request may reach an upstream that failed verification"
         );
-        proxy
-            .wait_metric(
-                UPSTREAM_ERRORS,
-                &[("provider", name), ("reason", "tls")],
-                2.0,
-            )
-            .await;
+        wait_upstream_errors(&proxy, name, "tls", 2.0).await;
     }
 }
 
@@ -143,16 +121,14 @@ async fn f8_unresolvable_upstream_name_gives_502_dns() {
     let ok = client
         .post("https://named.example/v1/chat/completions")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(ok.status(), 200, "control: a name that resolves");
     let resp = client
         .post("https://nowhere.example/v1/chat/completions")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 502);
     let id = request_id(&resp);
     let body = resp.text().await.unwrap();
@@ -160,11 +136,5 @@ async fn f8_unresolvable_upstream_name_gives_502_dns() {
     assert!(!body.contains("nxdomain"));
     let r = proxy.row(&id).await;
     assert_eq!((r.status, r.error.as_deref()), (502, Some("dns")));
-    proxy
-        .wait_metric(
-            UPSTREAM_ERRORS,
-            &[("provider", "nowhere"), ("reason", "dns")],
-            1.0,
-        )
-        .await;
+    wait_upstream_errors(&proxy, "nowhere", "dns", 1.0).await;
 }

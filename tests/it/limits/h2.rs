@@ -135,14 +135,7 @@ async fn d6_rapid_reset_gets_goaway_and_costs_little() {
         out
     };
     let started = Instant::now();
-    let (
-        Flood {
-            gone,
-            sent,
-            replies,
-        },
-        slowest,
-    ) = victim_while(
+    let (flooded, slowest) = victim_while(
         &env,
         flood(
             h2,
@@ -153,6 +146,7 @@ async fn d6_rapid_reset_gets_goaway_and_costs_little() {
         ),
     )
     .await;
+    let (gone, sent, replies) = (flooded.gone, flooded.sent, flooded.replies);
     let took = started.elapsed();
     let upstream_gets = env
         .upstream
@@ -277,18 +271,12 @@ async fn d8_continuation_flood_closes_the_connection() {
         }
     };
     let batches = 64 * 1024 * 1024 / block.len();
-    let (
-        Flood {
-            gone,
-            sent,
-            replies,
-        },
-        slowest,
-    ) = victim_while(
+    let (flooded, slowest) = victim_while(
         &env,
         flood(h2, batches, batch, Duration::ZERO, Duration::from_secs(3)),
     )
     .await;
+    let (gone, sent, replies) = (flooded.gone, flooded.sent, flooded.replies);
     println!(
         "D8 CONTINUATION: {gone:?} after {sent} frames (~{} KiB) written, {replies} read; victim slowest {slowest:?}",
         sent * block.len() / 1024
@@ -321,14 +309,7 @@ async fn d8_settings_and_ping_floods_are_bounded() {
         let h2 = open_h2(&env).await;
         let batch = |_| one.repeat(PER_BATCH);
         let started = Instant::now();
-        let (
-            Flood {
-                gone,
-                sent,
-                replies,
-            },
-            slowest,
-        ) = victim_while(
+        let (flooded, slowest) = victim_while(
             &env,
             flood(
                 h2,
@@ -339,6 +320,7 @@ async fn d8_settings_and_ping_floods_are_bounded() {
             ),
         )
         .await;
+        let (gone, sent, replies) = (flooded.gone, flooded.sent, flooded.replies);
         println!(
             "D8 {name} flood: {gone:?}, {} of {FRAMES} frames written, {replies} read, {:?}; victim slowest {slowest:?}",
             sent * PER_BATCH,

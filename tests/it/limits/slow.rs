@@ -133,27 +133,31 @@ async fn d2_slow_tls_handshakes_are_cut_at_the_handshake_timeout() {
 
 // === D3 slow body ===
 
+/// Send `request` (a head and part of its body) on an intercepted HTTP/1.1 connection, then
+/// nothing: the answer (or the close) and how long it took.
+async fn stalled_body(env: &Env, request: String) -> (raw::Answer, Duration) {
+    let mut tls = intercepted(env, &[b"http/1.1"]).await;
+    let started = Instant::now();
+    raw::send(&mut tls, request.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(LIMIT + MARGIN, raw::read_response(&mut tls))
+        .await
+        .expect("an answer or a close in time");
+    (answer, started.elapsed())
+}
+
 /// D3: a model-call POST (`/v1/chat/completions`, whose body the proxy reads for the model
 /// policy) whose body stalls longer than `--idle-timeout` is answered `408`, over HTTP/1.1; the
 /// upstream sees nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d3_a_stalled_model_call_body_gets_408_over_http1() {
     let env = start(|c| c.proxy.idle_timeout = LIMIT).await;
-    let mut tls = intercepted(&env, &[b"http/1.1"]).await;
-    let started = Instant::now();
-    raw::send(
-        &mut tls,
+    let (answer, took) = stalled_body(
+        &env,
         format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"model\":\"gpt-4o-mini\","
-        )
-        .as_bytes(),
+        ),
     )
-    .await
-    .unwrap();
-    let answer = tokio::time::timeout(LIMIT + MARGIN, raw::read_response(&mut tls))
-        .await
-        .expect("an answer in time");
-    let took = started.elapsed();
+    .await;
     println!("D3 h1 model call: {} after {took:?}", answer.status);
     assert_eq!(answer.status, 408, "{answer:?}");
     assert!(took >= LIMIT * 9 / 10, "408 before the limit: {took:?}");
@@ -197,19 +201,8 @@ async fn d3_a_stalled_model_call_body_gets_408_over_h2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d3_a_stalled_streamed_body_cancels_the_upstream_request() {
     let env = start(|c| c.proxy.idle_timeout = LIMIT).await;
-    let mut tls = intercepted(&env, &[b"http/1.1"]).await;
-    let started = Instant::now();
-    raw::send(
-        &mut tls,
-        format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 200\r\n\r\npartial")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let answer = tokio::time::timeout(LIMIT + MARGIN, raw::read_response(&mut tls))
-        .await
-        .expect("an answer or a close in time");
-    let took = started.elapsed();
+    let head = format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 200\r\n\r\n");
+    let (answer, took) = stalled_body(&env, head + "partial").await;
     println!(
         "D3 streamed body: status {} after {took:?} (upstream saw {:?})",
         answer.status,

@@ -16,23 +16,14 @@ async fn encrypted_rows_hold_no_key_bytes(db: &TestDb) {
         shared,
     ];
     store
-        .create_provider(provider(
-            "openai",
-            ProviderKind::Openai,
-            "api.openai.com",
+        .create_provider(openai_row(
             "https://api.openai.com",
             &[keys[0], keys[1], shared],
         ))
         .await
         .unwrap();
     store
-        .create_provider(provider(
-            "anthropic",
-            ProviderKind::Anthropic,
-            "api.anthropic.com",
-            "https://api.anthropic.com",
-            &[shared],
-        ))
+        .create_provider(anthropic_row("https://api.anthropic.com", &[shared]))
         .await
         .unwrap();
     store
@@ -200,24 +191,15 @@ async fn swapped_ciphertext_excludes_only_its_provider(db: &TestDb) {
     let (status, _, masked) = provider_status(&proxy, "local").await;
     assert_eq!(status, "enabled");
     assert_eq!(masked, vec!["sk-...3333"]);
-    let (_, router) = proxy.admin("GET", "/api/v1/router", None).await;
+    let (_, router) = proxy.admin_get("/api/v1/router").await;
     assert!(!router.to_string().contains("enc:v1"));
 
     // The untouched provider serves with its own key; the swapped ones are not intercepted.
-    let (code, body) = post(&proxy, "https://llm.local.test/v1/chat/completions")
-        .await
-        .unwrap();
-    assert_eq!((code, body.as_str()), (200, CHAT_JSON));
-    assert_eq!(
-        upstream.seen().last().unwrap().headers["authorization"],
-        "Bearer sk-local-key-333333333"
-    );
-    assert!(post(&proxy, "https://api.openai.com/v1/chat/completions")
-        .await
-        .is_none());
-    assert!(post(&proxy, "https://api.anthropic.com/v1/messages")
-        .await
-        .is_none());
+    let local = "https://llm.local.test/v1/chat/completions";
+    let local_key = ("authorization", "Bearer sk-local-key-333333333");
+    served_with(&proxy, local, CHAT_JSON, local_key).await;
+    assert!(post(&proxy, CHAT).await.is_none());
+    assert!(post(&proxy, MESSAGES).await.is_none());
     assert_eq!(
         upstream.seen().len(),
         1,

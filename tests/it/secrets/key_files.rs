@@ -10,33 +10,12 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     let setup = setup_on(db).await;
     let base = setup.upstream().base_url();
     // One key in clear (written without a key file), one under key A.
-    let clear = store_under(&db.url, None).await;
-    clear
-        .create_provider(provider(
-            "anthropic",
-            ProviderKind::Anthropic,
-            "api.anthropic.com",
-            &base,
-            &["sk-ant-clear-key-0123456789"],
-        ))
-        .await
-        .unwrap();
-    clear.close().await;
-    let under_a = store_under(&db.url, Some(&key_a)).await;
-    under_a
-        .create_provider(provider(
-            "openai",
-            ProviderKind::Openai,
-            "api.openai.com",
-            &base,
-            &["sk-openai-under-a-0123456789"],
-        ))
-        .await
-        .unwrap();
-    under_a.close().await;
+    let clear_row = anthropic_row(&base, &["sk-ant-clear-key-0123456789"]);
+    write_row(&db.url, None, clear_row).await;
+    let row_under_a = openai_row(&base, &["sk-openai-under-a-0123456789"]);
+    write_row(&db.url, Some(&key_a), row_under_a).await;
 
     let wrong = setup.secrets_key(key_b.clone()).start().await;
-    let upstream = &wrong.upstream;
     let (status, warnings, _) = provider_status(&wrong, "openai").await;
     assert_eq!(status, "error");
     assert!(
@@ -48,23 +27,14 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
         (status.as_str(), masked),
         ("enabled", vec!["sk-...6789".to_string()])
     );
-    let (code, body) = post(&wrong, "https://api.anthropic.com/v1/messages")
-        .await
-        .unwrap();
-    assert_eq!((code, body.as_str()), (200, MESSAGES_JSON));
-    assert_eq!(
-        upstream.seen().last().unwrap().headers["x-api-key"],
-        "sk-ant-clear-key-0123456789"
-    );
-    assert!(post(&wrong, "https://api.openai.com/v1/chat/completions")
-        .await
-        .is_none());
+    let clear_key = ("x-api-key", "sk-ant-clear-key-0123456789");
+    served_with(&wrong, MESSAGES, MESSAGES_JSON, clear_key).await;
+    assert!(post(&wrong, CHAT).await.is_none());
     // Its writes are sealed under B, next to A's and the clear one.
     let (code, _) = wrong
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/providers/anthropic/keys",
-            Some(json!({"api_key": "sk-ant-second-key-0123456789"})),
+            json!({"api_key": "sk-ant-second-key-0123456789"}),
         )
         .await;
     assert_eq!(code, 201);
@@ -83,10 +53,9 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     assert_eq!(status, "error", "its second key is under B: {warnings}");
     // Without a key file nothing is written in clear next to encrypted keys.
     let (code, body) = missing
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/providers/anthropic/keys",
-            Some(json!({"api_key": "sk-ant-would-be-clear-012345"})),
+            json!({"api_key": "sk-ant-would-be-clear-012345"}),
         )
         .await;
     assert_eq!(code, 409, "{body}");
@@ -108,29 +77,10 @@ async fn rotation_under_a_running_proxy(db: &TestDb) {
     let setup = setup_on(db).await;
     let base = setup.upstream().base_url();
     let (openai_key, anthropic_key) = ("sk-openai-rotated-0123456789", "sk-ant-rotated-0123456789");
-    let clear = store_under(&db.url, None).await;
-    clear
-        .create_provider(provider(
-            "openai",
-            ProviderKind::Openai,
-            "api.openai.com",
-            &base,
-            &[openai_key],
-        ))
-        .await
-        .unwrap();
-    clear.close().await;
+    write_row(&db.url, None, openai_row(&base, &[openai_key])).await;
     let old_store = store_under(&db.url, Some(&old_path)).await;
-    old_store
-        .create_provider(provider(
-            "anthropic",
-            ProviderKind::Anthropic,
-            "api.anthropic.com",
-            &base,
-            &[anthropic_key],
-        ))
-        .await
-        .unwrap();
+    let row = anthropic_row(&base, &[anthropic_key]);
+    old_store.create_provider(row).await.unwrap();
 
     // Step 2 of a rotation: the proxy holds the new key and, read-only, the old one.
     let proxy = setup
@@ -239,18 +189,14 @@ async fn rotation_under_a_running_proxy(db: &TestDb) {
 
     // A key nobody can read stops the whole rotation: nothing is rewritten or published.
     let (stray_path, stray) = new_key_file(dir.path(), "stray.key");
-    let stray_store = store_under(&db.url, Some(&stray_path)).await;
-    stray_store
-        .create_provider(provider(
-            "stray",
-            ProviderKind::Openai,
-            "stray.test",
-            &base,
-            &["sk-stray-0123456789"],
-        ))
-        .await
-        .unwrap();
-    stray_store.close().await;
+    let stray_row = provider(
+        "stray",
+        ProviderKind::Openai,
+        "stray.test",
+        &base,
+        &["sk-stray-0123456789"],
+    );
+    write_row(&db.url, Some(&stray_path), stray_row).await;
     let before = raw_keys(&db.url).await;
     let counter = new_store.change_counter().await.unwrap();
     let err = new_store.rotate_keys(None).await.unwrap_err();

@@ -162,9 +162,8 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
             .post(url)
             .header("authorization", "Bearer sk-agent-own-credential")
             .body(body)
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         request_ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
         let (code, _) = capture.take(what, resp).await;
         assert_eq!(code, expected, "{what}");
@@ -180,11 +179,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
     );
     let wrong_token = "abp_wrong_token_value_0123456789";
     let wrong = agent_client(proxy_addr, wrong_token, &[&ca_pem], Http::One);
-    let refused = wrong
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap_err();
+    let refused = wrong.get(MODELS).send().await.unwrap_err();
     capture
         .0
         .push_str(&format!("== wrong token: {refused:?}\n"));
@@ -231,9 +226,8 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
     let unauthorized = admin
         .get(format!("{admin_base}/api/v1/providers"))
         .bearer_auth(format!("{admin_token}x"))
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(capture.take("unauthorized", unauthorized).await.0, 401);
 
     // Every read view.

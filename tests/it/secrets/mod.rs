@@ -141,6 +141,38 @@ fn provider(
     }
 }
 
+/// `openai` intercepting api.openai.com, sent to `base_url` with `keys`.
+fn openai_row(base_url: &str, keys: &[&str]) -> NewProvider {
+    provider(
+        "openai",
+        ProviderKind::Openai,
+        "api.openai.com",
+        base_url,
+        keys,
+    )
+}
+
+/// `anthropic` intercepting api.anthropic.com, sent to `base_url` with `keys`.
+fn anthropic_row(base_url: &str, keys: &[&str]) -> NewProvider {
+    let host = "api.anthropic.com";
+    provider("anthropic", ProviderKind::Anthropic, host, base_url, keys)
+}
+
+/// Write `row` through a store sealing under `key` (in clear without one), as another process.
+async fn write_row(url: &str, key: Option<&Path>, row: NewProvider) {
+    let store = store_under(url, key).await;
+    store.create_provider(row).await.unwrap();
+    store.close().await;
+}
+
+/// A POST to `url` through `proxy` answers 200 with `body`, and the upstream got `header: value`.
+async fn served_with(proxy: &Env, url: &str, body: &str, (header, value): (&str, &str)) {
+    let (code, got) = post(proxy, url).await.unwrap();
+    assert_eq!((code, got.as_str()), (200, body), "{url}");
+    let seen = proxy.upstream.seen();
+    assert_eq!(seen.last().unwrap().headers[header], value, "{url}");
+}
+
 fn clear_keys(p: &aibridge_proxy::store::Provider) -> Vec<String> {
     p.keys
         .iter()
@@ -163,7 +195,7 @@ async fn post(proxy: &TestProxy, url: &str) -> Option<(u16, String)> {
 
 /// `(status, warnings)` of provider `name` in `GET /api/v1/providers`, and its masked keys.
 async fn provider_status(proxy: &TestProxy, name: &str) -> (String, String, Vec<String>) {
-    let (code, body) = proxy.admin("GET", "/api/v1/providers", None).await;
+    let (code, body) = proxy.admin_get("/api/v1/providers").await;
     assert_eq!(code, 200);
     let p = body["items"]
         .as_array()

@@ -37,6 +37,41 @@ pub fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// `providers create --name NAME --kind KIND --base-url URL`, then `more`.
+pub fn create_provider<'a>(
+    name: &'a str,
+    kind: &'a str,
+    base_url: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "providers",
+        "create",
+        "--name",
+        name,
+        "--kind",
+        kind,
+        "--base-url",
+        base_url,
+    ];
+    args.extend(more);
+    args
+}
+
+/// `--ca-cert`, `--ca-key` and `--admin-token-file` inside `dir`: a `serve` that keeps its
+/// state there.
+pub fn state_in(dir: &Path) -> Vec<String> {
+    let path = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--ca-cert".into(),
+        path("ca.pem"),
+        "--ca-key".into(),
+        path("ca-key.pem"),
+        "--admin-token-file".into(),
+        path("admin-token"),
+    ]
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

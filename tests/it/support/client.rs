@@ -2,12 +2,25 @@
 //! proxy's CA — and, for tunnel tests, the upstream's) and a plain one for the admin listener.
 
 use super::tls::client_config;
+use std::future::Future;
 use std::net::SocketAddr;
 
 /// The chat completions URL an OpenAI SDK calls.
 pub const CHAT: &str = "https://api.openai.com/v1/chat/completions";
+/// The model list an OpenAI SDK fetches (the mock upstream answers 404).
+pub const MODELS: &str = "https://api.openai.com/v1/models";
 /// The messages URL an Anthropic SDK calls.
 pub const MESSAGES: &str = "https://api.anthropic.com/v1/messages";
+
+/// A streamed chat the mock upstream paces: `events` deltas `gap_ms` apart, then usage and
+/// `[DONE]` (see [`super::upstream::paced_transcript`]).
+pub fn paced_chat(client: &reqwest::Client, events: usize, gap_ms: u64) -> reqwest::RequestBuilder {
+    client
+        .post(CHAT)
+        .header("x-mock-events", events.to_string())
+        .header("x-mock-gap-ms", gap_ms.to_string())
+        .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Http {
@@ -48,4 +61,15 @@ pub fn plain_client() -> reqwest::Client {
         .use_preconfigured_tls(client_config(&[], &[]))
         .build()
         .unwrap()
+}
+
+/// Send a request whose answer the test needs: a transport error fails the test there.
+pub trait Call {
+    fn call(self) -> impl Future<Output = reqwest::Response> + Send;
+}
+
+impl Call for reqwest::RequestBuilder {
+    async fn call(self) -> reqwest::Response {
+        self.send().await.unwrap()
+    }
 }

@@ -10,6 +10,9 @@ use aibridge_proxy::provider::ProviderKind;
 use aibridge_proxy::store::{NewProvider, Store};
 use sqlx::Connection;
 
+/// A change no write path announces: the counter moves, as a commit of another process does.
+pub const BUMP_COUNTER: &str = "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1";
+
 /// The store on `url`, writing under the loopback upstream policy the mock upstreams need.
 pub async fn writer(url: &str) -> Store {
     Store::connect(url)

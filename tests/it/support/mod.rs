@@ -12,6 +12,7 @@ pub mod bin;
 pub mod client;
 pub mod db;
 pub mod env;
+pub mod fuzz;
 pub mod h2raw;
 pub mod net;
 pub mod observe;
@@ -24,7 +25,7 @@ pub mod scripted;
 pub mod tls;
 pub mod upstream;
 
-pub use client::{agent_client, plain_client, Http, CHAT, MESSAGES};
+pub use client::{agent_client, paced_chat, plain_client, Call, Http, CHAT, MESSAGES, MODELS};
 pub(crate) use db::both_backends;
 pub use env::{Env, Setup};
 pub use net::{echo_server, free_port};

@@ -1,10 +1,11 @@
 //! What a test asks a running proxy: its agent clients, its admin API, its `/metrics`, its
 //! interception records and its router. Each wait here is bounded by [`WAIT`].
 
-use super::client::{agent_client, plain_client, Http, CHAT};
+use super::client::{agent_client, plain_client, Call, Http, CHAT};
 use super::proxy::TestProxy;
 use super::{eventually, raw, WAIT};
 use aibridge_proxy::store::Interception;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// A client's TLS session through the proxy.
@@ -24,7 +25,7 @@ impl TestProxy {
     /// `POST /v1/chat/completions` with `{}` to api.openai.com on a fresh HTTP/2 client.
     pub async fn chat(&self) -> reqwest::Response {
         let client = self.client(Http::Two);
-        client.post(CHAT).body("{}").send().await.unwrap()
+        client.post(CHAT).body("{}").call().await
     }
 
     /// `CONNECT target` with this proxy's token, then TLS with `sni` trusting its CA (ALPN
@@ -51,12 +52,7 @@ impl TestProxy {
     }
 
     /// Call the admin API: `(status, JSON body or Null)`.
-    pub async fn admin(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = plain_client()
             .request(method.parse().unwrap(), self.admin_url(path))
             .bearer_auth(&self.admin_token);
@@ -65,13 +61,35 @@ impl TestProxy {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let resp = req.send().await.unwrap();
+        let resp = req.call().await;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET` on the admin API.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.admin("GET", path, None).await
+    }
+
+    /// `POST` `body` to the admin API.
+    pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin("POST", path, Some(body)).await
+    }
+
+    /// `PATCH` `body` on the admin API.
+    pub async fn admin_patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin("PATCH", path, Some(body)).await
+    }
+
+    /// `PUT` `body` on the admin API.
+    pub async fn admin_put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.admin("PUT", path, Some(body)).await
+    }
+
+    /// `DELETE` on the admin API.
+    pub async fn admin_delete(&self, path: &str) -> (u16, Value) {
+        self.admin("DELETE", path, None).await
     }
 
     /// The `/metrics` text.
@@ -79,9 +97,8 @@ impl TestProxy {
         let resp = plain_client()
             .get(self.admin_url("/metrics"))
             .bearer_auth(&self.admin_token)
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         assert_eq!(resp.status(), 200);
         resp.text().await.unwrap()
     }
@@ -106,7 +123,7 @@ impl TestProxy {
     }
 
     /// `(status, body)` of `GET /readyz`.
-    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+    pub async fn readyz(&self) -> (u16, Value) {
         self.admin("GET", "/readyz", None).await
     }
 
