@@ -112,13 +112,9 @@ async fn crud_reroutes(db: &TestDb) {
         upstream.seen().last().unwrap().headers["x-api-key"],
         "sk-ant-admin-0123456789"
     );
-    let (status, dup) = proxy
-        .admin_post(
-            "/api/v1/providers",
-            json!({"name": "copycat", "kind": "openai", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["api.anthropic.com"]}),
-        )
-        .await;
+    let copycat = json!({"name": "copycat", "kind": "openai", "base_url": upstream.base_url(),
+                         "intercept_hosts": ["api.anthropic.com"]});
+    let (status, dup) = proxy.admin_post("/api/v1/providers", copycat).await;
     assert_eq!(status, 201);
     assert_eq!(dup["status"], "excluded");
     assert!(
@@ -136,11 +132,9 @@ async fn crud_reroutes(db: &TestDb) {
     );
 
     // keys: add, remove (BYOK afterwards)
+    let second = json!({"api_key": "sk-second-0123456789"});
     let (status, key) = proxy
-        .admin_post(
-            "/api/v1/providers/openai-eu/keys",
-            json!({"api_key": "sk-second-0123456789"}),
-        )
+        .admin_post("/api/v1/providers/openai-eu/keys", second)
         .await;
     assert_eq!(status, 201);
     assert_eq!(key["masked"], "sk-...6789");
@@ -174,13 +168,9 @@ async fn crud_reroutes(db: &TestDb) {
         404
     );
     assert_eq!(call(&proxy, "eu.api.openai.com", chat).await.0, 403);
-    let (status, _) = proxy
-        .admin_post(
-            "/api/v1/providers",
-            json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["api.openai.com"]}),
-        )
-        .await;
+    let openai = json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
+                        "intercept_hosts": ["api.openai.com"]});
+    let (status, _) = proxy.admin_post("/api/v1/providers", openai).await;
     assert_eq!(status, 201);
     assert_eq!(call(&proxy, "api.openai.com", chat).await.0, 200);
 
@@ -201,12 +191,8 @@ async fn models_and_tokens(db: &TestDb) {
             json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url()}),
         )
         .await;
-    let (status, a) = proxy
-        .admin_post(
-            "/api/v1/models",
-            json!({"provider": "openai", "model": "gpt-a"}),
-        )
-        .await;
+    let gpt_a = json!({"provider": "openai", "model": "gpt-a"});
+    let (status, a) = proxy.admin_post("/api/v1/models", gpt_a).await;
     assert_eq!(status, 201, "{a}");
     assert_eq!(a["is_default"], true);
     assert_eq!(a["provider_id"], p["id"]);

@@ -203,6 +203,21 @@ async fn read_some<S: AsyncReadExt + Unpin>(stream: &mut S, limit: usize) -> usi
     got
 }
 
+/// What the client sends inside an intercepted connection before it leaves: part of the head,
+/// the head and part of the body, or the whole request.
+fn sent_inside<'a>(req: &'a [u8], case: &Case) -> &'a [u8] {
+    let head = head_len(req);
+    match case.phase {
+        Phase::MidRequestHead => prefix(&req[..head - 1], case.frac),
+        Phase::MidBody => {
+            let body = &req[head..];
+            let cut = prefix(body, case.frac).len();
+            &req[..head + cut.min(body.len().saturating_sub(1))]
+        }
+        _ => req,
+    }
+}
+
 async fn linger(case: &Case) {
     tokio::time::sleep(Duration::from_millis(u64::from(case.delay))).await;
 }
@@ -239,40 +254,14 @@ async fn run_case(env: &Reach, case: &Case) -> Result<(), String> {
             linger(case).await;
             disconnect(&tcp, case.reset);
         }
-        Phase::MidRequestHead => {
+        Phase::MidRequestHead | Phase::MidBody | Phase::AwaitingResponse | Phase::MidResponse => {
             let mut tls = intercepted(env).await?;
-            let head = &req[..head_len(&req) - 1];
-            let _ = tls.write_all(prefix(head, case.frac)).await;
+            let _ = tls.write_all(sent_inside(&req, case)).await;
             let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::MidBody => {
-            let mut tls = intercepted(env).await?;
-            let head = head_len(&req);
-            let body = &req[head..];
-            let cut = head
-                + prefix(body, case.frac)
-                    .len()
-                    .min(body.len().saturating_sub(1));
-            let _ = tls.write_all(&req[..cut]).await;
-            let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::AwaitingResponse => {
-            let mut tls = intercepted(env).await?;
-            let _ = tls.write_all(&req).await;
-            let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::MidResponse => {
-            let mut tls = intercepted(env).await?;
-            let _ = tls.write_all(&req).await;
-            let _ = tls.flush().await;
-            // Up to ~1 KB of the answer: the head and some events.
-            read_some(&mut tls, usize::from(case.frac) + 1).await;
+            if matches!(case.phase, Phase::MidResponse) {
+                // Up to ~1 KB of the answer: the head and some events.
+                read_some(&mut tls, usize::from(case.frac) + 1).await;
+            }
             linger(case).await;
             disconnect(tls.get_ref().0, case.reset);
         }

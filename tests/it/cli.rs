@@ -196,8 +196,7 @@ fn tokens_and_providers_from_the_command_line() {
 async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let (upstream, upstream_ca) = MockUpstream::with_ca().await;
-    let upstream_ca_file = upstream_ca.write_pem(&d);
+    let (upstream, upstream_ca_file) = MockUpstream::for_binary(&d).await;
     let port = free_port();
     let db = cli_db(&d);
     let mut child = Child(

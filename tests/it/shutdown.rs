@@ -44,7 +44,9 @@ impl Serve {
     }
 }
 
-async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16) -> Serve {
+/// `serve` in `dir` with one provider to `upstream` (whose CA is `upstream_ca`), tunnels to
+/// `127.0.0.1:extra_port` allowed, and [`GRACE`].
+async fn start(dir: &Path, upstream: &MockUpstream, upstream_ca: &Path, extra_port: u16) -> Serve {
     let db = format!("sqlite://{}", dir.join("shutdown.db").display());
     let store = writer(&db).await;
     store
@@ -63,7 +65,7 @@ async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16
             .args(["--admin-listen", "127.0.0.1:0", "--database-url", &db])
             .args(state_in(dir))
             .arg("--upstream-ca-file")
-            .arg(ca.write_pem(dir))
+            .arg(upstream_ca)
             .args(["--allow-private-cidrs", "127.0.0.0/8"])
             .args(["--allow-private-upstreams", "127.0.0.0/8"])
             .args(["--connect-ports", &format!("443,{extra_port}")])
@@ -112,9 +114,9 @@ async fn open_stream(
 #[tokio::test]
 async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, ca) = MockUpstream::with_ca().await;
+    let (upstream, upstream_ca) = MockUpstream::for_binary(dir.path()).await;
     let echo = echo_server().await;
-    let mut serve = start(dir.path(), &upstream, &ca, echo).await;
+    let mut serve = start(dir.path(), &upstream, &upstream_ca, echo).await;
     const SHORT: usize = 20;
     const LONG: usize = 5;
 
@@ -213,8 +215,8 @@ async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, ca) = MockUpstream::with_ca().await;
-    let mut serve = start(dir.path(), &upstream, &ca, 443).await;
+    let (upstream, upstream_ca) = MockUpstream::for_binary(dir.path()).await;
+    let mut serve = start(dir.path(), &upstream, &upstream_ca, 443).await;
     let client = agent_client(serve.addr, &serve.token, &[&serve.ca_pem], Http::One);
     let stream = open_stream(&client, 400).await;
     serve.signal("TERM");

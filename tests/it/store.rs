@@ -38,6 +38,14 @@ async fn rebase(store: &Store, name: &str, base_url: &str) -> Provider {
     store.update_provider(name, patch).await.unwrap()
 }
 
+/// A patch taking the default role off a model.
+fn undefault() -> ModelPatch {
+    ModelPatch {
+        is_default: Some(false),
+        ..Default::default()
+    }
+}
+
 async fn defaults(store: &Store) -> Vec<String> {
     store
         .list_models()
@@ -147,16 +155,11 @@ async fn default_model_rules(db: &TestDb) {
     assert_eq!(defaults(&store).await, vec!["gpt-b"]);
 
     // Deleting the default promotes the oldest enabled model.
-    store
-        .update_model(
-            a.id,
-            ModelPatch {
-                enabled: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let disable = ModelPatch {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    store.update_model(a.id, disable).await.unwrap();
     assert!(store.delete_model(b.id).await.unwrap());
     assert_eq!(
         defaults(&store).await,
@@ -165,16 +168,7 @@ async fn default_model_rules(db: &TestDb) {
     );
 
     // Un-defaulting hands the role on; the last model cannot be un-defaulted.
-    store
-        .update_model(
-            c.id,
-            ModelPatch {
-                is_default: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    store.update_model(c.id, undefault()).await.unwrap();
     assert_eq!(defaults(&store).await, vec!["gpt-a"]);
     // Deleting a provider deletes its models; the default moves if it was one of them.
     assert!(store.delete_provider("openai").await.unwrap());
@@ -182,15 +176,7 @@ async fn default_model_rules(db: &TestDb) {
     let only = store.list_models().await.unwrap();
     assert_eq!(only.len(), 1);
     assert!(matches!(
-        store
-            .update_model(
-                only[0].id,
-                ModelPatch {
-                    is_default: Some(false),
-                    ..Default::default()
-                }
-            )
-            .await,
+        store.update_model(only[0].id, undefault()).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(

@@ -207,6 +207,9 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .all(|r| r.error.as_deref() == Some("model_not_allowed")));
 }
 
+/// One token column of an interception record.
+type Column = fn(&&Interception) -> Option<i64>;
+
 async fn usage_api(db: &TestDb) {
     let proxy = Env::with(|o| o.openai().anthropic().database(&db.url)).await;
     let client = proxy.client(Http::Two);
@@ -296,30 +299,21 @@ async fn usage_api(db: &TestDb) {
                     _ => Some(r.user.as_str()) == k,
                 })
                 .collect();
-            let sum = |f: fn(&&Interception) -> Option<i64>| -> i64 {
-                group.iter().map(|r| f(r).unwrap_or(0)).sum()
-            };
+            let sum = |f: Column| -> i64 { group.iter().map(|r| f(r).unwrap_or(0)).sum() };
             assert_eq!(
                 item["requests"].as_i64().unwrap(),
                 group.len() as i64,
                 "{group_by} {k:?}"
             );
-            assert_eq!(
-                item["input_tokens"].as_i64().unwrap(),
-                sum(|r| r.input_tokens)
-            );
-            assert_eq!(
-                item["output_tokens"].as_i64().unwrap(),
-                sum(|r| r.output_tokens)
-            );
-            assert_eq!(
-                item["cache_read_tokens"].as_i64().unwrap(),
-                sum(|r| r.cache_read_tokens)
-            );
-            assert_eq!(
-                item["cache_write_tokens"].as_i64().unwrap(),
-                sum(|r| r.cache_write_tokens)
-            );
+            let columns: [(&str, Column); 4] = [
+                ("input_tokens", |r| r.input_tokens),
+                ("output_tokens", |r| r.output_tokens),
+                ("cache_read_tokens", |r| r.cache_read_tokens),
+                ("cache_write_tokens", |r| r.cache_write_tokens),
+            ];
+            for (column, field) in columns {
+                assert_eq!(item[column].as_i64().unwrap(), sum(field), "{column}");
+            }
         }
     }
     let (_, by_provider) = proxy.admin_get("/api/v1/usage?group_by=provider").await;

@@ -2,7 +2,7 @@
 //! TLS, ALPN, pipelining, revocation, `Expect: 100-continue`, concurrency, admin writes).
 
 use super::row::{shown, ANTHROPIC_KEY};
-use super::run::{answered_200, send, tls_to_host};
+use super::run::{answered_200, send, tls_after, tls_to_host};
 use super::*;
 use crate::support::h2raw::{self, Reply, H2};
 use crate::support::observe::Tls;
@@ -10,26 +10,12 @@ use futures_util::future::BoxFuture;
 
 pub(super) fn a23(env: &Stage) -> BoxFuture<'_, Result<(), String>> {
     Box::pin(async move {
-        let mut tcp = TcpStream::connect(env.deny.addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let req = format!(
+        let connect = format!(
             "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: evil.example:443\r\nProxy-Authorization: {}\r\n\r\n",
             env.auth(Px::Deny)
         );
-        tcp.write_all(req.as_bytes())
+        let tls = tls_after(env, Px::Deny, &connect, "api.openai.com", &[b"http/1.1"])
             .await
-            .map_err(|e| e.to_string())?;
-        let head = raw::read_head(&mut tcp).await;
-        if raw::status(&head) != 200 {
-            return Err(format!("CONNECT: {head:?}"));
-        }
-        let config = tls::client_config(&[&env.deny.ca_pem], &[b"http/1.1"]);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
-        let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
-            .await
-            .map_err(|_| "handshake timed out")?
             .map_err(|e| format!("the leaf is for the CONNECT target: {e}"))?;
         request_ok(tls, "api.openai.com").await
     })

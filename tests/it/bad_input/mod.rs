@@ -80,12 +80,8 @@ impl Stage {
             .admin_patch("/api/v1/providers/strict", json!({"enforce_models": true}))
             .await;
         assert_eq!(status, 200, "{body}");
-        let (status, body) = deny
-            .admin_post(
-                "/api/v1/models",
-                json!({"provider": "strict", "model": "gpt-allowed"}),
-            )
-            .await;
+        let allowed = json!({"provider": "strict", "model": "gpt-allowed"});
+        let (status, body) = deny.admin_post("/api/v1/models", allowed).await;
         assert_eq!(status, 201, "{body}");
         Stage {
             deny,

@@ -7,27 +7,22 @@ use crate::support::h2raw::{Reply, H2};
 use crate::support::raw::Answer;
 use crate::support::upstream::Seen;
 
-/// Connect to the proxy, CONNECT `target` and finish a TLS handshake with `sni` and `alpn`.
-pub(super) async fn tls_in(
+/// Connect to the proxy, send the `connect` head, and after its `200` finish a TLS handshake
+/// with `sni` and `alpn`.
+pub(super) async fn tls_after(
     env: &Stage,
     px: Px,
-    target: &str,
+    connect: &str,
     sni: &str,
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let mut tcp = TcpStream::connect(env.proxy(px).addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        env.auth(px)
-    );
-    tcp.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    send(&mut tcp, connect.as_bytes()).await?;
     let head = raw::read_head(&mut tcp).await;
     if raw::status(&head) != 200 {
-        return Err(format!("CONNECT {target}: {head:?}"));
+        return Err(format!("{connect:?}: {head:?}"));
     }
     let config = tls::client_config(&[&env.proxy(px).ca_pem], alpn);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -46,7 +41,8 @@ pub(super) async fn tls_to_host(
     host: &str,
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    tls_in(env, px, &format!("{host}:443"), host, alpn).await
+    let connect = raw::connect_head(&format!("{host}:443"), &env.proxy(px).token);
+    tls_after(env, px, &connect, host, alpn).await
 }
 
 /// Write and flush all of `bytes`; a failure as the row's error.
@@ -189,7 +185,8 @@ pub(super) async fn run_row(env: &Stage, row: &Row) -> Result<(), String> {
             }
         }
         Input::Mitm { target, sni, bytes } => {
-            let tls = tls_in(env, row.px, target, sni, &[b"http/1.1"]).await?;
+            let connect = raw::connect_head(target, &env.proxy(row.px).token);
+            let tls = tls_after(env, row.px, &connect, sni, &[b"http/1.1"]).await?;
             let mut tls = exchange(tls, bytes, row.want, row.conn).await?;
             check_dest(env, row, before).await?;
             if keep {

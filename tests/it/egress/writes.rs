@@ -82,26 +82,16 @@ async fn rows_written_before_the_policy_are_marked_error_alone() {
 
     // The row can still be edited without touching its base URL, and repointed to a public
     // host; a write of another private base URL is refused.
+    let legacy = "/api/v1/providers/legacy-loop";
     let (code, _) = proxy
-        .admin_patch(
-            "/api/v1/providers/legacy-loop",
-            json!({"enforce_models": true}),
-        )
+        .admin_patch(legacy, json!({"enforce_models": true}))
         .await;
     assert_eq!(code, 200);
-    let (code, err) = proxy
-        .admin_patch(
-            "/api/v1/providers/legacy-loop",
-            json!({"base_url": "https://10.1.2.3"}),
-        )
-        .await;
+    let private = json!({"base_url": "https://10.1.2.3"});
+    let (code, err) = proxy.admin_patch(legacy, private).await;
     assert_eq!(code, 422, "{err}");
-    let (code, view) = proxy
-        .admin_patch(
-            "/api/v1/providers/legacy-loop",
-            json!({"base_url": "https://llm.example.com"}),
-        )
-        .await;
+    let public = json!({"base_url": "https://llm.example.com"});
+    let (code, view) = proxy.admin_patch(legacy, public).await;
     assert_eq!(code, 200, "{view}");
     assert_eq!(view["status"], "enabled", "{view}");
     let errors: Vec<String> = statuses(&proxy)

@@ -233,12 +233,8 @@ async fn f15_a_postgres_restart_reconnects_pool_and_listener_and_applies_the_mis
             relay.accepted() - accepted
         );
         // The pool works again: an admin write through this proxy lands.
-        let (status, body) = proxy
-            .admin_patch(
-                "/api/v1/providers/openai",
-                json!({"api_keys": [format!("sk-after-restart-{round}-0123456789")]}),
-            )
-            .await;
+        let key = json!({"api_keys": [format!("sk-after-restart-{round}-0123456789")]});
+        let (status, body) = proxy.admin_patch("/api/v1/providers/openai", key).await;
         assert_eq!(status, 200, "{body}");
     }
     let report = traffic.finish().await;

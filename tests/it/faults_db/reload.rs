@@ -228,12 +228,8 @@ async fn f17_a_reload_storm_keeps_generations_increasing_and_fails_no_request() 
     });
     let writes = 30;
     for i in 0..writes {
-        let (status, body) = proxy
-            .admin_patch(
-                "/api/v1/providers/openai",
-                json!({"api_keys": [format!("sk-storm-{i:04}-0123456789")]}),
-            )
-            .await;
+        let key = json!({"api_keys": [format!("sk-storm-{i:04}-0123456789")]});
+        let (status, body) = proxy.admin_patch("/api/v1/providers/openai", key).await;
         assert_eq!(status, 200, "{body}");
     }
     bursts.await.unwrap();

@@ -31,13 +31,9 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     served_with(&wrong, MESSAGES, MESSAGES_JSON, clear_key).await;
     assert!(post(&wrong, CHAT).await.is_none());
     // Its writes are sealed under B, next to A's and the clear one.
-    let (code, _) = wrong
-        .admin_post(
-            "/api/v1/providers/anthropic/keys",
-            json!({"api_key": "sk-ant-second-key-0123456789"}),
-        )
-        .await;
-    assert_eq!(code, 201);
+    let keys = "/api/v1/providers/anthropic/keys";
+    let second = json!({"api_key": "sk-ant-second-key-0123456789"});
+    assert_eq!(wrong.admin_post(keys, second).await.0, 201);
     let stored: Vec<String> = raw_keys(&db.url).await.into_iter().map(|r| r.2).collect();
     assert_eq!(stored[0], "sk-ant-clear-key-0123456789");
     assert!(stored[1].starts_with(&format!("enc:v1:{}:", a.id())));
@@ -52,12 +48,8 @@ async fn wrong_or_missing_key_file(db: &TestDb) {
     let (status, warnings, _) = provider_status(&missing, "anthropic").await;
     assert_eq!(status, "error", "its second key is under B: {warnings}");
     // Without a key file nothing is written in clear next to encrypted keys.
-    let (code, body) = missing
-        .admin_post(
-            "/api/v1/providers/anthropic/keys",
-            json!({"api_key": "sk-ant-would-be-clear-012345"}),
-        )
-        .await;
+    let in_clear = json!({"api_key": "sk-ant-would-be-clear-012345"});
+    let (code, body) = missing.admin_post(keys, in_clear).await;
     assert_eq!(code, 409, "{body}");
     assert!(body["detail"]
         .as_str()

@@ -15,6 +15,11 @@ impl Capture {
             .push_str(&format!("== {what}: {status}\n{headers}\n{body}\n"));
         (status, body)
     }
+
+    /// Send `req`, keep its answer, and return its status.
+    async fn status_of(&mut self, what: &str, req: reqwest::RequestBuilder) -> u16 {
+        self.take(what, req.call().await).await.0
+    }
 }
 
 /// F-19: `serve` at trace level through a whole session; every log line, every response (status,
@@ -23,8 +28,7 @@ impl Capture {
 async fn no_secret_leaks_from_a_full_session_at_trace() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let (upstream, ca) = MockUpstream::with_ca().await;
-    let upstream_ca_file = ca.write_pem(&d);
+    let (upstream, upstream_ca_file) = MockUpstream::for_binary(&d).await;
     let db = cli_db(&d);
     let init = cli(&d, "secrets init --secrets-key-file certs/secrets.key", &[]);
     assert!(init.status.success(), "{}", stderr(&init));
@@ -78,7 +82,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
-        req.send()
+        req
     };
     let keys = [
         "sk-leak-openai-primary-11111111",
@@ -91,53 +95,22 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
     // Providers with keys, a model, a token: all through the admin API.
     let openai = json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
         "intercept_hosts": ["api.openai.com"], "enforce_models": true, "api_keys": [keys[0]]});
-    let (code, _) = capture
-        .take(
-            "create openai",
-            call("POST", "/api/v1/providers", Some(openai.to_string()))
-                .await
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(code, 201);
+    let create = call("POST", "/api/v1/providers", Some(openai.to_string()));
+    assert_eq!(capture.status_of("create openai", create).await, 201);
     let add = json!({"api_key": keys[1]}).to_string();
-    let (code, _) = capture
-        .take(
-            "add key",
-            call("POST", "/api/v1/providers/openai/keys", Some(add))
-                .await
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(code, 201);
+    let add = call("POST", "/api/v1/providers/openai/keys", Some(add));
+    assert_eq!(capture.status_of("add key", add).await, 201);
     let down = json!({"name": "anthropic", "kind": "anthropic",
         "base_url": format!("https://127.0.0.1:{down_port}"),
         "intercept_hosts": ["api.anthropic.com"], "api_keys": [keys[2]]});
-    let (code, _) = capture
-        .take(
-            "create anthropic",
-            call("POST", "/api/v1/providers", Some(down.to_string()))
-                .await
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(code, 201);
+    let create = call("POST", "/api/v1/providers", Some(down.to_string()));
+    assert_eq!(capture.status_of("create anthropic", create).await, 201);
     let model = json!({"provider": "openai", "model": "gpt-4o-mini"}).to_string();
-    let (code, _) = capture
-        .take(
-            "create model",
-            call("POST", "/api/v1/models", Some(model)).await.unwrap(),
-        )
-        .await;
-    assert_eq!(code, 201);
+    let create = call("POST", "/api/v1/models", Some(model));
+    assert_eq!(capture.status_of("create model", create).await, 201);
     // The one response that must hold the token (shown once) is the only one not captured.
-    let created = call(
-        "POST",
-        "/api/v1/tokens",
-        Some(json!({"user": "leakcheck"}).to_string()),
-    )
-    .await
-    .unwrap();
+    let user = json!({"user": "leakcheck"}).to_string();
+    let created = call("POST", "/api/v1/tokens", Some(user)).call().await;
     assert_eq!(created.status(), 201);
     let created: serde_json::Value = serde_json::from_str(&created.text().await.unwrap()).unwrap();
     let token = created["token"].as_str().unwrap().to_string();
@@ -219,7 +192,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
         ),
     ] {
         let (code, _) = capture
-            .take(what, call(method, path, body).await.unwrap())
+            .take(what, call(method, path, body).call().await)
             .await;
         assert_eq!(code, expected, "{what}");
     }
@@ -233,7 +206,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
     // Every read view.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let resp = call("GET", "/api/v1/interceptions", None).await.unwrap();
+        let resp = call("GET", "/api/v1/interceptions", None).call().await;
         let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
         if body["items"].as_array().is_some_and(|i| i.len() >= 4) {
             break;
@@ -258,7 +231,7 @@ async fn no_secret_leaks_from_a_full_session_at_trace() {
         "/readyz",
     ] {
         let (code, _) = capture
-            .take(path, call("GET", path, None).await.unwrap())
+            .take(path, call("GET", path, None).call().await)
             .await;
         assert_eq!(code, 200, "{path}");
     }

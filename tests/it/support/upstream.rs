@@ -100,12 +100,13 @@ struct Shared {
 }
 
 impl MockUpstream {
-    /// A mock speaking h2 and HTTP/1.1 under a fresh test CA, for tests that run the real
-    /// binary (an in-process proxy comes with its own, in [`super::Env`]).
-    pub async fn with_ca() -> (MockUpstream, super::TestCa) {
+    /// A mock speaking h2 and HTTP/1.1 under a fresh test CA whose certificate is written into
+    /// `dir`, for tests that run the real binary (`--upstream-ca-file` is the returned path; an
+    /// in-process proxy comes with its own, in [`super::Env`]).
+    pub async fn for_binary(dir: &std::path::Path) -> (MockUpstream, std::path::PathBuf) {
         let ca = super::TestCa::new();
         let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-        (upstream, ca)
+        (upstream, ca.write_pem(dir))
     }
 
     pub async fn start(config: Arc<rustls::ServerConfig>) -> Self {
