@@ -63,13 +63,8 @@ fn main() {
 async fn soak(seconds: u64) {
     let echo = echo_server().await;
     let proxy = Arc::new(Env::with(|o| o.openai().tunnels_to(echo)).await);
-    let (status, body) = proxy
-        .admin(
-            "POST",
-            "/api/v1/models",
-            Some(serde_json::json!({"provider": "openai", "model": "gpt-4o-mini"})),
-        )
-        .await;
+    let model = serde_json::json!({"provider": "openai", "model": "gpt-4o-mini"});
+    let (status, body) = proxy.admin_post("/api/v1/models", model).await;
     assert_eq!(status, 201, "{body}");
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -132,13 +127,8 @@ async fn soak(seconds: u64) {
             while !stop.load(Ordering::Relaxed) {
                 enforce = !enforce;
                 // The model used is configured, so requests pass with or without enforcement.
-                let (status, _) = proxy
-                    .admin(
-                        "PATCH",
-                        "/api/v1/providers/openai",
-                        Some(serde_json::json!({ "enforce_models": enforce })),
-                    )
-                    .await;
+                let change = serde_json::json!({ "enforce_models": enforce });
+                let (status, _) = proxy.admin_patch("/api/v1/providers/openai", change).await;
                 counts.check(status == 200, "provider rewrite");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

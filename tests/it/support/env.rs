@@ -5,8 +5,10 @@
 //! only what differs, through [`Setup`]: `Env::with(|o| o.openai().deny_non_providers())`.
 //! A test with its own upstream (scripted, raw, behind a relay) builds it on [`Setup::ca`]
 //! first: `let o = Env::setup(); let up = RawUpstream::start(o.ca(), ..).await;` then
-//! `o.openai_at(up.base_url()).start().await`. An `Env` derefs to its [`TestProxy`], so
-//! `env.client(Http::Two)`, `env.admin(..)`, `env.token` read as the proxy's.
+//! `o.openai_at(up.base_url()).start().await`; one that writes rows naming the mock, or puts a
+//! relay in front of it, starts the mock first ([`Setup::upstream_first`]). A second proxy on
+//! the same upstream is [`Env::another`]. An `Env` derefs to its [`TestProxy`], so
+//! `env.client(Http::Two)`, `env.admin_get(..)`, `env.token` read as the proxy's.
 
 use super::proxy::{ProviderSpec, TestProxy, TestProxyOptions};
 use super::tls::TestCa;
@@ -17,6 +19,7 @@ use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A running test environment; see the module documentation.
 pub struct Env {
     /// Signs the upstreams' certificates; the proxy trusts it (`--upstream-ca-file`).
     pub ca: Arc<TestCa>,
