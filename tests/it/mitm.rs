@@ -88,7 +88,7 @@ async fn http1_and_http2_clients_both_work() {
     ] {
         let client = env.client(http);
         for _ in 0..3 {
-            let resp = client.post(CHAT).body("{}").call().await;
+            let resp = client.chat().await;
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.version(), version, "client side speaks {version:?}");
             assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
@@ -238,17 +238,13 @@ async fn a_token_revoked_while_a_connection_is_open_stops_working_on_it() {
         let generation = env.generation();
         env.wait_for_generation(generation).await;
         let client = env.client_as(token.expose(), http);
-        assert_eq!(client.post(CHAT).body("{}").call().await.status(), 200);
+        assert_eq!(client.chat().await.status(), 200);
         let seen = env.upstream.seen().len();
         let generation = env.generation();
         assert!(env.app.store.revoke_token(row.id).await.unwrap());
         env.wait_for_generation(generation).await;
         // Same client, same open connection (h1 keep-alive / h2 stream): refused from now on.
-        assert_eq!(
-            client.post(CHAT).body("{}").call().await.status(),
-            407,
-            "{http:?}"
-        );
+        assert_eq!(client.chat().await.status(), 407, "{http:?}");
         assert_eq!(
             env.upstream.seen().len(),
             seen,

@@ -149,7 +149,7 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
     let proxy = on(&relayed_url)(setup).start().await;
     let client = proxy.client(Http::Two);
     let ok = |client: reqwest::Client| async move {
-        let resp = client.post(CHAT).body("{}").call().await;
+        let resp = client.chat().await;
         resp.status().as_u16()
     };
     assert_eq!(ok(client.clone()).await, 200);

@@ -340,7 +340,7 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
     let before = scrape().await;
     let client = proxy.client(Http::Two);
     for _ in 0..3 {
-        let resp = client.post(CHAT).body("{}").call().await;
+        let resp = client.chat().await;
         resp.text().await.unwrap();
     }
     let req = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
@@ -453,7 +453,7 @@ async fn records_survive_a_database_outage() {
     relay.cut();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let resp = client.post(CHAT).body("{}").call().await;
+        let resp = client.chat().await;
         assert_eq!(
             resp.status(),
             200,

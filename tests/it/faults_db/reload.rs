@@ -318,7 +318,7 @@ async fn f18_an_in_flight_stream_finishes_on_its_snapshot_after_its_provider_is_
         drop(resp);
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The next request on that connection re-checks: 502 with a one-line reason.
-        let resp = client.post(CHAT).body("{}").call().await;
+        let resp = client.chat().await;
         assert_eq!(resp.status(), 502, "{http:?}");
         let reason = resp.text().await.unwrap();
         assert!(
@@ -388,6 +388,9 @@ async fn f19_bad_ipv6_rows_are_excluded_alone_with_their_reason() {
     }
     let (_, good) = proxy.admin_get("/api/v1/providers/openai").await;
     assert_eq!(good["status"], "enabled", "{good}");
-    let client = proxy.client(Http::Two);
-    assert_eq!(chat(&client).await, Ok(200), "the good row still routes");
+    assert_eq!(
+        proxy.chat().await.status(),
+        200,
+        "the good row still routes"
+    );
 }

@@ -63,6 +63,18 @@ pub fn plain_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The request tests send most: `POST /v1/chat/completions` with `{}` to api.openai.com.
+pub trait Chat {
+    /// Send it on this client (its connections are reused) and return the answer.
+    fn chat(&self) -> impl Future<Output = reqwest::Response> + Send;
+}
+
+impl Chat for reqwest::Client {
+    async fn chat(&self) -> reqwest::Response {
+        self.post(CHAT).body("{}").call().await
+    }
+}
+
 /// Send a request whose answer the test needs: a transport error fails the test there.
 pub trait Call {
     fn call(self) -> impl Future<Output = reqwest::Response> + Send;

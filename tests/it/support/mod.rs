@@ -25,7 +25,9 @@ pub mod scripted;
 pub mod tls;
 pub mod upstream;
 
-pub use client::{agent_client, paced_chat, plain_client, Call, Http, CHAT, MESSAGES, MODELS};
+pub use client::{
+    agent_client, paced_chat, plain_client, Call, Chat, Http, CHAT, MESSAGES, MODELS,
+};
 pub(crate) use db::both_backends;
 pub use env::{Env, Setup};
 pub use net::{echo_server, free_port};

@@ -1,7 +1,7 @@
 //! What a test asks a running proxy: its agent clients, its admin API, its `/metrics`, its
 //! interception records and its router. Each wait here is bounded by [`WAIT`].
 
-use super::client::{agent_client, plain_client, Call, Http, CHAT};
+use super::client::{agent_client, plain_client, Call, Chat, Http};
 use super::proxy::TestProxy;
 use super::{eventually, raw, WAIT};
 use aibridge_proxy::store::Interception;
@@ -22,10 +22,9 @@ impl TestProxy {
         agent_client(self.addr, token, &[&self.ca_pem], http)
     }
 
-    /// `POST /v1/chat/completions` with `{}` to api.openai.com on a fresh HTTP/2 client.
+    /// [`Chat::chat`] on a fresh HTTP/2 agent client.
     pub async fn chat(&self) -> reqwest::Response {
-        let client = self.client(Http::Two);
-        client.post(CHAT).body("{}").call().await
+        self.client(Http::Two).chat().await
     }
 
     /// `CONNECT target` with this proxy's token, then TLS with `sni` trusting its CA (ALPN
