@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use aibridge_proxy::bridge::upstream::UpstreamFactory;
+use aibridge_proxy::auth;
 use aibridge_proxy::ca::{generate_files, CaPaths, CertificateAuthority, LeafCache};
 use aibridge_proxy::config::AuthMode;
-use aibridge_proxy::proxy::auth;
-use aibridge_proxy::proxy::egress::{Dialer, EgressPolicy};
-use aibridge_proxy::proxy::target::Host;
+use aibridge_proxy::net::egress::{Dialer, EgressPolicy};
+use aibridge_proxy::net::target::Host;
+use aibridge_proxy::net::upstream::UpstreamFactory;
 use aibridge_proxy::router::Snapshot;
+use aibridge_proxy::secret::token::digest as hash_token;
 use aibridge_proxy::secret::Secret;
-use aibridge_proxy::store::{hash_token, AgentToken, Provider, ProviderKey, RoutingData};
+use aibridge_proxy::store::{AgentToken, Provider, ProviderKey, RoutingData};
 use aibridge_proxy::usage::{Api, UsageTap};
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -9,16 +9,16 @@
 //! every proxy request answers `503` (`not_ready`, `Retry-After: 5`) until then.
 
 use crate::admin::{self, AdminState};
-use crate::bridge::upstream::{UpstreamFactory, UpstreamTlsError};
-use crate::ca::files::FileError;
 use crate::ca::{CaError, CaPaths, CertificateAuthority, LeafCache};
 use crate::config::AppConfig;
 use crate::metrics::Metrics;
-use crate::proxy::egress::{Dialer, EgressPolicy};
+use crate::net::egress::{Dialer, EgressPolicy, Resolver};
+use crate::net::upstream::{UpstreamFactory, UpstreamTlsError};
 use crate::proxy::{self, ProxyState};
 use crate::pubsub::Subscription;
 use crate::router::reload::{ReloadStats, Reloader};
 use crate::router::Router;
+use crate::secret::files::FileError;
 use crate::shutdown::Shutdown;
 use crate::store::{Keyring, SecretsKeyError, Store, StoreError};
 use crate::usage::recorder::Recorder;
@@ -50,6 +50,19 @@ pub enum AppError {
     Listen(#[from] std::io::Error),
 }
 
+/// What tests (and embedders) may swap that no operator should: not configuration, so not in
+/// [`AppConfig`] and not behind a flag.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Seams {
+    /// Resolves every name the proxy dials (tunnels, forwards, provider upstreams); the system
+    /// resolver by default.
+    pub resolver: Resolver,
+    /// Panic while handling a decrypted request whose path is this (fault F24: one connection
+    /// task dies, is counted, and the process keeps serving).
+    pub panic_on_path: Option<String>,
+}
+
 /// A running proxy.
 pub struct App {
     pub proxy_addr: SocketAddr,
@@ -71,11 +84,12 @@ pub struct App {
 
 impl App {
     /// Start serving on already-bound listeners (so tests can use port 0). Without an admin
-    /// listener the admin API is not served.
+    /// listener the admin API is not served. `serve` passes `Seams::default()`.
     pub async fn start(
         config: AppConfig,
         proxy_listener: TcpListener,
         admin_listener: Option<TcpListener>,
+        seams: Seams,
     ) -> Result<App, AppError> {
         config.validate().map_err(AppError::Config)?;
         // Before anything is generated: a bad key file must not leave a fresh CA behind.
@@ -112,7 +126,7 @@ impl App {
             .with_keyring(keyring)
             .with_upstream_policy(upstream_policy.clone());
         let upstream_dialer = Dialer::new(upstream_policy, config.proxy.connect_timeout)
-            .with_resolver(config.proxy.resolver.clone());
+            .with_resolver(seams.resolver.clone());
         let upstreams =
             UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
         let router = Arc::new(Router::new());
@@ -147,14 +161,23 @@ impl App {
         let proxy_addr = proxy_listener.local_addr()?;
         let (recorder, recorder_task) =
             Recorder::start(store.clone(), metrics.clone(), shutdown.clone());
-        let state = Arc::new(ProxyState::new(
+        // Tunnels and plain forwards: public destinations plus --allow-private-cidrs.
+        let tunnel_dialer = Dialer::new(
+            EgressPolicy::public_only(config.proxy.allow_private_cidrs.clone()),
+            config.proxy.connect_timeout,
+        )
+        .with_resolver(seams.resolver.clone());
+        let state = ProxyState::new(
             config.proxy.clone(),
+            tunnel_dialer,
             router.clone(),
             leaves.clone(),
             shutdown.clone(),
             recorder.clone(),
             metrics.clone(),
-        ));
+        )
+        .with_panic_on_path(seams.panic_on_path);
+        let state = Arc::new(state);
         shutdown.spawn(proxy::serve(state, proxy_listener));
 
         let admin_addr = match admin_listener {

@@ -4,14 +4,16 @@
 //! [`AppConfig`]; tests build one directly. Nothing clap-typed crosses into the rest of the
 //! crate. Data — providers, keys, tokens — is not configuration: it lives in the store.
 
-use crate::proxy::egress::Resolver;
 use ipnet::IpNet;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8888";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8889";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8888));
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8889));
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "certs/admin-token";
 pub const DEFAULT_CA_CERT: &str = "certs/ca.pem";
 pub const DEFAULT_CA_KEY: &str = "certs/ca-key.pem";
@@ -27,6 +29,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Largest model-call request body read for the model policy (`413` beyond).
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
+/// Longest a router reload may take before it counts as failed (no flag: tests shorten it).
+/// It is also the PostgreSQL `statement_timeout` of the reload's read.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Longest silence on a response body, a request body or a tunnel. A per-read bound, never a
 /// total one: an SSE stream may run for an hour as long as it keeps talking.
@@ -49,6 +54,10 @@ pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// class: a client that provokes resets in a loop).
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
+pub const DEFAULT_AUTH: AuthMode = AuthMode::Token;
+pub const DEFAULT_NON_PROVIDER_HOSTS: NonProviderHosts = NonProviderHosts::Tunnel;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 /// Whether agents must present a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -65,6 +74,26 @@ pub enum NonProviderHosts {
     Tunnel,
     /// Refuse with 403.
     Deny,
+}
+
+/// The flag spelling of a value (`token`, `deny`), so clap can show typed defaults.
+fn value_name(v: &impl clap::ValueEnum, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match v.to_possible_value() {
+        Some(pv) => f.write_str(pv.get_name()),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        value_name(self, f)
+    }
+}
+
+impl fmt::Display for NonProviderHosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        value_name(self, f)
+    }
 }
 
 /// The proxy listener's behaviour.
@@ -86,21 +115,14 @@ pub struct ProxyConfig {
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_reset_streams: usize,
     pub h2_max_local_error_reset_streams: usize,
-    /// Panic while handling a decrypted request whose path is this (fault F24: one connection
-    /// task dies, is counted, and the process keeps serving). Tests only; no flag sets it.
-    #[doc(hidden)]
-    pub panic_on_path: Option<String>,
-    /// Resolves every name the proxy dials (tunnels, forwards, provider upstreams); the system
-    /// resolver unless a test or embedder supplies another.
-    pub resolver: Resolver,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             connect_ports: DEFAULT_CONNECT_PORTS.to_vec(),
-            auth: AuthMode::Token,
-            non_provider_hosts: NonProviderHosts::Tunnel,
+            auth: DEFAULT_AUTH,
+            non_provider_hosts: DEFAULT_NON_PROVIDER_HOSTS,
             allow_private_cidrs: Vec::new(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
@@ -113,8 +135,6 @@ impl Default for ProxyConfig {
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
-            panic_on_path: None,
-            resolver: Resolver::default(),
         }
     }
 }
@@ -154,8 +174,8 @@ impl AppConfig {
         ca_key: impl Into<PathBuf>,
     ) -> Self {
         AppConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8889)),
+            listen: DEFAULT_LISTEN,
+            admin_listen: DEFAULT_ADMIN_LISTEN,
             admin_token_file: PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE),
             database_url: database_url.into(),
             secrets_key_file: None,
@@ -167,7 +187,7 @@ impl AppConfig {
             upstream_ca_file: None,
             allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            reload_timeout: crate::router::reload::RELOAD_TIMEOUT,
+            reload_timeout: DEFAULT_RELOAD_TIMEOUT,
             proxy: ProxyConfig::default(),
         }
     }

@@ -13,13 +13,13 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod bridge;
 pub mod ca;
 pub mod cli;
 pub mod config;
-#[doc(hidden)]
-pub mod fuzz_logic;
 pub mod metrics;
+pub mod net;
 pub mod provider;
 pub mod proxy;
 pub mod pubsub;

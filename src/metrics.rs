@@ -6,7 +6,6 @@
 //! (generation, provider status) are read at scrape time, so the hot path pays for nothing twice.
 //! Label values are names and static reasons only — never a key, token or free text.
 
-use crate::store::Interception;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -16,6 +15,23 @@ const PREFIX: &str = "aibridge_proxy";
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// One finished bridged request, as the metrics see it: names and numbers, no record. What
+/// counts as an upstream failure is decided by whoever sends it (see `usage::observe`).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFinished<'a> {
+    pub provider: &'a str,
+    pub status: u16,
+    pub duration: std::time::Duration,
+    pub ttfb: Option<std::time::Duration>,
+    /// The static reason when the provider's side failed; `None` when it did not (the client's
+    /// own doings are in `requests_total` by status).
+    pub upstream_failure: Option<&'a str>,
+    /// The label value for `tokens_total{model}`.
+    pub model: &'a str,
+    /// Tokens by direction (`input`, `output`, `cache_read`, `cache_write`); zeros are skipped.
+    pub tokens: [(&'static str, u64); 4],
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -163,38 +179,30 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Account one finished bridged request from its record. `upstream_errors_total` counts
-    /// what went wrong on the provider's side only; the client's own doings (leaving, a refused
-    /// model, a body too large) are in `requests_total` by status and in the record.
-    pub fn observe(&self, r: &Interception) {
-        let code = r.status.to_string();
+    /// Account one finished bridged request.
+    pub fn request_finished(&self, e: &RequestFinished<'_>) {
+        let code = e.status.to_string();
         self.requests_total
-            .with_label_values(&[r.provider.as_str(), code.as_str()])
+            .with_label_values(&[e.provider, code.as_str()])
             .inc();
         self.request_duration_seconds
-            .with_label_values(&[r.provider.as_str()])
-            .observe(r.duration_ms as f64 / 1000.0);
-        if let Some(ttfb) = r.ttfb_ms {
+            .with_label_values(&[e.provider])
+            .observe(e.duration.as_secs_f64());
+        if let Some(ttfb) = e.ttfb {
             self.ttfb_seconds
-                .with_label_values(&[r.provider.as_str()])
-                .observe(ttfb as f64 / 1000.0);
+                .with_label_values(&[e.provider])
+                .observe(ttfb.as_secs_f64());
         }
-        if let Some(reason) = r.error.as_deref().filter(|r| is_upstream_failure(r)) {
+        if let Some(reason) = e.upstream_failure {
             self.upstream_errors_total
-                .with_label_values(&[r.provider.as_str(), reason])
+                .with_label_values(&[e.provider, reason])
                 .inc();
         }
-        let model = r.model.as_deref().unwrap_or("unknown");
-        for (direction, n) in [
-            ("input", r.input_tokens),
-            ("output", r.output_tokens),
-            ("cache_read", r.cache_read_tokens),
-            ("cache_write", r.cache_write_tokens),
-        ] {
-            if let Some(n) = n.filter(|n| *n > 0) {
+        for (direction, n) in e.tokens {
+            if n > 0 {
                 self.tokens_total
-                    .with_label_values(&[r.provider.as_str(), model, direction])
-                    .inc_by(n as u64);
+                    .with_label_values(&[e.provider, e.model, direction])
+                    .inc_by(n);
             }
         }
     }
@@ -207,25 +215,4 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
-}
-
-/// Record errors that are the upstream's (or the path to it) failing.
-fn is_upstream_failure(reason: &str) -> bool {
-    matches!(
-        reason,
-        "dns"
-            | "connect_refused"
-            | "connect_timeout"
-            | "connect_error"
-            | "tls"
-            | "upstream_address_denied"
-            | "upstream_timeout"
-            | "upstream_error"
-            | "upstream_reset"
-            | "upstream_idle_timeout"
-            | "bad_upstream_uri"
-            | "bad_uri"
-            | "invalid_key"
-            | "route_gone"
-    )
 }

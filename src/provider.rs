@@ -6,8 +6,8 @@
 //! written by an older version that no longer parses, or whose base URL the upstream egress
 //! policy refuses, is excluded alone, with this module's error as its reason.
 
-use crate::proxy::egress::EgressPolicy;
-use crate::proxy::target::{Host, Target, TargetError};
+use crate::net::egress::EgressPolicy;
+use crate::net::target::{Host, Target, TargetError};
 use http::uri::{Authority, Scheme};
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -25,6 +25,13 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = clap::ValueEnum::to_possible_value(self);
+        f.write_str(name.as_ref().map_or("", |v| v.get_name()))
+    }
+}
+
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static FLUSHER: OnceLock<()> = OnceLock::new();
 

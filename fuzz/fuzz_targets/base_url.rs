@@ -1,4 +1,6 @@
-//! Fuzz target `base_url`: the invariants are documented on `aibridge_proxy::fuzz_logic::base_url`.
+//! Fuzz target `base_url`: the invariants are documented on `oracles::base_url::base_url`.
 #![no_main]
-use aibridge_proxy::fuzz_logic::{base_url, check};
+#[path = "../oracles/mod.rs"]
+mod oracles;
+use oracles::{check, base_url::base_url};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| check(base_url(data)));

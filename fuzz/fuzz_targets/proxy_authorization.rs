@@ -1,4 +1,6 @@
-//! Fuzz target `proxy_authorization`: the invariants are documented on `aibridge_proxy::fuzz_logic::proxy_authorization`.
+//! Fuzz target `proxy_authorization`: the invariants are documented on `oracles::proxy_authorization::proxy_authorization`.
 #![no_main]
-use aibridge_proxy::fuzz_logic::{check, proxy_authorization};
+#[path = "../oracles/mod.rs"]
+mod oracles;
+use oracles::{check, proxy_authorization::proxy_authorization};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| check(proxy_authorization(data)));

@@ -1,4 +1,6 @@
-//! Fuzz target `sse_anthropic`: the invariants are documented on `aibridge_proxy::fuzz_logic::sse_anthropic`.
+//! Fuzz target `sse_anthropic`: the invariants are documented on `oracles::sse_anthropic::sse_anthropic`.
 #![no_main]
-use aibridge_proxy::fuzz_logic::{check, sse_anthropic};
+#[path = "../oracles/mod.rs"]
+mod oracles;
+use oracles::{check, sse_anthropic::sse_anthropic};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| check(sse_anthropic(data)));

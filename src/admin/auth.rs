@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::AdminState;
-use crate::ca::files;
+use crate::secret::files;
 use crate::secret::Secret;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;

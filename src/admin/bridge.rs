@@ -11,7 +11,8 @@
 //! the first router load.
 
 use super::AdminState;
-use crate::bridge::{self, error::error_response, headers, ProxyBody, RequestContext};
+use crate::bridge::{self, error::error_response, headers, RequestContext};
+use crate::net::upstream::ProxyBody;
 use crate::BoxError;
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -52,11 +53,7 @@ pub async fn handle(State(state): State<Arc<AdminState>>, req: Request) -> Respo
         );
     }
     let snapshot = state.router.snapshot();
-    let who = match crate::proxy::auth::authenticate_api_key(
-        req.headers(),
-        &snapshot,
-        state.proxy.auth,
-    ) {
+    let who = match crate::auth::authenticate_api_key(req.headers(), &snapshot, state.proxy.auth) {
         Ok(who) => who,
         Err(e) => {
             tracing::info!(reason = e.reason(), "direct bridge request refused");

@@ -6,7 +6,7 @@
 //! a truncated response, the record says `upstream_idle_timeout`). The bound is per read, never
 //! on the total: a stream that keeps talking may run as long as it likes.
 
-use super::ProxyBody;
+use crate::net::upstream::ProxyBody;
 use crate::store::Interception;
 use crate::usage::recorder::Recorder;
 use crate::usage::{Api, UsageTap};

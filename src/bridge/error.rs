@@ -3,20 +3,14 @@
 //! Clients get a status, a fixed one-line sentence and the request id; the detail (which may
 //! name hosts or carry library text) goes to the log only.
 
-use super::upstream::ProxyBody;
-use crate::proxy::egress::EgressError;
+use crate::net::egress::EgressError;
+use crate::net::upstream::ProxyBody;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 /// Why a request could not be bridged.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("the request's authority does not match the CONNECT host")]
-    Misdirected,
-    #[error("the request names no host (no Host or :authority)")]
-    NoAuthority,
-    #[error("the provider for this host was removed or changed")]
-    RouteGone,
     #[error("the upstream URL could not be built: {0}")]
     BadUpstreamUri(#[from] http::Error),
     #[error("the provider key cannot be sent")]
@@ -43,10 +37,7 @@ pub enum BridgeError {
 impl BridgeError {
     pub fn status(&self) -> StatusCode {
         match self {
-            BridgeError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            BridgeError::NoAuthority => StatusCode::BAD_REQUEST,
-            BridgeError::RouteGone
-            | BridgeError::BadUpstreamUri(_)
+            BridgeError::BadUpstreamUri(_)
             | BridgeError::InvalidKey
             | BridgeError::EgressDenied(_)
             | BridgeError::Connect { .. }
@@ -60,9 +51,6 @@ impl BridgeError {
     /// A static label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            BridgeError::Misdirected => "misdirected",
-            BridgeError::NoAuthority => "no_authority",
-            BridgeError::RouteGone => "route_gone",
             BridgeError::BadUpstreamUri(_) => "bad_upstream_uri",
             BridgeError::InvalidKey => "invalid_key",
             BridgeError::EgressDenied(_) => "upstream_address_denied",
@@ -76,13 +64,6 @@ impl BridgeError {
     /// The sentence the client sees.
     fn public_message(&self) -> &'static str {
         match self {
-            BridgeError::Misdirected => {
-                "misdirected request: the host does not match the CONNECT target"
-            }
-            BridgeError::NoAuthority => "bad request: the request names no host",
-            BridgeError::RouteGone => {
-                "the provider for this host was removed or changed; retry the request"
-            }
             BridgeError::Connect { .. } | BridgeError::EgressDenied(_) => {
                 "the provider's upstream could not be reached"
             }

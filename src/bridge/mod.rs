@@ -10,12 +10,11 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod policy;
-pub mod upstream;
 
 pub use error::BridgeError;
-pub use upstream::ProxyBody;
 
 use crate::config::ProxyConfig;
+use crate::net::upstream::ProxyBody;
 use crate::router::ProviderRoute;
 use crate::store::Interception;
 use crate::usage::recorder::Recorder;
@@ -52,7 +51,7 @@ pub struct RequestContext {
 impl RequestContext {
     /// A fresh request id for an authenticated request. Time-ordered (UUIDv7), so record ids
     /// append at the end of the primary-key index instead of landing on a random page of it.
-    pub fn new(auth: &crate::proxy::auth::Authenticated, config: &ProxyConfig) -> Self {
+    pub fn new(auth: &crate::auth::Authenticated, config: &ProxyConfig) -> Self {
         let id = uuid::Uuid::now_v7();
         RequestContext {
             id,

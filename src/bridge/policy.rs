@@ -4,7 +4,7 @@
 //! Refusals are written in the provider's own error shape so SDKs show a readable message:
 //! OpenAI `{"error": {...}}`, Anthropic `{"type": "error", "error": {...}}`.
 
-use super::ProxyBody;
+use crate::net::upstream::ProxyBody;
 use crate::provider::ProviderKind;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};

@@ -7,7 +7,7 @@
 //! the CA's own expiry.
 
 use super::{CaError, CertificateAuthority};
-use crate::proxy::target::Host;
+use crate::net::target::Host;
 use moka::future::Cache;
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;

@@ -4,7 +4,7 @@
 //! coalesces HTTP/2 connections across hosts, CN = host, serverAuth only, not a CA, valid from an
 //! hour ago (clock skew) to the earlier of now + validity and the CA's own expiry.
 
-use crate::proxy::target::Host;
+use crate::net::target::Host;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,

@@ -6,12 +6,12 @@
 
 mod cache;
 pub mod der;
-pub mod files;
 mod leaf;
 
 pub use cache::{CacheStats, LeafCache};
 pub use leaf::Leaf;
 
+use crate::secret::files;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -175,7 +175,7 @@ impl CertificateAuthority {
     /// Mint a leaf for one host; see [`leaf`] for its shape.
     pub fn mint(
         &self,
-        host: &crate::proxy::target::Host,
+        host: &crate::net::target::Host,
         validity: Duration,
     ) -> Result<Leaf, CaError> {
         leaf::mint(&self.issuer, &self.chain, self.not_after, host, validity)

@@ -8,7 +8,7 @@ mod secrets;
 mod serve;
 mod token;
 
-use crate::proxy::egress::EgressPolicy;
+use crate::net::egress::EgressPolicy;
 use crate::store::StoreError;
 use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
@@ -28,7 +28,7 @@ pub struct Cli {
         global = true,
         env = "AIBRIDGE_LOG_FORMAT",
         value_enum,
-        default_value = "text"
+        default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
     /// Log level or filter (RUST_LOG overrides it).
@@ -36,7 +36,7 @@ pub struct Cli {
         long,
         global = true,
         env = "AIBRIDGE_LOG_LEVEL",
-        default_value = "info"
+        default_value = crate::config::DEFAULT_LOG_LEVEL
     )]
     pub log_level: String,
     #[command(subcommand)]

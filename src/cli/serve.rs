@@ -1,4 +1,5 @@
-//! `serve`: parse flags into an [`AppConfig`], start the proxy, wait for a signal.
+//! `serve`: parse flags into an [`AppConfig`], start the proxy, wait for a signal. Every
+//! default comes from a `config::DEFAULT_*` constant: the flags have no second copy.
 //!
 //! Signals: SIGTERM or SIGINT stops accepting and lets in-flight work finish for up to
 //! `--shutdown-grace`; whatever still runs then is cut (its records written), the records are
@@ -9,18 +10,18 @@ use super::{DbArgs, UpstreamArgs, EXIT_CONFIG};
 use crate::app::{App, AppError};
 use crate::config::{self, AppConfig, AuthMode, NonProviderHosts, ProxyConfig};
 use clap::Args;
+use humantime::Duration as HumanDuration;
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address of the proxy listener.
-    #[arg(long, env = "AIBRIDGE_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    #[arg(long, env = "AIBRIDGE_LISTEN", default_value_t = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Address of the admin API listener.
-    #[arg(long, env = "AIBRIDGE_ADMIN_LISTEN", default_value = config::DEFAULT_ADMIN_LISTEN)]
+    #[arg(long, env = "AIBRIDGE_ADMIN_LISTEN", default_value_t = config::DEFAULT_ADMIN_LISTEN)]
     admin_listen: SocketAddr,
     /// The admin API bearer token file (0600), generated on first start if absent.
     #[arg(long, env = "AIBRIDGE_ADMIN_TOKEN_FILE", default_value = config::DEFAULT_ADMIN_TOKEN_FILE)]
@@ -30,8 +31,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     ca: CaFileArgs,
     /// Validity of minted leaf certificates.
-    #[arg(long, env = "AIBRIDGE_LEAF_VALIDITY", default_value = "7d", value_parser = humantime::parse_duration)]
-    leaf_validity: Duration,
+    #[arg(long, env = "AIBRIDGE_LEAF_VALIDITY", default_value_t = config::DEFAULT_LEAF_VALIDITY.into())]
+    leaf_validity: HumanDuration,
     /// Maximum number of cached leaf certificates.
     #[arg(long, env = "AIBRIDGE_CERT_CACHE_SIZE", default_value_t = config::DEFAULT_CERT_CACHE_SIZE)]
     cert_cache_size: u64,
@@ -40,18 +41,18 @@ pub struct ServeArgs {
         long,
         env = "AIBRIDGE_CONNECT_PORTS",
         value_delimiter = ',',
-        default_value = "443,80"
+        default_values_t = config::DEFAULT_CONNECT_PORTS.to_vec()
     )]
     connect_ports: Vec<u16>,
     /// Agent authentication.
-    #[arg(long, env = "AIBRIDGE_AUTH", value_enum, default_value = "token")]
+    #[arg(long, env = "AIBRIDGE_AUTH", value_enum, default_value_t = config::DEFAULT_AUTH)]
     auth: AuthMode,
     /// What to do with hosts no provider intercepts.
     #[arg(
         long,
         env = "AIBRIDGE_NON_PROVIDER_HOSTS",
         value_enum,
-        default_value = "tunnel"
+        default_value_t = config::DEFAULT_NON_PROVIDER_HOSTS
     )]
     non_provider_hosts: NonProviderHosts,
     /// Private/reserved ranges tunnels may reach anyway (comma-separated CIDRs).
@@ -63,14 +64,14 @@ pub struct ServeArgs {
     #[command(flatten)]
     upstreams: UpstreamArgs,
     /// Time a client has to send a complete request head.
-    #[arg(long, env = "AIBRIDGE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    header_read_timeout: Duration,
+    #[arg(long, env = "AIBRIDGE_HEADER_READ_TIMEOUT", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT.into())]
+    header_read_timeout: HumanDuration,
     /// Time a client has to complete the TLS handshake on an intercepted connection.
-    #[arg(long, env = "AIBRIDGE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    tls_handshake_timeout: Duration,
+    #[arg(long, env = "AIBRIDGE_TLS_HANDSHAKE_TIMEOUT", default_value_t = config::DEFAULT_TLS_HANDSHAKE_TIMEOUT.into())]
+    tls_handshake_timeout: HumanDuration,
     /// Time allowed to open a TCP connection to a destination or upstream.
-    #[arg(long, env = "AIBRIDGE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    connect_timeout: Duration,
+    #[arg(long, env = "AIBRIDGE_CONNECT_TIMEOUT", default_value_t = config::DEFAULT_CONNECT_TIMEOUT.into())]
+    connect_timeout: HumanDuration,
     /// Largest request head accepted.
     #[arg(long, env = "AIBRIDGE_MAX_HEADER_BYTES", default_value_t = config::DEFAULT_MAX_HEADER_BYTES)]
     max_header_bytes: usize,
@@ -79,11 +80,11 @@ pub struct ServeArgs {
     max_request_body: usize,
     /// Longest silence on a response body, a request body or a tunnel (per read: streams are
     /// never bounded in total).
-    #[arg(long, env = "AIBRIDGE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
+    #[arg(long, env = "AIBRIDGE_IDLE_TIMEOUT", default_value_t = config::DEFAULT_IDLE_TIMEOUT.into())]
+    idle_timeout: HumanDuration,
     /// Longest wait from sending a request to the provider's response head (504 beyond).
-    #[arg(long, env = "AIBRIDGE_UPSTREAM_RESPONSE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
-    upstream_response_timeout: Duration,
+    #[arg(long, env = "AIBRIDGE_UPSTREAM_RESPONSE_TIMEOUT", default_value_t = config::DEFAULT_UPSTREAM_RESPONSE_TIMEOUT.into())]
+    upstream_response_timeout: HumanDuration,
     /// Client connections served at once; beyond it new ones get 503 and are closed.
     #[arg(long, env = "AIBRIDGE_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -97,8 +98,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AIBRIDGE_H2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = config::DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS)]
     h2_max_local_error_reset_streams: usize,
     /// How long in-flight requests may run after SIGTERM.
-    #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    shutdown_grace: Duration,
+    #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.into())]
+    shutdown_grace: HumanDuration,
 }
 
 impl ServeArgs {
@@ -112,30 +113,28 @@ impl ServeArgs {
             previous_secrets_key_file: self.db.previous_secrets_key_file,
             ca_cert: self.ca.ca_cert,
             ca_key: self.ca.ca_key,
-            leaf_validity: self.leaf_validity,
+            leaf_validity: self.leaf_validity.into(),
             cert_cache_size: self.cert_cache_size,
             upstream_ca_file: self.upstream_ca_file,
             allow_private_upstreams: self.upstreams.allow_private_upstreams,
-            shutdown_grace: self.shutdown_grace,
-            reload_timeout: crate::router::reload::RELOAD_TIMEOUT,
+            shutdown_grace: self.shutdown_grace.into(),
+            reload_timeout: config::DEFAULT_RELOAD_TIMEOUT,
             proxy: ProxyConfig {
                 connect_ports: self.connect_ports,
                 auth: self.auth,
                 non_provider_hosts: self.non_provider_hosts,
                 allow_private_cidrs: self.allow_private_cidrs,
-                header_read_timeout: self.header_read_timeout,
-                tls_handshake_timeout: self.tls_handshake_timeout,
-                connect_timeout: self.connect_timeout,
+                header_read_timeout: self.header_read_timeout.into(),
+                tls_handshake_timeout: self.tls_handshake_timeout.into(),
+                connect_timeout: self.connect_timeout.into(),
                 max_header_bytes: self.max_header_bytes,
                 max_request_body: self.max_request_body,
-                idle_timeout: self.idle_timeout,
-                upstream_response_timeout: self.upstream_response_timeout,
+                idle_timeout: self.idle_timeout.into(),
+                upstream_response_timeout: self.upstream_response_timeout.into(),
                 max_connections: self.max_connections,
                 h2_max_concurrent_streams: self.h2_max_concurrent_streams,
                 h2_max_pending_accept_reset_streams: self.h2_max_pending_accept_reset_streams,
                 h2_max_local_error_reset_streams: self.h2_max_local_error_reset_streams,
-                panic_on_path: None,
-                resolver: Default::default(),
             },
         }
     }
@@ -164,7 +163,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let grace = config.shutdown_grace;
     let ca_cert = config.ca_cert.clone();
     let token_file = config.admin_token_file.clone();
-    let app = match App::start(config, listener, Some(admin_listener)).await {
+    let app = match App::start(config, listener, Some(admin_listener), Default::default()).await {
         Ok(app) => app,
         Err(
             e @ (AppError::Config(_)

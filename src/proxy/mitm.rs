@@ -10,10 +10,14 @@
 //! provider in the live snapshot (else `502`): a request is never silently sent to a provider
 //! other than the one it was accepted for.
 
-use super::auth::Authenticated;
-use super::target::{Host, Target};
+use super::admit::check_head;
+use super::respond::Refusal;
 use super::ProxyState;
-use crate::bridge::{self, BridgeError, ProxyBody, RequestContext};
+use crate::auth::Authenticated;
+use crate::bridge::{self, RequestContext};
+use crate::net::target::{Host, Target};
+use crate::net::upstream::ProxyBody;
+use crate::router::ProviderRoute;
 use crate::shutdown::ShutdownExecutor;
 use http::{header, Request, Response};
 use hyper::body::Incoming;
@@ -166,56 +170,39 @@ impl Session {
 
     /// One decrypted request.
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        if self.state.config.panic_on_path.as_deref() == Some(req.uri().path()) {
+        if self.state.panic_on_path.as_deref() == Some(req.uri().path()) {
             injected_panic();
         }
         let ctx = RequestContext::new(&self.auth, &self.state.config);
-        let request_id = ctx.request_id.as_str();
-        if let Err(r) = super::connect::check_head(&req, self.state.config.max_header_bytes) {
-            tracing::info!(request_id, target = %self.key, reason = r.reason, "request head refused");
-            let mut resp = bridge::error::error_response(r.status, r.message, request_id);
-            if req.version() < http::Version::HTTP_2 {
-                // Whatever follows a refused head (its body) is not read: end the connection.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            }
-            return resp;
+        match self.admit(&req) {
+            Ok(route) => bridge::forward(&route, req, &ctx, &self.state.recorder).await,
+            Err(r) => r.on_intercepted(&ctx.request_id, &self.key, req.version()),
         }
-        if !names_authority(&req) {
-            tracing::info!(request_id, target = %self.key, reason = "no_authority", "request names no host");
-            return BridgeError::NoAuthority.into_response(request_id);
+    }
+
+    /// The checks a decrypted request passes before the bridge: its head, its host (named, and
+    /// the CONNECT target's), its token (still active) and its provider (still the same).
+    fn admit(&self, req: &Request<Incoming>) -> Result<Arc<ProviderRoute>, Refusal> {
+        check_head(req, self.state.config.max_header_bytes)?;
+        if !names_authority(req) {
+            return Err(Refusal::no_authority());
         }
-        if !authority_matches(&req, &self.target) {
-            tracing::info!(request_id, target = %self.key, reason = "misdirected", "inner authority differs from CONNECT host");
-            return BridgeError::Misdirected.into_response(request_id);
+        if !authority_matches(req, &self.target) {
+            return Err(Refusal::misdirected());
         }
-        let route = {
-            let snapshot = self.state.router.load();
-            // A token revoked while this connection is open stops working at the next request.
-            if let Some(id) = self.auth.token_id() {
-                if !snapshot.token_active(id) {
-                    tracing::info!(request_id, target = %self.key, reason = "token_revoked", "token revoked since CONNECT");
-                    let mut resp = bridge::error::error_response(
-                        http::StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                        "Proxy Authentication Required",
-                        request_id,
-                    );
-                    if req.version() < http::Version::HTTP_2 {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-                    }
-                    return resp;
-                }
-            }
-            match snapshot.route(&self.key) {
-                Some(r) if r.id == self.provider_id => r.clone(),
-                _ => {
-                    tracing::info!(request_id, target = %self.key, reason = "route_gone", "provider changed since CONNECT");
-                    return BridgeError::RouteGone.into_response(request_id);
-                }
-            }
-        };
-        bridge::forward(&route, req, &ctx, &self.state.recorder).await
+        let snapshot = self.state.router.load();
+        // A token revoked while this connection is open stops working at the next request.
+        if self
+            .auth
+            .token_id()
+            .is_some_and(|id| !snapshot.token_active(id))
+        {
+            return Err(Refusal::token_revoked());
+        }
+        match snapshot.route(&self.key) {
+            Some(r) if r.id == self.provider_id => Ok(r.clone()),
+            _ => Err(Refusal::route_gone()),
+        }
     }
 }
 

@@ -5,21 +5,20 @@
 //! head buffer and upgrades enabled. [`connect`] decides what each request becomes; the MITM and
 //! tunnel tasks that follow a `200` are spawned into the same shutdown scope as the connection.
 
-pub mod auth;
-pub mod connect;
-pub mod egress;
+mod admit;
+mod connect;
 mod forward;
 mod idle;
 mod mitm;
-pub mod target;
+mod respond;
 mod tunnel;
 
-use crate::bridge::ProxyBody;
 use crate::ca::LeafCache;
 use crate::config::ProxyConfig;
+use crate::net::egress::Dialer;
+use crate::net::upstream::ProxyBody;
 use crate::router::Router;
 use crate::shutdown::Shutdown;
-use egress::Dialer;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -51,6 +50,9 @@ pub struct ProxyState {
     /// Where interception records go.
     pub recorder: crate::usage::recorder::Recorder,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Fault injection (F24, a test seam with no flag): a decrypted request with this path
+    /// panics its connection task.
+    panic_on_path: Option<String>,
 }
 
 /// Counts one open intercepted or tunnelled connection for as long as it lives.
@@ -71,17 +73,16 @@ impl Drop for ActiveGuard {
 }
 
 impl ProxyState {
+    /// `dialer` opens tunnels and plain forwards (under `--allow-private-cidrs`).
     pub fn new(
         config: ProxyConfig,
+        dialer: Dialer,
         router: Arc<Router>,
         leaves: Arc<LeafCache>,
         shutdown: Shutdown,
         recorder: crate::usage::recorder::Recorder,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        let policy = egress::EgressPolicy::public_only(config.allow_private_cidrs.clone());
-        let dialer =
-            Dialer::new(policy, config.connect_timeout).with_resolver(config.resolver.clone());
         let forward_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -95,23 +96,20 @@ impl ProxyState {
             shutdown,
             recorder,
             metrics,
+            panic_on_path: None,
         }
+    }
+
+    /// Panic on decrypted requests for `path` (fault injection; see [`crate::app::Seams`]).
+    #[doc(hidden)]
+    pub fn with_panic_on_path(mut self, path: Option<String>) -> Self {
+        self.panic_on_path = path;
+        self
     }
 }
 
 /// Most header fields a request may carry (hyper answers 431 beyond it).
 pub const MAX_HEADER_FIELDS: usize = 100;
-
-/// The size of a request head as parsed. hyper's buffer limit only bites when a head arrives in
-/// pieces, so the `--max-header-bytes` limit is also enforced on what was parsed.
-pub(crate) fn head_size<B>(req: &http::Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
-    line + req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-}
 
 /// One of the `--max-connections` places, held by a client connection and, after a `200` to
 /// its CONNECT, by the MITM session or tunnel that takes the connection over. It travels in the

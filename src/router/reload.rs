@@ -6,7 +6,7 @@
 //! reload keeps the previous snapshot serving and is retried with backoff until it succeeds.
 
 use super::{Router, Snapshot};
-use crate::bridge::upstream::UpstreamFactory;
+use crate::net::upstream::UpstreamFactory;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Longest a reload may take before it counts as failed (the default of
-/// [`crate::config::AppConfig::reload_timeout`]).
-pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -46,11 +43,11 @@ impl Reloader {
             generation: 0,
             migrated: false,
             stats: Arc::default(),
-            timeout: RELOAD_TIMEOUT,
+            timeout: crate::config::DEFAULT_RELOAD_TIMEOUT,
         }
     }
 
-    /// Count a reload that takes longer than `timeout` as failed (default [`RELOAD_TIMEOUT`]).
+    /// Count a reload that takes longer than `timeout` as failed (default [`crate::config::DEFAULT_RELOAD_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

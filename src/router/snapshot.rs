@@ -9,9 +9,9 @@
 //! Upstream clients of providers whose base URL did not change are carried over from the
 //! previous snapshot so their warm connections survive the reload.
 
-use crate::bridge::upstream::{UpstreamClient, UpstreamFactory};
+use crate::net::egress::EgressPolicy;
+use crate::net::upstream::{UpstreamClient, UpstreamFactory};
 use crate::provider::{self, BaseUrl, ProviderKind};
-use crate::proxy::egress::EgressPolicy;
 use crate::secret::Secret;
 use crate::store::RoutingData;
 use serde::Serialize;
@@ -256,7 +256,7 @@ fn digest_prefix(digest: &[u8; 32]) -> u64 {
     u64::from_le_bytes(prefix)
 }
 
-type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::proxy::target::Target>);
+type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::net::target::Target>);
 
 fn parse_row(row: &crate::store::Provider, policy: &EgressPolicy) -> Result<ParsedRow, String> {
     let kind: ProviderKind = row

@@ -20,7 +20,7 @@
 //! Nothing here logs or formats a key, a clear value or a ciphertext: errors name the secrets key
 //! id, never a value.
 
-use crate::ca::files::{self, FileError};
+use crate::secret::files::{self, FileError};
 use crate::secret::Secret;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -27,9 +27,8 @@ pub use model::{
 };
 pub use secrets::{KeyStorage, Rotation};
 
+use crate::net::egress::EgressPolicy;
 use crate::provider::ProviderError;
-use crate::proxy::egress::EgressPolicy;
-use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -383,9 +382,4 @@ fn now() -> OffsetDateTime {
 
 fn parse_id(id_or_name: &str) -> Option<Uuid> {
     Uuid::parse_str(id_or_name).ok()
-}
-
-/// The stored form of a token.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }

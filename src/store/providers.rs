@@ -4,8 +4,8 @@ use super::crypto::Keyring;
 use super::model::{KeyRow, ProviderRow};
 use super::{conflict, now, parse_id, Channel, Store, StoreError};
 use super::{NewProvider, Provider, ProviderKey, ProviderPatch};
+use crate::net::egress::EgressPolicy;
 use crate::provider;
-use crate::proxy::egress::EgressPolicy;
 use crate::secret::Secret;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Agent tokens: stored as SHA-256, the clear token shown once.
 
 use super::AgentToken;
-use super::{hash_token, now, Channel, Store, StoreError};
+use super::{now, Channel, Store, StoreError};
 use crate::secret::Secret;
 use uuid::Uuid;
 
@@ -20,11 +20,12 @@ impl Store {
                 "user must be 1 to 128 printable characters",
             ));
         }
-        let token = Secret::new(generate_token()?);
+        let token = crate::secret::token::generate()
+            .map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
         let row = AgentToken {
             id: Uuid::new_v4(),
             user: user.to_string(),
-            token_hash: hash_token(token.expose()).to_vec(),
+            token_hash: crate::secret::token::digest(token.expose()).to_vec(),
             created_at: now(),
             last_used_at: None,
             revoked_at: None,
@@ -81,16 +82,4 @@ impl Store {
         self.committed(counter);
         Ok(revoked)
     }
-}
-
-/// A new agent token: `abp_` and 256 random bits, base64url.
-fn generate_token() -> Result<String, StoreError> {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|_| StoreError::InvalidInput("the system has no entropy source"))?;
-    Ok(format!(
-        "abp_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
 }

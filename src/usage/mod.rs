@@ -14,6 +14,7 @@
 //! A stream that ends before its terminal event keeps the last counts seen and is `truncated`.
 
 mod doc;
+pub mod observe;
 pub mod recorder;
 pub mod sse;
 

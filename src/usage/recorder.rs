@@ -77,7 +77,7 @@ impl Recorder {
             .inflight_requests
             .with_label_values(&[r.provider.as_str()])
             .dec();
-        self.metrics.observe(&r);
+        super::observe::observe(&self.metrics, &r);
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -1,10 +1,16 @@
 //! Corpus-as-regression (Envoy's rule, RELIABILITY.md F-2): every committed fuzz input under
 //! `fuzz/corpus/<target>/` — seeds, what fuzz runs added, and past crashes kept as regression
 //! files — plus any local `fuzz/artifacts/<target>/` finding is replayed through the same
-//! `fuzz_logic` oracle the fuzz target calls. A missing or empty corpus fails, so a renamed
-//! target cannot silently stop being checked.
+//! oracle the fuzz target calls (`fuzz/oracles/`, included here by `#[path]`). A missing or
+//! empty corpus fails, so a renamed target cannot silently stop being checked.
 
-use aibridge_proxy::fuzz_logic::{Violation, TARGETS};
+#[macro_use]
+#[path = "../../fuzz/oracles/mod.rs"]
+mod oracles;
+
+use aibridge_proxy::usage::sse::Event;
+use oracles::streams::reference_events;
+use oracles::{Outcome, Violation, TARGETS};
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
@@ -70,7 +76,7 @@ fn every_corpus_file_passes_its_oracle() {
     );
 }
 
-/// The fuzz project, its shims, its corpora and `fuzz_logic::TARGETS` name the same targets.
+/// The fuzz project, its shims, its corpora and `oracles::TARGETS` name the same targets.
 #[test]
 fn fuzz_targets_corpora_and_oracles_agree() {
     let root = fuzz_dir();
@@ -99,7 +105,7 @@ fn fuzz_targets_corpora_and_oracles_agree() {
             std::fs::read_to_string(root.join("fuzz_targets").join(format!("{name}.rs"))).unwrap();
         assert!(
             shim.contains(&format!("check({name}(data))")),
-            "fuzz_targets/{name}.rs must call fuzz_logic::{name}"
+            "fuzz_targets/{name}.rs must call oracles::{name}::{name}"
         );
     }
 }
@@ -115,4 +121,51 @@ fn replay_reports_violations_and_panics() {
     }
     assert!(replay(broken, b"x").unwrap_err().contains("always"));
     assert!(replay(panics, b"x").unwrap_err().contains("boom"));
+}
+
+#[test]
+fn oracles_accept_known_good_inputs() {
+    let cases: &[(&str, &[u8])] = &[
+        ("connect_target", b"API.OpenAI.com.:443"),
+        ("connect_target", b"[::ffff:1.2.3.4]:443"),
+        ("proxy_authorization", b"Basic YWdlbnQ6dG9r"),
+        ("proxy_authorization", b"Bearer x"),
+        ("sse_openai", b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\r\n\r\ndata: [DONE]\r\r"),
+        ("sse_anthropic", b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        ("usage_json", br#"{"model":"m","usage":{"input_tokens":1,"output_tokens":2}}"#),
+        ("base_url", b"https://API.example.com:8443/v1/\n//evil.example/x?y"),
+    ];
+    for (name, input) in cases {
+        let (_, oracle) = TARGETS.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(
+            oracle(input),
+            Ok(()),
+            "{name} on {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn reference_framing_matches_known_transcript() {
+    let events = reference_events(b": c\r\nevent: a\r\ndata: one\r\ndata:two\r\n\r\ndata: x\rdata");
+    assert_eq!(
+        events,
+        vec![Event {
+            event: "a".into(),
+            data: "one\ntwo".into()
+        }]
+    );
+}
+
+#[test]
+fn violations_are_reported_not_hidden() {
+    // The oracle machinery itself must be able to fail.
+    let check = |x: u8| -> Outcome {
+        ensure_eq!(x, 1, "x must be one");
+        Ok(())
+    };
+    assert!(check(1).is_ok());
+    let err = check(2).unwrap_err();
+    assert!(err.0.contains("x must be one"), "{err}");
 }

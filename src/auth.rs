@@ -50,6 +50,14 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
+    /// `--auth none`: no token, the label `anonymous`.
+    fn anonymous() -> Self {
+        Authenticated {
+            token_id: None,
+            user: Arc::from("anonymous"),
+        }
+    }
+
     /// The token's id; `None` with `--auth none`.
     pub fn token_id(&self) -> Option<Uuid> {
         self.token_id
@@ -68,10 +76,7 @@ pub fn authenticate(
     mode: AuthMode,
 ) -> Result<Authenticated, AuthError> {
     if mode == AuthMode::None {
-        return Ok(Authenticated {
-            token_id: None,
-            user: Arc::from("anonymous"),
-        });
+        return Ok(Authenticated::anonymous());
     }
     let mut values = headers.get_all(PROXY_AUTHORIZATION).iter();
     let value = values.next().ok_or(AuthError::Missing)?;
@@ -79,8 +84,14 @@ pub fn authenticate(
         return Err(AuthError::Ambiguous);
     }
     let token = basic_password(value.as_bytes())?;
-    let digest = crate::store::hash_token(&token);
-    let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
+    known_token(snapshot, &token)
+}
+
+/// The active token `token` is, by its digest (never the database).
+fn known_token(snapshot: &Snapshot, token: &str) -> Result<Authenticated, AuthError> {
+    let entry = snapshot
+        .token(&crate::secret::token::digest(token))
+        .ok_or(AuthError::Unknown)?;
     Ok(Authenticated {
         token_id: Some(entry.id),
         user: entry.user.clone(),
@@ -96,7 +107,7 @@ pub fn authenticate_api_key(
     mode: AuthMode,
 ) -> Result<Authenticated, AuthError> {
     if mode == AuthMode::None {
-        return authenticate(headers, snapshot, mode);
+        return Ok(Authenticated::anonymous());
     }
     let bearer = headers.get_all(AUTHORIZATION).iter().map(|v| {
         let v = v.to_str().map_err(|_| AuthError::Malformed)?;
@@ -117,12 +128,7 @@ pub fn authenticate_api_key(
     if token.is_empty() || token.len() > MAX_CREDENTIALS_LEN {
         return Err(AuthError::Malformed);
     }
-    let digest = crate::store::hash_token(token);
-    let entry = snapshot.token(&digest).ok_or(AuthError::Unknown)?;
-    Ok(Authenticated {
-        token_id: Some(entry.id),
-        user: entry.user.clone(),
-    })
+    known_token(snapshot, token)
 }
 
 /// The password of a Basic credential: `Basic base64(user:password)`, scheme case-insensitive.

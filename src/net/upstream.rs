@@ -3,11 +3,11 @@
 //! Verification is always on: the webpki roots plus any `--upstream-ca-file` roots. Redirects
 //! are never followed (hyper's client does not), so a provider cannot bounce a request that
 //! carries its key to another host: a `3xx` goes back to the client as it came. Connections are
-//! opened only through the egress [`Dialer`](crate::proxy::egress::Dialer), under the upstream
+//! opened only through the egress [`Dialer`](crate::net::egress::Dialer), under the upstream
 //! policy (public addresses plus `--allow-private-upstreams`), checked on the exact address
 //! dialled every time a connection is opened.
 
-use crate::proxy::egress::Dialer;
+use crate::net::egress::Dialer;
 use crate::BoxError;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -84,7 +84,7 @@ impl UpstreamFactory {
     }
 
     /// The egress policy every upstream connection is dialled under.
-    pub fn policy(&self) -> &crate::proxy::egress::EgressPolicy {
+    pub fn policy(&self) -> &crate::net::egress::EgressPolicy {
         self.dialer.policy()
     }
 

@@ -3,6 +3,12 @@
 //! Provider keys, agent tokens and the CA key travel in this type so that a stray `{:?}` in a
 //! log line or an error prints `[redacted]` instead of the value. The contents are zeroed on
 //! drop. Reading the value is explicit (`expose`), which makes every use greppable.
+//!
+//! Beside the type: [`files`] writes and checks private (0600) files (CA key, admin token,
+//! secrets key) and [`token`] makes agent tokens and their stored digest.
+
+pub mod files;
+pub mod token;
 
 use std::fmt;
 use zeroize::Zeroize;
