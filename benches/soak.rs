@@ -44,20 +44,6 @@ impl Counts {
     }
 }
 
-async fn echo_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args
@@ -75,26 +61,10 @@ fn main() {
 }
 
 async fn soak(seconds: u64) {
-    let ca = TestCa::new();
-    let upstream = Arc::new(MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await);
     let echo = echo_server().await;
-    let proxy = Arc::new(
-        TestProxy::start(TestProxyOptions {
-            providers: vec![ProviderSpec::openai(upstream.base_url())],
-            upstream_ca_pem: Some(ca.cert_pem.clone()),
-            allow_private_cidrs: vec!["127.0.0.0/8"],
-            extra_ports: vec![echo],
-            ..Default::default()
-        })
-        .await,
-    );
-    let (status, body) = proxy
-        .admin(
-            "POST",
-            "/api/v1/models",
-            Some(serde_json::json!({"provider": "openai", "model": "gpt-4o-mini"})),
-        )
-        .await;
+    let proxy = Arc::new(Env::with(|o| o.openai().tunnels_to(echo)).await);
+    let model = serde_json::json!({"provider": "openai", "model": "gpt-4o-mini"});
+    let (status, body) = proxy.admin_post("/api/v1/models", model).await;
     assert_eq!(status, 201, "{body}");
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -105,7 +75,7 @@ async fn soak(seconds: u64) {
     {
         let (proxy, counts, stop) = (proxy.clone(), counts.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
+            let client = proxy.client(http);
             while !stop.load(Ordering::Relaxed) {
                 let path = if i % 2 == 0 {
                     "/v1/chat/completions"
@@ -157,13 +127,8 @@ async fn soak(seconds: u64) {
             while !stop.load(Ordering::Relaxed) {
                 enforce = !enforce;
                 // The model used is configured, so requests pass with or without enforcement.
-                let (status, _) = proxy
-                    .admin(
-                        "PATCH",
-                        "/api/v1/providers/openai",
-                        Some(serde_json::json!({ "enforce_models": enforce })),
-                    )
-                    .await;
+                let change = serde_json::json!({ "enforce_models": enforce });
+                let (status, _) = proxy.admin_patch("/api/v1/providers/openai", change).await;
                 counts.check(status == 200, "provider rewrite");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -174,7 +139,7 @@ async fn soak(seconds: u64) {
     let mut trace = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        upstream.clear_seen();
+        proxy.upstream.clear_seen();
         let at = started.elapsed().as_secs();
         if at % 10 == 0 && trace.last().is_none_or(|(t, _)| *t != at) {
             trace.push((at, rss_kib()));

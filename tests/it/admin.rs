@@ -1,31 +1,21 @@
 //! The admin API on both backends: every mutation is followed by a request through the proxy
 //! that proves the routing changed; auth on every route; validation answers.
 
-use crate::both_backends;
 use crate::support::db::TestDb;
 use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON};
 use crate::support::*;
-use aibridge_proxy::config::NonProviderHosts;
 use serde_json::json;
 
-async fn start(db: &TestDb) -> (MockUpstream, TestProxy) {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.clone()),
-        // Hosts no provider claims are refused at once (no DNS): 403 means "not intercepted".
-        non_provider_hosts: NonProviderHosts::Deny,
-        ..Default::default()
-    })
-    .await;
-    (upstream, proxy)
+/// No provider yet; hosts no provider claims are refused at once (no DNS): 403 means "not
+/// intercepted".
+async fn start(db: &TestDb) -> Env {
+    Env::with(|o| o.database(&db.url).deny_non_providers()).await
 }
 
 /// Status of a POST through the proxy to `https://{host}/v1/...`; 403 = not intercepted.
 async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
-    match client
+    match proxy
+        .client(Http::Two)
         .post(format!("https://{host}{path}"))
         .body("{}")
         .send()
@@ -37,10 +27,7 @@ async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
         ),
         // A refused CONNECT surfaces as a client error; read its status from the proxy directly.
         Err(_) => {
-            let req = format!(
-                "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\nProxy-Authorization: {}\r\n\r\n",
-                raw::basic(&proxy.token)
-            );
+            let req = raw::connect_head(&format!("{host}:443"), &proxy.token);
             let (head, _) = raw::send_head(proxy.addr, req.as_bytes()).await;
             (raw::status(&head), head)
         }
@@ -48,7 +35,8 @@ async fn call(proxy: &TestProxy, host: &str, path: &str) -> (u16, String) {
 }
 
 async fn crud_reroutes(db: &TestDb) {
-    let (upstream, proxy) = start(db).await;
+    let proxy = start(db).await;
+    let upstream = &proxy.upstream;
     let chat = "/v1/chat/completions";
     assert_eq!(
         call(&proxy, "api.openai.com", chat).await.0,
@@ -58,12 +46,8 @@ async fn crud_reroutes(db: &TestDb) {
 
     // create → intercepted with the key
     let (status, created) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["API.OpenAI.com"], "api_keys": ["sk-admin-key-0123456789"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
+                        "intercept_hosts": ["API.OpenAI.com"], "api_keys": ["sk-admin-key-0123456789"]}))
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "enabled");
@@ -84,45 +68,30 @@ async fn crud_reroutes(db: &TestDb) {
 
     // disable → not intercepted
     let (status, _) = proxy
-        .admin(
-            "PATCH",
-            "/api/v1/providers/openai",
-            Some(json!({"enabled": false})),
-        )
+        .admin_patch("/api/v1/providers/openai", json!({"enabled": false}))
         .await;
     assert_eq!(status, 200);
     assert_eq!(call(&proxy, "api.openai.com", chat).await.0, 403);
-    let (_, p) = proxy.admin("GET", "/api/v1/providers/openai", None).await;
+    let (_, p) = proxy.admin_get("/api/v1/providers/openai").await;
     assert_eq!(p["status"], "disabled");
 
     // enable + rename → intercepted under the new name
     let (status, _) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             "/api/v1/providers/openai",
-            Some(json!({"enabled": true, "name": "openai-eu"})),
+            json!({"enabled": true, "name": "openai-eu"}),
         )
         .await;
     assert_eq!(status, 200);
     assert_eq!(call(&proxy, "api.openai.com", chat).await.0, 200);
-    assert_eq!(
-        proxy.admin("GET", "/api/v1/providers/openai", None).await.0,
-        404
-    );
-    assert_eq!(
-        proxy
-            .admin("GET", "/api/v1/providers/openai-eu", None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(proxy.admin_get("/api/v1/providers/openai").await.0, 404);
+    assert_eq!(proxy.admin_get("/api/v1/providers/openai-eu").await.0, 200);
 
     // move host
     let (status, _) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             "/api/v1/providers/openai-eu",
-            Some(json!({"intercept_hosts": ["eu.api.openai.com"]})),
+            json!({"intercept_hosts": ["eu.api.openai.com"]}),
         )
         .await;
     assert_eq!(status, 200);
@@ -131,12 +100,8 @@ async fn crud_reroutes(db: &TestDb) {
 
     // a second provider; a third claiming a taken host is excluded, with a warning
     let (status, _) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "anthropic", "kind": "anthropic", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["api.anthropic.com"], "api_keys": ["sk-ant-admin-0123456789"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "anthropic", "kind": "anthropic", "base_url": upstream.base_url(),
+                        "intercept_hosts": ["api.anthropic.com"], "api_keys": ["sk-ant-admin-0123456789"]}))
         .await;
     assert_eq!(status, 201);
     assert_eq!(
@@ -147,16 +112,9 @@ async fn crud_reroutes(db: &TestDb) {
         upstream.seen().last().unwrap().headers["x-api-key"],
         "sk-ant-admin-0123456789"
     );
-    let (status, dup) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(
-                json!({"name": "copycat", "kind": "openai", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["api.anthropic.com"]}),
-            ),
-        )
-        .await;
+    let copycat = json!({"name": "copycat", "kind": "openai", "base_url": upstream.base_url(),
+                         "intercept_hosts": ["api.anthropic.com"]});
+    let (status, dup) = proxy.admin_post("/api/v1/providers", copycat).await;
     assert_eq!(status, 201);
     assert_eq!(dup["status"], "excluded");
     assert!(
@@ -174,24 +132,19 @@ async fn crud_reroutes(db: &TestDb) {
     );
 
     // keys: add, remove (BYOK afterwards)
+    let second = json!({"api_key": "sk-second-0123456789"});
     let (status, key) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers/openai-eu/keys",
-            Some(json!({"api_key": "sk-second-0123456789"})),
-        )
+        .admin_post("/api/v1/providers/openai-eu/keys", second)
         .await;
     assert_eq!(status, 201);
     assert_eq!(key["masked"], "sk-...6789");
-    let (_, p) = proxy
-        .admin("GET", "/api/v1/providers/openai-eu", None)
-        .await;
+    let (_, p) = proxy.admin_get("/api/v1/providers/openai-eu").await;
     for k in p["api_keys"].as_array().unwrap() {
         let path = format!(
             "/api/v1/providers/openai-eu/keys/{}",
             k["id"].as_str().unwrap()
         );
-        assert_eq!(proxy.admin("DELETE", &path, None).await.0, 204);
+        assert_eq!(proxy.admin_delete(&path).await.0, 204);
     }
     assert_eq!(call(&proxy, "eu.api.openai.com", chat).await.0, 200);
     assert!(
@@ -207,34 +160,21 @@ async fn crud_reroutes(db: &TestDb) {
 
     // delete → not intercepted; recreate → intercepted again
     assert_eq!(
-        proxy
-            .admin("DELETE", "/api/v1/providers/openai-eu", None)
-            .await
-            .0,
+        proxy.admin_delete("/api/v1/providers/openai-eu").await.0,
         204
     );
     assert_eq!(
-        proxy
-            .admin("DELETE", "/api/v1/providers/openai-eu", None)
-            .await
-            .0,
+        proxy.admin_delete("/api/v1/providers/openai-eu").await.0,
         404
     );
     assert_eq!(call(&proxy, "eu.api.openai.com", chat).await.0, 403);
-    let (status, _) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(
-                json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
-                        "intercept_hosts": ["api.openai.com"]}),
-            ),
-        )
-        .await;
+    let openai = json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(),
+                        "intercept_hosts": ["api.openai.com"]});
+    let (status, _) = proxy.admin_post("/api/v1/providers", openai).await;
     assert_eq!(status, 201);
     assert_eq!(call(&proxy, "api.openai.com", chat).await.0, 200);
 
-    let (status, router) = proxy.admin("GET", "/api/v1/router", None).await;
+    let (status, router) = proxy.admin_get("/api/v1/router").await;
     assert_eq!(status, 200);
     assert_eq!(router["hosts"]["api.openai.com:443"], "openai");
     assert_eq!(router["hosts"]["api.anthropic.com:443"], "anthropic");
@@ -243,39 +183,29 @@ async fn crud_reroutes(db: &TestDb) {
 both_backends!(crud_through_the_api_reroutes_the_proxy, crud_reroutes);
 
 async fn models_and_tokens(db: &TestDb) {
-    let (upstream, proxy) = start(db).await;
+    let proxy = start(db).await;
+    let upstream = &proxy.upstream;
     let (_, p) = proxy
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url()})),
+            json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url()}),
         )
         .await;
-    let (status, a) = proxy
-        .admin(
-            "POST",
-            "/api/v1/models",
-            Some(json!({"provider": "openai", "model": "gpt-a"})),
-        )
-        .await;
+    let gpt_a = json!({"provider": "openai", "model": "gpt-a"});
+    let (status, a) = proxy.admin_post("/api/v1/models", gpt_a).await;
     assert_eq!(status, 201, "{a}");
     assert_eq!(a["is_default"], true);
     assert_eq!(a["provider_id"], p["id"]);
     let (_, b) = proxy
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/models",
-            Some(json!({"provider": p["id"], "model": "gpt-b", "context_limit": 8000})),
+            json!({"provider": p["id"], "model": "gpt-b", "context_limit": 8000}),
         )
         .await;
     let b_id = b["id"].as_str().unwrap().to_string();
     for _ in 0..2 {
         let (status, d) = proxy
-            .admin(
-                "PUT",
-                "/api/v1/default-model",
-                Some(json!({"model_id": b_id})),
-            )
+            .admin_put("/api/v1/default-model", json!({"model_id": b_id}))
             .await;
         assert_eq!(
             (status, d["model_id"].as_str()),
@@ -284,54 +214,51 @@ async fn models_and_tokens(db: &TestDb) {
         );
     }
     assert_eq!(
-        proxy.admin("DELETE", "/api/v1/default-model", None).await.0,
+        proxy.admin_delete("/api/v1/default-model").await.0,
         405,
         "no DELETE on the pointer"
     );
     assert_eq!(
         proxy
-            .admin("DELETE", &format!("/api/v1/models/{b_id}"), None)
+            .admin_delete(&format!("/api/v1/models/{b_id}"))
             .await
             .0,
         204
     );
-    let (_, d) = proxy.admin("GET", "/api/v1/default-model", None).await;
+    let (_, d) = proxy.admin_get("/api/v1/default-model").await;
     assert_eq!(
         d["model_id"], a["id"],
         "deleting the default promotes the remaining model"
     );
     let (status, e) = proxy
-        .admin(
-            "PATCH",
+        .admin_patch(
             &format!("/api/v1/models/{}", a["id"].as_str().unwrap()),
-            Some(json!({"is_default": false})),
+            json!({"is_default": false}),
         )
         .await;
     assert_eq!(status, 409, "the only model stays default: {e}");
     let (status, _) = proxy
-        .admin(
-            "PUT",
+        .admin_put(
             "/api/v1/default-model",
-            Some(json!({"model_id": uuid::Uuid::new_v4()})),
+            json!({"model_id": uuid::Uuid::new_v4()}),
         )
         .await;
     assert_eq!(status, 404);
     let (status, _) = proxy
-        .admin(
-            "POST",
+        .admin_post(
             "/api/v1/models",
-            Some(json!({"provider": "openai", "model": "x", "context_limit": 0})),
+            json!({"provider": "openai", "model": "x", "context_limit": 0}),
         )
         .await;
     assert_eq!(status, 422);
 
     // tokens: the clear token appears once; a revoked token stops working
     let (status, t) = proxy
-        .admin("POST", "/api/v1/tokens", Some(json!({"user": "dana"})))
+        .admin_post("/api/v1/tokens", json!({"user": "dana"}))
         .await;
     assert_eq!(status, 201);
     let token = t["token"].as_str().unwrap().to_string();
-    let (_, list) = proxy.admin("GET", "/api/v1/tokens", None).await;
+    let (_, list) = proxy.admin_get("/api/v1/tokens").await;
     assert!(
         !list.to_string().contains(&token),
         "listed tokens never include the token"
@@ -341,7 +268,7 @@ async fn models_and_tokens(db: &TestDb) {
         .unwrap()
         .iter()
         .any(|i| i["user"] == "dana"));
-    let client = agent_client(proxy.addr, &token, &[&proxy.ca_pem], Http::One);
+    let client = proxy.client_as(&token, Http::One);
     // api.openai.com is not claimed (the provider intercepts its base URL's host): 403 = authenticated.
     let req = format!(
         "CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n",
@@ -354,11 +281,7 @@ async fn models_and_tokens(db: &TestDb) {
     drop(client);
     assert_eq!(
         proxy
-            .admin(
-                "DELETE",
-                &format!("/api/v1/tokens/{}", t["id"].as_str().unwrap()),
-                None
-            )
+            .admin_delete(&format!("/api/v1/tokens/{}", t["id"].as_str().unwrap()))
             .await
             .0,
         204
@@ -374,12 +297,9 @@ both_backends!(models_default_and_tokens_through_the_api, models_and_tokens);
 #[tokio::test]
 async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
     let db = TestDb::sqlite();
-    let (_upstream, proxy) = start(&db).await;
-    let base = format!("http://{}", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::client_config(&[], &[]))
-        .build()
-        .unwrap();
+    let proxy = start(&db).await;
+    let base = proxy.admin_url("");
+    let client = plain_client();
     let id = uuid::Uuid::new_v4();
     let routes = [
         ("GET", "/api/v1/providers".to_string()),
@@ -411,7 +331,7 @@ async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
             if !auth.is_empty() {
                 req = req.header("authorization", auth);
             }
-            let resp = req.send().await.unwrap();
+            let resp = req.call().await;
             assert_eq!(resp.status(), 401, "{method} {path} with {auth:?}");
             let body: serde_json::Value =
                 serde_json::from_str(&resp.text().await.unwrap()).unwrap();
@@ -422,24 +342,23 @@ async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
             format!("{base}{path}?token={}", proxy.admin_token),
         );
         assert_eq!(
-            q.send().await.unwrap().status(),
+            q.call().await.status(),
             401,
             "token in the query string is not accepted"
         );
     }
-    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    let health = client.get(format!("{base}/healthz")).call().await;
     assert_eq!(health.status(), 200);
     let ca = client
         .get(format!("{base}/ca.pem"))
-        .send()
+        .call()
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
     assert_eq!(ca, proxy.ca_pem);
     assert!(!ca.contains("PRIVATE KEY"));
-    assert_eq!(proxy.admin("GET", "/readyz", None).await.0, 200);
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(proxy.dir.path().join("admin-token"))
             .unwrap()
@@ -451,8 +370,8 @@ async fn admin_token_is_required_everywhere_but_healthz_and_ca() {
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
     let db = TestDb::sqlite();
-    let (upstream, proxy) = start(&db).await;
-    let ok = json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url()});
+    let proxy = start(&db).await;
+    let ok = json!({"name": "openai", "kind": "openai", "base_url": proxy.upstream.base_url()});
     let with = |k: &str, v: serde_json::Value| {
         let mut b = ok.clone();
         b[k] = v;
@@ -474,28 +393,20 @@ async fn bad_requests_get_json_errors() {
         (with("api_keys", json!("sk-live-must-not-echo")), 422),
     ];
     for (body, status) in cases {
-        let (got, err) = proxy
-            .admin("POST", "/api/v1/providers", Some(body.clone()))
-            .await;
+        let (got, err) = proxy.admin_post("/api/v1/providers", body.clone()).await;
         assert_eq!(got, status, "{body} → {err}");
         assert!(
             err["error"].is_string() && err["detail"].is_string(),
             "{err}"
         );
     }
-    let url = format!("http://{}/api/v1/providers", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::client_config(&[], &[]))
-        .build()
-        .unwrap();
-    let resp = client
-        .post(&url)
+    let resp = plain_client()
+        .post(proxy.admin_url("/api/v1/providers"))
         .bearer_auth(&proxy.admin_token)
         .header("content-type", "application/json")
         .body("{not json")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(body["error"], "malformed JSON");
@@ -504,18 +415,15 @@ async fn bad_requests_get_json_errors() {
         "/api/v1/nope",
         "/etc/passwd",
     ] {
-        assert_eq!(proxy.admin("GET", path, None).await.0, 404, "{path}");
+        assert_eq!(proxy.admin_get(path).await.0, 404, "{path}");
     }
     assert_eq!(
-        proxy
-            .admin("POST", "/api/v1/providers", Some(ok.clone()))
-            .await
-            .0,
+        proxy.admin_post("/api/v1/providers", ok.clone()).await.0,
         201
     );
-    let (status, err) = proxy.admin("POST", "/api/v1/providers", Some(ok)).await;
+    let (status, err) = proxy.admin_post("/api/v1/providers", ok).await;
     assert_eq!((status, err["error"].as_str()), (409, Some("conflict")));
     // Nothing half-written: still exactly one provider.
-    let (_, list) = proxy.admin("GET", "/api/v1/providers", None).await;
+    let (_, list) = proxy.admin_get("/api/v1/providers").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }

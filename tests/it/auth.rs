@@ -25,7 +25,7 @@ async fn assert_407(proxy: &TestProxy, auth_lines: &str) {
 
 #[tokio::test]
 async fn missing_garbled_wrong_and_ambiguous_credentials_get_407() {
-    let proxy = TestProxy::start(TestProxyOptions::default()).await;
+    let proxy = Env::bare().await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let good = raw::basic(&proxy.token);
     let cases = [
@@ -62,14 +62,7 @@ async fn missing_garbled_wrong_and_ambiguous_credentials_get_407() {
 
 #[tokio::test]
 async fn a_correct_token_is_accepted_with_any_scheme_case() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::with(|o| o.http1_upstream().openai()).await;
     let encoded = raw::basic(&proxy.token)
         .trim_start_matches("Basic ")
         .to_string();
@@ -85,11 +78,7 @@ async fn a_correct_token_is_accepted_with_any_scheme_case() {
 
 #[tokio::test]
 async fn a_revoked_token_gets_407_after_the_reload() {
-    let proxy = TestProxy::start(TestProxyOptions {
-        non_provider_hosts: aibridge_proxy::config::NonProviderHosts::Deny,
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::with(Setup::deny_non_providers).await;
     let auth = format!("Proxy-Authorization: {}\r\n", raw::basic(&proxy.token));
     // Before: the token passes (403: no provider for the host, and deny mode).
     let (head, _) = connect_with(&proxy, &auth).await;
@@ -108,35 +97,9 @@ async fn a_revoked_token_gets_407_after_the_reload() {
 /// Welch's t on the two duration samples must stay under 4.5, dudect's threshold.
 #[tokio::test]
 async fn token_validation_time_does_not_depend_on_a_shared_prefix() {
+    use crate::support::proxy::snapshot_holding;
     use aibridge_proxy::auth::authenticate;
     use aibridge_proxy::config::AuthMode;
-    use aibridge_proxy::net::egress::{Dialer, EgressPolicy};
-    use aibridge_proxy::net::upstream::UpstreamFactory;
-    use aibridge_proxy::router::Snapshot;
-    use aibridge_proxy::secret::token::digest as hash_token;
-    use aibridge_proxy::store::{AgentToken, RoutingData};
-    let upstreams = UpstreamFactory::new(
-        tls::provider(),
-        None,
-        Dialer::new(EgressPolicy::default(), std::time::Duration::from_secs(1)),
-    )
-    .unwrap();
-    let snapshot_holding = |secret: &str| {
-        let data = RoutingData {
-            providers: vec![],
-            tokens: vec![AgentToken {
-                id: uuid::Uuid::new_v4(),
-                user: "u".into(),
-                token_hash: hash_token(secret).to_vec(),
-                created_at: time::OffsetDateTime::now_utc(),
-                last_used_at: None,
-                revoked_at: None,
-            }],
-            models: vec![],
-            counter: 1,
-        };
-        Snapshot::build(data, 1, &Snapshot::empty(), &upstreams)
-    };
     let presented = "abp_k3j5h2g8f7d6s5a4q3w2e1r9t8y7u6i5o4p3l2";
     let n = presented.len();
     let near = snapshot_holding(&format!("{}Z", &presented[..n - 1]));

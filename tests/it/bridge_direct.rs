@@ -4,44 +4,22 @@
 
 use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON};
 use crate::support::*;
-use crate::usage::row;
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(crate::support::tls::client_config(&[], &[]))
-        .build()
-        .unwrap()
+/// The proxy in front of an HTTP/1.1 mock upstream, so the Host it receives is visible.
+async fn start(providers: impl FnOnce(Setup) -> Setup) -> Env {
+    Env::with(|o| providers(o.http1_upstream())).await
 }
 
-async fn setup(
-    providers: impl Fn(&MockUpstream) -> Vec<ProviderSpec>,
-) -> (MockUpstream, TestProxy) {
-    let ca = TestCa::new();
-    // HTTP/1.1 upstream, so the Host it receives is visible.
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: providers(&upstream),
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    (upstream, proxy)
-}
-
+/// The base URL an SDK is given for `provider`.
 fn base(proxy: &TestProxy, provider: &str) -> String {
-    format!("http://{}/bridge/{provider}", proxy.app.admin_addr.unwrap())
+    proxy.admin_url(&format!("/bridge/{provider}"))
 }
 
 #[tokio::test]
 async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
-    let (upstream, proxy) = setup(|u| {
-        vec![
-            ProviderSpec::openai(u.base_url()),
-            ProviderSpec::anthropic(u.base_url()),
-        ]
-    })
-    .await;
-    let client = http_client();
+    let proxy = start(|o| o.openai().anthropic()).await;
+    let upstream = &proxy.upstream;
+    let client = plain_client();
 
     // OpenAI SDK style: the token as the Bearer API key.
     let resp = client
@@ -52,20 +30,16 @@ async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
         .bearer_auth(&proxy.token)
         .header("x_api_key", "sk-client-alias")
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(resp.text().await.unwrap(), CHAT_JSON);
     let seen = upstream.seen();
     let req = &seen[0];
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("POST", "/v1/chat/completions?trace=1")
-    );
-    let auth: Vec<_> = req.headers.get_all("authorization").iter().collect();
-    assert_eq!(auth, vec!["Bearer sk-provider-openai-0123456789"]);
+    assert_eq!(req.target(), ("POST", "/v1/chat/completions?trace=1"));
+    let auth = req.values("authorization");
+    assert_eq!(auth, ["Bearer sk-provider-openai-0123456789"]);
     assert!(req.headers.get("x_api_key").is_none());
     let host = req
         .headers
@@ -76,7 +50,7 @@ async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
         Some(format!("127.0.0.1:{}", upstream.addr.port())),
         "the upstream sees its own host, not the admin listener's"
     );
-    let r = row(&proxy, &id).await;
+    let r = proxy.row(&id).await;
     assert_eq!(
         (
             r.user.as_str(),
@@ -94,36 +68,30 @@ async fn an_sdk_with_a_base_url_gets_the_provider_answer_and_a_record() {
         .post(format!("{}/v1/messages", base(&proxy, "anthropic")))
         .header("x-api-key", &proxy.token)
         .body(r#"{"model":"claude-sonnet","max_tokens":8,"messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), MESSAGES_JSON);
-    let keys: Vec<_> = upstream.seen()[0]
-        .headers
-        .get_all("x-api-key")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
-    assert_eq!(keys, vec!["sk-ant-provider-0123456789".to_string()]);
+    let seen = upstream.seen();
+    assert_eq!(seen[0].values("x-api-key"), ["sk-ant-provider-0123456789"]);
 }
 
 #[tokio::test]
 async fn the_agent_token_never_reaches_a_provider_without_a_key() {
-    let (upstream, proxy) = setup(|u| {
-        let mut p = ProviderSpec::openai(u.base_url());
-        p.key = None;
-        vec![p]
+    let proxy = start(|o| {
+        o.provider(|u| ProviderSpec {
+            key: None,
+            ..ProviderSpec::openai(u.base_url())
+        })
     })
     .await;
-    let resp = http_client()
+    let resp = plain_client()
         .get(format!("{}/echo", base(&proxy, "openai")))
         .bearer_auth(&proxy.token)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
-    let req = &upstream.seen()[0];
+    let req = &proxy.upstream.seen()[0];
     assert!(
         req.headers.get("authorization").is_none(),
         "{:?}",
@@ -133,8 +101,8 @@ async fn the_agent_token_never_reaches_a_provider_without_a_key() {
 
 #[tokio::test]
 async fn refusals_are_one_line_and_reach_nothing() {
-    let (upstream, proxy) = setup(|u| vec![ProviderSpec::openai(u.base_url())]).await;
-    let client = http_client();
+    let proxy = start(Setup::openai).await;
+    let client = plain_client();
     let url = format!("{}/v1/models", base(&proxy, "openai"));
     let two = format!("Bearer {}", proxy.token);
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
@@ -171,7 +139,7 @@ async fn refusals_are_one_line_and_reach_nothing() {
         ),
     ];
     for (name, req, status) in cases {
-        let resp = req.send().await.unwrap();
+        let resp = req.call().await;
         assert_eq!(resp.status().as_u16(), status, "{name}");
         assert!(resp.headers().contains_key("x-request-id"), "{name}");
         if status == 401 {
@@ -185,17 +153,15 @@ async fn refusals_are_one_line_and_reach_nothing() {
         assert_eq!(body.lines().count(), 1, "{name}: {body}");
         assert!(!body.contains(&proxy.token), "{name}");
     }
-    assert!(upstream.seen().is_empty(), "nothing reached the upstream");
+    assert!(
+        proxy.upstream.seen().is_empty(),
+        "nothing reached the upstream"
+    );
 
     // A revoked token stops working at the next reload.
     let generation = proxy.generation();
     assert!(proxy.app.store.revoke_token(proxy.token_id).await.unwrap());
     proxy.wait_for_generation(generation).await;
-    let resp = client
-        .get(&url)
-        .bearer_auth(&proxy.token)
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(&url).bearer_auth(&proxy.token).call().await;
     assert_eq!(resp.status(), 401);
 }

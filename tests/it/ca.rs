@@ -5,34 +5,24 @@ use crate::support::*;
 use std::process::Command;
 use x509_parser::prelude::*;
 
-async fn intercepting_proxy() -> (MockUpstream, TestProxy) {
-    intercepting_proxy_with_ca(None).await
-}
-
-async fn intercepting_proxy_with_ca(
-    ca_files: Option<(String, String)>,
-) -> (MockUpstream, TestProxy) {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let mut provider = ProviderSpec::openai(upstream.base_url());
-    provider.intercept_hosts = vec![
-        "api.openai.com".into(),
-        "new.example.com".into(),
-        "127.0.0.1".into(),
-    ];
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![provider],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ca_files,
-        ..Default::default()
+/// OpenAI intercepted under three names (one an IP), with `change` applied.
+async fn intercepting_proxy(change: impl FnOnce(Setup) -> Setup) -> Env {
+    Env::with(|o| {
+        change(o.http1_upstream().provider(|u| ProviderSpec {
+            intercept_hosts: vec![
+                "api.openai.com".into(),
+                "new.example.com".into(),
+                "127.0.0.1".into(),
+            ],
+            ..ProviderSpec::openai(u.base_url())
+        }))
     })
-    .await;
-    (upstream, proxy)
+    .await
 }
 
 #[tokio::test]
 async fn fifty_concurrent_connects_to_a_new_host_mint_one_leaf() {
-    let (_upstream, proxy) = intercepting_proxy().await;
+    let proxy = intercepting_proxy(|o| o).await;
     assert_eq!(proxy.mints(), 0);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -62,14 +52,12 @@ async fn fifty_concurrent_connects_to_a_new_host_mint_one_leaf() {
 
 #[tokio::test]
 async fn leaves_have_one_san_server_auth_and_a_short_life() {
-    let (_upstream, proxy) = intercepting_proxy().await;
+    let proxy = intercepting_proxy(|o| o).await;
     for (target, sni, expect_ip) in [
         ("api.openai.com:443", "api.openai.com", false),
         ("127.0.0.1:443", "127.0.0.1", true),
     ] {
-        let tls = raw::connect_tls(proxy.addr, target, &proxy.token, sni, &proxy.ca_pem)
-            .await
-            .unwrap();
+        let tls = proxy.tls_to(target, sni).await.unwrap();
         let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
         assert!(chain.len() >= 2, "leaf followed by the CA");
         let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
@@ -170,17 +158,14 @@ fn openssl_cas() -> Vec<(&'static str, String, String)> {
 #[tokio::test]
 async fn operator_cas_in_every_key_format_sign_leaves_clients_accept() {
     for (label, cert, key) in openssl_cas() {
-        let (_upstream, proxy) = intercepting_proxy_with_ca(Some((cert.clone(), key))).await;
+        let ca_cert = cert.clone();
+        let proxy = intercepting_proxy(|o| o.ca_files(ca_cert, key)).await;
         assert_eq!(
             proxy.ca_pem, cert,
             "{label}: the operator's CA is used, not a generated one"
         );
         let client = agent_client(proxy.addr, &proxy.token, &[&cert], Http::One);
-        let resp = client
-            .get("https://api.openai.com/v1/chat/completions")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.get(CHAT).call().await;
         assert_eq!(resp.status(), 200, "{label}");
     }
 }
@@ -194,7 +179,7 @@ fn mismatched_cert_and_key_are_refused() {
         key: dir.path().join("ca-key.pem"),
     };
     std::fs::write(&paths.cert, &cas[0].1).unwrap(); // RSA cert
-    aibridge_proxy::secret::files::write_private(&paths.key, cas[2].2.as_bytes()).unwrap(); // EC key
+    crate::support::proxy::write_private_key(&paths.key, cas[2].2.as_bytes()); // EC key
     let err = aibridge_proxy::ca::CertificateAuthority::load(&paths)
         .unwrap_err()
         .to_string();
@@ -207,23 +192,21 @@ async fn a_combined_cert_and_key_file_never_serves_the_key() {
     let cas = openssl_cas();
     let (_, cert, key) = &cas[2];
     let combined = format!("{key}{cert}");
-    let (_upstream, proxy) = intercepting_proxy_with_ca(Some((combined, key.clone()))).await;
-    let (status, _) = proxy.admin("GET", "/healthz", None).await;
+    let key = key.clone();
+    let proxy = intercepting_proxy(|o| o.ca_files(combined, key)).await;
+    let (status, _) = proxy.admin_get("/healthz").await;
     assert_eq!(status, 200);
-    let url = format!("http://{}/ca.pem", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::client_config(&[], &[]))
-        .build()
+    let served = plain_client()
+        .get(proxy.admin_url("/ca.pem"))
+        .call()
+        .await
+        .text()
+        .await
         .unwrap();
-    let served = client.get(url).send().await.unwrap().text().await.unwrap();
     assert!(served.contains("BEGIN CERTIFICATE"));
     assert!(!served.contains("PRIVATE KEY"), "{served}");
     // The re-encoded certificate is the operator's: clients trusting it accept the leaves.
     let client = agent_client(proxy.addr, &proxy.token, &[&served], Http::One);
-    let resp = client
-        .get("https://api.openai.com/v1/chat/completions")
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(CHAT).call().await;
     assert_eq!(resp.status(), 200);
 }

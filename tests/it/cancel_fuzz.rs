@@ -108,7 +108,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 /// What every case needs to reach the proxy.
-struct Env {
+struct Reach {
     proxy: SocketAddr,
     token: String,
     ca_pem: String,
@@ -157,20 +157,16 @@ fn head_len(req: &[u8]) -> usize {
     req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
 }
 
-async fn connect_head(env: &Env, target: &str) -> Vec<u8> {
-    format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        raw::basic(&env.token)
-    )
-    .into_bytes()
+fn connect_head(env: &Reach, target: &str) -> Vec<u8> {
+    raw::connect_head(target, &env.token).into_bytes()
 }
 
 /// CONNECT and read the `200`.
-async fn established(env: &Env, target: &str) -> Result<TcpStream, String> {
+async fn established(env: &Reach, target: &str) -> Result<TcpStream, String> {
     let mut tcp = TcpStream::connect(env.proxy)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    tcp.write_all(&connect_head(env, target).await)
+    tcp.write_all(&connect_head(env, target))
         .await
         .map_err(|e| format!("write CONNECT: {e}"))?;
     let head = raw::read_head(&mut tcp).await;
@@ -182,7 +178,7 @@ async fn established(env: &Env, target: &str) -> Result<TcpStream, String> {
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn intercepted(env: &Env) -> Result<Tls, String> {
+async fn intercepted(env: &Reach) -> Result<Tls, String> {
     let tcp = established(env, "api.openai.com:443").await?;
     let config = tls::client_config(&[&env.ca_pem], &[b"http/1.1"]);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -207,20 +203,35 @@ async fn read_some<S: AsyncReadExt + Unpin>(stream: &mut S, limit: usize) -> usi
     got
 }
 
+/// What the client sends inside an intercepted connection before it leaves: part of the head,
+/// the head and part of the body, or the whole request.
+fn sent_inside<'a>(req: &'a [u8], case: &Case) -> &'a [u8] {
+    let head = head_len(req);
+    match case.phase {
+        Phase::MidRequestHead => prefix(&req[..head - 1], case.frac),
+        Phase::MidBody => {
+            let body = &req[head..];
+            let cut = prefix(body, case.frac).len();
+            &req[..head + cut.min(body.len().saturating_sub(1))]
+        }
+        _ => req,
+    }
+}
+
 async fn linger(case: &Case) {
     tokio::time::sleep(Duration::from_millis(u64::from(case.delay))).await;
 }
 
 /// One case: act as the client up to the phase, then disconnect. Err means the proxy failed a
 /// step that does not depend on the upstream (CONNECT, TLS with the proxy).
-async fn run_case(env: &Env, case: &Case) -> Result<(), String> {
+async fn run_case(env: &Reach, case: &Case) -> Result<(), String> {
     let req = request(case.route);
     match case.phase {
         Phase::ConnectHead => {
             let mut tcp = TcpStream::connect(env.proxy)
                 .await
                 .map_err(|e| e.to_string())?;
-            let head = connect_head(env, "api.openai.com:443").await;
+            let head = connect_head(env, "api.openai.com:443");
             // Strictly less than the whole head.
             let cut = prefix(&head, case.frac).len().min(head.len() - 1);
             let _ = tcp.write_all(&head[..cut]).await;
@@ -243,40 +254,14 @@ async fn run_case(env: &Env, case: &Case) -> Result<(), String> {
             linger(case).await;
             disconnect(&tcp, case.reset);
         }
-        Phase::MidRequestHead => {
+        Phase::MidRequestHead | Phase::MidBody | Phase::AwaitingResponse | Phase::MidResponse => {
             let mut tls = intercepted(env).await?;
-            let head = &req[..head_len(&req) - 1];
-            let _ = tls.write_all(prefix(head, case.frac)).await;
+            let _ = tls.write_all(sent_inside(&req, case)).await;
             let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::MidBody => {
-            let mut tls = intercepted(env).await?;
-            let head = head_len(&req);
-            let body = &req[head..];
-            let cut = head
-                + prefix(body, case.frac)
-                    .len()
-                    .min(body.len().saturating_sub(1));
-            let _ = tls.write_all(&req[..cut]).await;
-            let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::AwaitingResponse => {
-            let mut tls = intercepted(env).await?;
-            let _ = tls.write_all(&req).await;
-            let _ = tls.flush().await;
-            linger(case).await;
-            disconnect(tls.get_ref().0, case.reset);
-        }
-        Phase::MidResponse => {
-            let mut tls = intercepted(env).await?;
-            let _ = tls.write_all(&req).await;
-            let _ = tls.flush().await;
-            // Up to ~1 KB of the answer: the head and some events.
-            read_some(&mut tls, usize::from(case.frac) + 1).await;
+            if matches!(case.phase, Phase::MidResponse) {
+                // Up to ~1 KB of the answer: the head and some events.
+                read_some(&mut tls, usize::from(case.frac) + 1).await;
+            }
             linger(case).await;
             disconnect(tls.get_ref().0, case.reset);
         }
@@ -314,7 +299,7 @@ async fn run_case(env: &Env, case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_batch(env: Arc<Env>, batch: &[Case]) -> Result<(), String> {
+async fn run_batch(env: Arc<Reach>, batch: &[Case]) -> Result<(), String> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, case) in batch.iter().cloned().enumerate() {
         let env = env.clone();
@@ -368,7 +353,7 @@ async fn settle(proxy: &TestProxy, baseline_tasks: usize) -> Result<Duration, St
 }
 
 /// A normal bridged request on a fresh connection.
-async fn probe(env: &Env) -> Result<(), String> {
+async fn probe(env: &Reach) -> Result<(), String> {
     let client = agent_client(env.proxy, &env.token, &[&env.ca_pem], Http::One);
     let resp = client
         .post("https://api.openai.com/v1/chat/completions")
@@ -385,56 +370,32 @@ async fn probe(env: &Env) -> Result<(), String> {
     Ok(())
 }
 
-fn seed() -> u64 {
-    match std::env::var("AIBRIDGE_FUZZ_SEED") {
-        Ok(s) => s.parse().expect("AIBRIDGE_FUZZ_SEED is a u64"),
-        Err(_) => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).unwrap();
-            u64::from_le_bytes(b)
-        }
-    }
-}
-
-fn client_hello() -> Vec<u8> {
-    let config = tls::client_config(&[], &[b"http/1.1"]);
-    let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
+/// OpenAI through a fault relay to an HTTP/1.1 mock upstream, with `change` applied (it gets the
+/// relay's port).
+async fn behind_relay(change: impl FnOnce(Setup, u16) -> Setup) -> (Relay, Env) {
+    let setup = Env::setup().http1_upstream().upstream_first().await;
+    let relay = Relay::start(setup.upstream().addr).await;
+    let port = relay.addr.port();
+    let env = change(setup.openai_at(format!("https://127.0.0.1:{port}")), port)
+        .start()
+        .await;
+    (relay, env)
 }
 
 #[test]
 fn disconnects_at_every_phase_leave_nothing_behind() {
     let rt = panics::runtime("cancel");
-    let (upstream, relay, proxy) = rt.block_on(async {
-        let ca = TestCa::new();
-        // HTTP/1.1 upstream: one upstream connection per in-flight request, so a relay fault
-        // hits the request it was meant for.
-        let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-        let relay = Relay::start(upstream.addr).await;
-        let proxy = TestProxy::start(TestProxyOptions {
-            providers: vec![ProviderSpec::openai(format!(
-                "https://127.0.0.1:{}",
-                relay.addr.port()
-            ))],
-            upstream_ca_pem: Some(ca.cert_pem.clone()),
-            allow_private_cidrs: vec!["127.0.0.1/32"],
-            extra_ports: vec![relay.addr.port()],
-            ..Default::default()
-        })
-        .await;
-        (upstream, relay, proxy)
-    });
-    let env = Arc::new(Env {
+    // HTTP/1.1 upstream: one upstream connection per in-flight request, so a relay fault hits
+    // the request it was meant for.
+    let (relay, proxy) = rt.block_on(behind_relay(|o, port| {
+        o.allow_private("127.0.0.1/32").port(port)
+    }));
+    let env = Arc::new(Reach {
         proxy: proxy.addr,
         token: proxy.token.clone(),
         ca_pem: proxy.ca_pem.clone(),
         tunnel_target: format!("127.0.0.1:{}", relay.addr.port()),
-        client_hello: client_hello(),
+        client_hello: raw::client_hello(&[b"http/1.1"]),
     });
     // Baseline: listener, admin, reloader, subscription — after one normal request has come
     // and gone.
@@ -453,11 +414,8 @@ fn disconnects_at_every_phase_leave_nothing_behind() {
         gauges(&proxy).3
     });
 
-    let seed = seed();
-    let cases = std::env::var("AIBRIDGE_CANCEL_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES);
+    let seed = fuzz::seed();
+    let cases = fuzz::cases("AIBRIDGE_CANCEL_FUZZ_CASES", CASES);
     let batches = cases.div_ceil(BATCH);
     println!("cancel fuzz: seed {seed} (replay with AIBRIDGE_FUZZ_SEED={seed}), {cases} cases in {batches} batches of {BATCH}, baseline tasks {baseline}");
     let mut runner = TestRunner::new(Config {
@@ -507,8 +465,7 @@ fn disconnects_at_every_phase_leave_nothing_behind() {
     );
     let panicked = panics::seen("cancel");
     assert!(panicked.is_empty(), "proxy tasks panicked: {panicked:#?}");
-    drop(upstream);
-    rt.block_on(proxy.app.stop(Duration::from_secs(5)));
+    rt.block_on(proxy.stop());
 }
 
 /// The leak the fuzz found: a client that goes away while the upstream has not answered yet
@@ -516,20 +473,9 @@ fn disconnects_at_every_phase_leave_nothing_behind() {
 /// record. Now the request is recorded as `client_cancelled` and the gauge returns to zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_abandoned_before_its_answer_is_recorded_as_cancelled() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let relay = Relay::start(upstream.addr).await;
+    let (relay, proxy) = behind_relay(|o, _| o).await;
     relay.set_fault(Fault::StallAfter(0));
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(format!(
-            "https://127.0.0.1:{}",
-            relay.addr.port()
-        ))],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    let env = Env {
+    let env = Reach {
         proxy: proxy.addr,
         token: proxy.token.clone(),
         ca_pem: proxy.ca_pem.clone(),
@@ -555,15 +501,12 @@ async fn a_request_abandoned_before_its_answer_is_recorded_as_cancelled() {
     disconnect(tls.get_ref().0, true);
     drop(tls);
     eventually("in-flight back to zero", || inflight() == 0).await;
-    let deadline = Instant::now() + WAIT;
-    let record = loop {
-        let records = proxy.app.store.recent_interceptions(10).await.unwrap();
-        if let Some(r) = records.into_iter().next() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no interception record written");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let record = proxy
+        .wait_rows(1)
+        .await
+        .into_iter()
+        .next()
+        .expect("no interception record written");
     assert_eq!(record.error.as_deref(), Some("client_cancelled"));
     assert_eq!(record.outcome, "client_cancelled");
     assert_eq!(

@@ -2,45 +2,16 @@
 //! the CLI while `serve` runs is picked up without restart; SIGTERM exits 0). The `secrets`
 //! commands and the full-run secret-leak capture are in `secrets.rs`.
 
+use crate::support::bin::{bin, cli_db, create_provider, stderr, stdout, Child};
 use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-pub(crate) fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aibridge-proxy"));
-    for var in [
-        "DATABASE_URL",
-        "AIBRIDGE_DATABASE_URL",
-        "AIBRIDGE_SECRETS_KEY_FILE",
-        "AIBRIDGE_PREVIOUS_SECRETS_KEY_FILE",
-        "AIBRIDGE_NEW_SECRETS_KEY_FILE",
-        "AIBRIDGE_ALLOW_PRIVATE_UPSTREAMS",
-        "RUST_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
+/// The binary in `dir` with `args`, on the directory's database.
 fn run(dir: &Path, args: &[&str]) -> Output {
-    let db = format!("sqlite://{}", dir.join("cli.db").display());
-    bin()
-        .args(args)
-        .arg("--database-url")
-        .arg(db)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-pub(crate) fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub(crate) fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    crate::support::bin::run(dir, args, &[])
 }
 
 #[test]
@@ -155,22 +126,16 @@ fn tokens_and_providers_from_the_command_line() {
     );
 
     // The key comes from the environment variable named by --key-env, never from argv.
-    let db = format!("sqlite://{}", d.join("cli.db").display());
-    let create = bin()
-        .args([
-            "providers",
-            "create",
-            "--name",
+    let create = crate::support::bin::run(
+        d,
+        &create_provider(
             "openai",
-            "--kind",
             "openai",
-            "--base-url",
             "https://api.openai.com",
-        ])
-        .args(["--key-env", "TEST_OPENAI_KEY", "--database-url", &db])
-        .env("TEST_OPENAI_KEY", "sk-secret-value-abcd")
-        .output()
-        .unwrap();
+            &["--key-env", "TEST_OPENAI_KEY"],
+        ),
+        &[("TEST_OPENAI_KEY", "sk-secret-value-abcd")],
+    );
     assert!(create.status.success(), "{}", stderr(&create));
     let list = stdout(&run(d, &["providers", "list"]));
     assert!(
@@ -181,48 +146,24 @@ fn tokens_and_providers_from_the_command_line() {
 
     let missing_env = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
+        &create_provider(
             "other",
-            "--kind",
             "anthropic",
-            "--base-url",
             "https://x.example",
-            "--key-env",
-            "NOPE_NOT_SET",
-        ],
+            &["--key-env", "NOPE_NOT_SET"],
+        ),
     );
     assert!(!missing_env.status.success());
     assert!(stderr(&missing_env).contains("NOPE_NOT_SET"));
 
     let bad = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
-            "Bad_Name",
-            "--kind",
-            "openai",
-            "--base-url",
-            "https://x.example",
-        ],
+        &create_provider("Bad_Name", "openai", "https://x.example", &[]),
     );
     assert!(!bad.status.success());
     let dup = run(
         d,
-        &[
-            "providers",
-            "create",
-            "--name",
-            "openai",
-            "--kind",
-            "openai",
-            "--base-url",
-            "https://x.example",
-        ],
+        &create_provider("openai", "openai", "https://x.example", &[]),
     );
     assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
 
@@ -251,28 +192,13 @@ fn tokens_and_providers_from_the_command_line() {
     );
 }
 
-/// Kills the child on drop so a failing test never leaves a server behind.
-pub(crate) struct Child(pub(crate) std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let upstream_ca = TestCa::new();
-    let upstream = MockUpstream::start(upstream_ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let upstream_ca_file = upstream_ca.write_pem(&d);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let db = format!("sqlite://{}", d.join("cli.db").display());
+    let (upstream, upstream_ca_file) = MockUpstream::for_binary(&d).await;
+    let port = free_port();
+    let db = cli_db(&d);
     let mut child = Child(
         bin()
             .args([
@@ -328,17 +254,9 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     // While it runs, the CLI adds a token and a provider in another process.
     let token_out = run(&d, &["token", "create", "--user", "carol"]);
     let token = stdout_last_line(&token_out);
+    let base_url = upstream.base_url();
     let create = bin()
-        .args([
-            "providers",
-            "create",
-            "--name",
-            "openai",
-            "--kind",
-            "openai",
-            "--base-url",
-            &upstream.base_url(),
-        ])
+        .args(create_provider("openai", "openai", &base_url, &[]))
         .args([
             "--intercept-host",
             "api.openai.com",
@@ -363,12 +281,7 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
     );
     let deadline = tokio::time::Instant::now() + WAIT;
     let resp = loop {
-        match client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-        {
+        match client.post(CHAT).body("{}").send().await {
             Ok(r) if r.status() == 200 => break r,
             _ => {
                 assert!(
@@ -388,20 +301,7 @@ async fn serve_picks_up_cli_changes_and_exits_cleanly_on_sigterm() {
         "Bearer sk-from-cli-0123456789"
     );
 
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::task::spawn_blocking(move || {
-        let status = child.0.wait();
-        drop(child);
-        status
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let status = child.terminate().await;
     assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
 }
 
@@ -529,4 +429,4 @@ model = "claude-sonnet"
     );
     store.close().await;
 }
-crate::both_backends!(apply_reconciles_and_is_idempotent, apply_is_idempotent);
+both_backends!(apply_reconciles_and_is_idempotent, apply_is_idempotent);

@@ -2,10 +2,8 @@
 //! (F4), a client that leaves mid-stream (F9), a CA that expires while running (F21) and a
 //! panic inside one connection task (F24).
 
-use crate::support::scripted::{scrape, ScriptedUpstream};
+use crate::support::scripted::ScriptedUpstream;
 use crate::support::*;
-use crate::usage::{metric, row};
-use aibridge_proxy::config::AppConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,54 +11,44 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const LIMIT: Duration = Duration::from_millis(400);
 
-fn short_timeouts() -> Option<Tweak> {
-    Some(Box::new(|c: &mut AppConfig| {
+/// `--upstream-response-timeout` and `--idle-timeout` at [`LIMIT`].
+fn short_timeouts(o: Setup) -> Setup {
+    o.tweak(|c| {
         c.proxy.upstream_response_timeout = LIMIT;
         c.proxy.idle_timeout = LIMIT;
-    }))
-}
-
-fn request_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-request-id"].to_str().unwrap().to_string()
+    })
 }
 
 /// F4: an upstream that takes the request and never answers gets `504` at
 /// `--upstream-response-timeout`, and the upstream request is cancelled with it.
 #[tokio::test]
 async fn an_upstream_silent_before_its_head_gets_504_and_is_cancelled() {
-    let ca = TestCa::new();
+    let setup = Env::setup();
     let cancelled = Arc::new(AtomicBool::new(false));
     let seen_cancel = cancelled.clone();
-    let upstream = ScriptedUpstream::start(ca.server_config(&[b"http/1.1"]), move |_, _req| {
-        let cancelled = seen_cancel.clone();
-        async move {
-            // Dropped when the proxy gives up on the request: that is the cancellation.
-            struct OnDrop(Arc<AtomicBool>);
-            impl Drop for OnDrop {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
+    let upstream =
+        ScriptedUpstream::start(setup.ca().server_config(&[b"http/1.1"]), move |_, _req| {
+            let cancelled = seen_cancel.clone();
+            async move {
+                // Dropped when the proxy gives up on the request: that is the cancellation.
+                struct OnDrop(Arc<AtomicBool>);
+                impl Drop for OnDrop {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::SeqCst);
+                    }
                 }
+                let _guard = OnDrop(cancelled);
+                std::future::pending::<()>().await;
+                unreachable!()
             }
-            let _guard = OnDrop(cancelled);
-            std::future::pending::<()>().await;
-            unreachable!()
-        }
-    })
-    .await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        tweak: short_timeouts(),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
+        })
+        .await;
+    let proxy = short_timeouts(setup.openai_at(upstream.base_url()))
+        .start()
+        .await;
+    let client = proxy.client(Http::One);
     let started = Instant::now();
-    let resp = client
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(MODELS).call().await;
     let waited = started.elapsed();
     assert_eq!(resp.status(), 504);
     assert!(
@@ -72,7 +60,7 @@ async fn an_upstream_silent_before_its_head_gets_504_and_is_cancelled() {
         resp.text().await.unwrap(),
         "the provider's upstream did not answer in time\n"
     );
-    let r = row(&proxy, &id).await;
+    let r = proxy.row(&id).await;
     assert_eq!(
         (r.status, r.error.as_deref()),
         (504, Some("upstream_timeout"))
@@ -85,12 +73,12 @@ async fn an_upstream_silent_before_its_head_gets_504_and_is_cancelled() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let m = scrape(&proxy).await;
-    let errors = metric(
-        &m,
-        "aibridge_proxy_upstream_errors_total",
-        &[("provider", "openai"), ("reason", "upstream_timeout")],
-    );
+    let errors = proxy
+        .metric(
+            "aibridge_proxy_upstream_errors_total",
+            &[("provider", "openai"), ("reason", "upstream_timeout")],
+        )
+        .await;
     assert_eq!(errors, 1.0);
 }
 
@@ -99,41 +87,18 @@ async fn an_upstream_silent_before_its_head_gets_504_and_is_cancelled() {
 /// truncated body, the record keeps the events' outcome as truncated.
 #[tokio::test]
 async fn a_stream_silent_between_events_is_aborted_at_the_idle_timeout() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        tweak: short_timeouts(),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::with(|o| short_timeouts(o.http1_upstream().openai())).await;
     for http in [Http::One, Http::Two] {
-        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
-        let chat = r#"{"model":"gpt-4o-mini","stream":true}"#;
+        let client = proxy.client(http);
         // Ten events 100 ms apart: 1 s in total, more than twice the limit, never idle.
-        let talking = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .header("x-mock-events", "10")
-            .header("x-mock-gap-ms", "100")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
+        let talking = paced_chat(&client, 10, 100).call().await;
         let id = request_id(&talking);
         let body = talking.text().await.unwrap();
         assert!(body.ends_with("data: [DONE]\n\n"), "{http:?}: {body}");
-        assert_eq!(row(&proxy, &id).await.outcome, "completed");
+        assert_eq!(proxy.row(&id).await.outcome, "completed");
 
         // Events 3 s apart: the first arrives, then the stream is cut at the limit.
-        let mut quiet = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .header("x-mock-events", "3")
-            .header("x-mock-gap-ms", "3000")
-            .body(chat)
-            .send()
-            .await
-            .unwrap();
+        let mut quiet = paced_chat(&client, 3, 3000).call().await;
         let id = request_id(&quiet);
         let first = quiet.chunk().await.unwrap().unwrap();
         assert!(first.starts_with(b"data: "), "{http:?}");
@@ -148,7 +113,7 @@ async fn a_stream_silent_between_events_is_aborted_at_the_idle_timeout() {
             waited >= LIMIT / 2 && waited < Duration::from_secs(2),
             "{waited:?}"
         );
-        let r = row(&proxy, &id).await;
+        let r = proxy.row(&id).await;
         assert_eq!(
             (r.outcome.as_str(), r.error.as_deref()),
             ("truncated", Some("upstream_idle_timeout")),
@@ -161,36 +126,23 @@ async fn a_stream_silent_between_events_is_aborted_at_the_idle_timeout() {
 /// `client_cancelled`, and the in-flight gauge and the task count return to where they were.
 #[tokio::test]
 async fn a_client_leaving_mid_stream_cancels_upstream_and_leaves_nothing_behind() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::openai().await;
     let baseline_tasks = proxy.app.shutdown.task_count();
+    let inflight = || [("provider", "openai")];
     for http in [Http::One, Http::Two] {
-        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], http);
-        let mut resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .header("x-mock-events", "1000")
-            .header("x-mock-gap-ms", "20")
-            .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
-            .send()
-            .await
-            .unwrap();
+        let client = proxy.client(http);
+        let mut resp = paced_chat(&client, 1000, 20).call().await;
         let id = request_id(&resp);
         resp.chunk().await.unwrap().unwrap();
-        let m = scrape(&proxy).await;
-        let inflight = || ("provider", "openai");
         assert_eq!(
-            metric(&m, "aibridge_proxy_inflight_requests", &[inflight()]),
+            proxy
+                .metric("aibridge_proxy_inflight_requests", &inflight())
+                .await,
             1.0
         );
         drop(resp);
         drop(client);
-        let r = row(&proxy, &id).await;
+        let r = proxy.row(&id).await;
         assert_eq!(
             (r.outcome.as_str(), r.error.as_deref()),
             ("client_cancelled", Some("client_cancelled")),
@@ -198,8 +150,9 @@ async fn a_client_leaving_mid_stream_cancels_upstream_and_leaves_nothing_behind(
         );
         let deadline = Instant::now() + WAIT;
         loop {
-            let m = scrape(&proxy).await;
-            let gauge = metric(&m, "aibridge_proxy_inflight_requests", &[inflight()]);
+            let gauge = proxy
+                .metric("aibridge_proxy_inflight_requests", &inflight())
+                .await;
             let tasks = proxy.app.shutdown.task_count();
             if gauge == 0.0 && tasks <= baseline_tasks {
                 break;
@@ -217,38 +170,24 @@ async fn a_client_leaving_mid_stream_cancels_upstream_and_leaves_nothing_behind(
 /// `task_panics_total` and the proxy keeps serving, on new connections and on others open.
 #[tokio::test]
 async fn a_panicking_connection_task_dies_alone_and_is_counted() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        panic_on_path: Some("/v1/panic".into()),
-        ..Default::default()
-    })
-    .await;
-    let bystander = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let ok = bystander
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let proxy = Env::with(|o| o.http1_upstream().openai().panic_on_path("/v1/panic")).await;
+    let bystander = proxy.client(Http::One);
+    let ok = bystander.get(MODELS).call().await;
     assert_eq!(ok.status(), 404);
 
-    let victim = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
+    let victim = proxy.client(Http::One);
     let died = victim.get("https://api.openai.com/v1/panic").send().await;
     assert!(
         died.is_err(),
         "the panicking request got an answer: {died:?}"
     );
 
-    let m = scrape(&proxy).await;
-    assert_eq!(metric(&m, "aibridge_proxy_task_panics_total", &[]), 1.0);
+    assert_eq!(
+        proxy.metric("aibridge_proxy_task_panics_total", &[]).await,
+        1.0
+    );
     for client in [&bystander, &victim] {
-        let resp = client
-            .get("https://api.openai.com/v1/models")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.get(MODELS).call().await;
         assert_eq!(resp.status(), 404, "the proxy keeps serving");
     }
 }
@@ -258,35 +197,14 @@ async fn a_panicking_connection_task_dies_alone_and_is_counted() {
 /// `tls_handshake_failures_total{reason="no_leaf"}`), nothing panics and the rest keeps serving.
 #[tokio::test]
 async fn a_ca_expiring_while_running_stops_interception_cleanly() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
     let life = Duration::from_secs(3);
-    let short_lived = short_lived_ca(life);
+    let (cert, key) = short_lived_ca(life);
     let started = Instant::now();
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ca_files: Some(short_lived),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let resp = client
-        .get("https://api.openai.com/v1/models")
-        .send()
-        .await
-        .unwrap();
+    let proxy = Env::with(|o| o.http1_upstream().openai().ca_files(cert, key)).await;
+    let resp = proxy.client(Http::One).get(MODELS).call().await;
     assert_eq!(resp.status(), 404);
     // The leaf served is cut at the CA's expiry, not seven days out.
-    let tls = raw::connect_tls(
-        proxy.addr,
-        "api.openai.com:443",
-        &proxy.token,
-        "api.openai.com",
-        &proxy.ca_pem,
-    )
-    .await
-    .unwrap();
+    let tls = proxy.intercepted().await;
     let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
     let not_after = |der: &[u8]| {
         let (_, cert) = X509Certificate::from_der(der).unwrap();
@@ -296,19 +214,19 @@ async fn a_ca_expiring_while_running_stops_interception_cleanly() {
     drop(tls);
 
     tokio::time::sleep((life + Duration::from_millis(300)).saturating_sub(started.elapsed())).await;
-    let fresh = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let after = fresh.get("https://api.openai.com/v1/models").send().await;
+    let fresh = proxy.client(Http::One);
+    let after = fresh.get(MODELS).send().await;
     assert!(after.is_err(), "a handshake succeeded after the CA expired");
-    let m = scrape(&proxy).await;
     assert_eq!(
-        metric(
-            &m,
-            "aibridge_proxy_tls_handshake_failures_total",
-            &[("reason", "no_leaf")]
-        ),
+        proxy
+            .metric(
+                "aibridge_proxy_tls_handshake_failures_total",
+                &[("reason", "no_leaf")]
+            )
+            .await,
         1.0
     );
-    let (status, _) = proxy.admin("GET", "/healthz", None).await;
+    let (status, _) = proxy.admin_get("/healthz").await;
     assert_eq!(status, 200);
 }
 

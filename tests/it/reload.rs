@@ -1,57 +1,24 @@
 //! Hot reload: many replicas on one PostgreSQL, LISTEN loss, database outages, and reloads under
 //! streaming load. Figures (convergence times) are printed, never asserted as timings.
 
-use crate::both_backends;
-use crate::support::db::{with_database, TestDb};
+use crate::support::db::{new_provider, with_database, writer, TestDb, BUMP_COUNTER};
 use crate::support::relay::Relay;
 use crate::support::upstream::STREAM_EVENTS;
 use crate::support::*;
-use aibridge_proxy::config::NonProviderHosts;
 use aibridge_proxy::store::{NewProvider, Store};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-async fn upstream() -> (MockUpstream, TestCa) {
-    let ca = TestCa::new();
-    (
-        MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await,
-        ca,
-    )
+/// A proxy on `url` with no provider seeded; hosts no provider claims are refused.
+fn on(url: &str) -> impl FnOnce(Setup) -> Setup + '_ {
+    move |o| o.database(url).deny_non_providers()
 }
 
-async fn proxy_on(url: &str, ca: &TestCa) -> TestProxy {
-    TestProxy::start(TestProxyOptions {
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(url.to_string()),
-        non_provider_hosts: NonProviderHosts::Deny,
-        ..Default::default()
-    })
-    .await
-}
-
+/// The provider `openai` intercepting `host`, sent to `base_url`.
 fn openai(base_url: String, host: &str) -> NewProvider {
-    NewProvider {
-        name: "openai".into(),
-        kind: aibridge_proxy::provider::ProviderKind::Openai,
-        base_url,
-        intercept_hosts: vec![host.into()],
-        enabled: true,
-        enforce_models: false,
-        api_keys: vec![],
-    }
-}
-
-async fn wait_route(proxy: &TestProxy, key: &str, present: bool) -> Duration {
-    let started = Instant::now();
-    let router = proxy.app.router.clone();
-    let key = key.to_string();
-    eventually(&format!("route {key} present={present}"), move || {
-        router.load().route(&key).is_some() == present
-    })
-    .await;
-    started.elapsed()
+    new_provider("openai", &base_url, host)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -63,31 +30,25 @@ async fn replicas_on_one_postgres_converge() {
     let Some(db) = TestDb::postgres("reload::replicas_on_one_postgres_converge").await else {
         return;
     };
-    let (upstream, ca) = upstream().await;
-    let a = proxy_on(&db.url, &ca).await;
-    let b = proxy_on(&db.url, &ca).await;
+    let a = Env::with(on(&db.url)).await;
+    let b = a.another(on(&db.url)).await;
     let (status, _) = a
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(), "intercept_hosts": ["h0.example"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "openai", "kind": "openai", "base_url": a.upstream.base_url(), "intercept_hosts": ["h0.example"]}))
         .await;
     assert_eq!(status, 201);
-    wait_route(&b, "h0.example:443", true).await;
+    b.wait_route("h0.example:443", true).await;
     let mut times = Vec::new();
     for i in 1..=100 {
         let host = format!("h{i}.example");
         let started = Instant::now();
         let (status, _) = a
-            .admin(
-                "PATCH",
+            .admin_patch(
                 "/api/v1/providers/openai",
-                Some(json!({"intercept_hosts": [host.clone()]})),
+                json!({"intercept_hosts": [host.clone()]}),
             )
             .await;
         assert_eq!(status, 200);
-        wait_route(&b, &format!("{host}:443"), true).await;
+        b.wait_route(&format!("{host}:443"), true).await;
         times.push(started.elapsed());
     }
     times.sort();
@@ -99,13 +60,12 @@ async fn replicas_on_one_postgres_converge() {
         times[times.len() - 1]
     );
     // B routes the last host to the upstream for real.
-    let client = agent_client(b.addr, &b.token, &[&b.ca_pem], Http::One);
-    let resp = client
+    let resp = b
+        .client(Http::One)
         .post("https://h100.example/v1/chat/completions")
         .body("{}")
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -114,21 +74,17 @@ async fn a_killed_listen_connection_reconnects_and_misses_nothing() {
     let Some(db) = TestDb::postgres("reload::a_killed_listen_connection").await else {
         return;
     };
-    let (upstream, ca) = upstream().await;
-    let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url)
-        .await
-        .unwrap()
-        .with_upstream_policy(loopback_upstreams());
+    let proxy = Env::with(on(&db.url)).await;
+    let writer = writer(&db.url).await;
     let admin = Store::connect(&with_database(&db.url, "postgres"))
         .await
         .ok();
     let dbname = db.url.rsplit('/').next().unwrap().to_string();
     writer
-        .create_provider(openai(upstream.base_url(), "t0.example"))
+        .create_provider(openai(proxy.upstream.base_url(), "t0.example"))
         .await
         .unwrap();
-    wait_route(&proxy, "t0.example:443", true).await;
+    proxy.wait_route("t0.example:443", true).await;
     let mut times = Vec::new();
     for trial in 1..=5 {
         let killed = kill_listeners(&writer, &dbname).await;
@@ -149,7 +105,7 @@ async fn a_killed_listen_connection_reconnects_and_misses_nothing() {
             )
             .await
             .unwrap();
-        wait_route(&proxy, &format!("{host}:443"), true).await;
+        proxy.wait_route(&format!("{host}:443"), true).await;
         times.push(started.elapsed());
     }
     println!("FIGURE LISTEN loss → converged: {times:?}");
@@ -177,13 +133,11 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
     let Some(db) = TestDb::postgres("reload::a_database_outage").await else {
         return;
     };
-    let (upstream, ca) = upstream().await;
-    let direct = Store::connect(&db.url)
-        .await
-        .unwrap()
-        .with_upstream_policy(loopback_upstreams());
+    let setup = Env::setup().upstream_first().await;
+    let base = setup.upstream().base_url();
+    let direct = writer(&db.url).await;
     direct
-        .create_provider(openai(upstream.base_url(), "api.openai.com"))
+        .create_provider(openai(base.clone(), "api.openai.com"))
         .await
         .unwrap();
     let relay = Relay::start("127.0.0.1:5432".parse().unwrap()).await;
@@ -192,22 +146,17 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
         relayed_url, db.url,
         "the test database URL names 127.0.0.1:5432"
     );
-    let proxy = proxy_on(&relayed_url, &ca).await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let proxy = on(&relayed_url)(setup).start().await;
+    let client = proxy.client(Http::Two);
     let ok = |client: reqwest::Client| async move {
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.chat().await;
         resp.status().as_u16()
     };
     assert_eq!(ok(client.clone()).await, 200);
-    assert_eq!(proxy.admin("GET", "/readyz", None).await.0, 200);
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
 
     relay.cut();
-    let ready = || async { proxy.admin("GET", "/readyz", None).await.0 };
+    let ready = || async { proxy.admin_get("/readyz").await.0 };
     let deadline = Instant::now() + WAIT;
     while ready().await != 503 {
         assert!(Instant::now() < deadline, "readyz never noticed the outage");
@@ -218,23 +167,17 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
         assert_eq!(ok(client.clone()).await, 200);
     }
     // A change made meanwhile (not through the relay) is picked up after recovery.
-    let mut second = openai(upstream.base_url(), "api.anthropic.com");
-    second.name = "second".into();
+    let second = new_provider("second", &base, "api.anthropic.com");
     direct.create_provider(second).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        proxy
-            .app
-            .router
-            .load()
-            .route("api.anthropic.com:443")
-            .is_none(),
+        !proxy.routes("api.anthropic.com:443"),
         "cannot have seen it yet"
     );
 
     let started = Instant::now();
     relay.restore();
-    wait_route(&proxy, "api.anthropic.com:443", true).await;
+    proxy.wait_route("api.anthropic.com:443", true).await;
     println!(
         "FIGURE database back → converged in {:?}",
         started.elapsed()
@@ -245,14 +188,9 @@ async fn a_database_outage_keeps_the_old_snapshot_serving_then_converges() {
 }
 
 async fn reload_under_load(db: &TestDb) {
-    let (upstream, ca) = upstream().await;
-    let proxy = proxy_on(&db.url, &ca).await;
+    let proxy = Env::with(on(&db.url)).await;
     let (status, _) = proxy
-        .admin(
-            "POST",
-            "/api/v1/providers",
-            Some(json!({"name": "openai", "kind": "openai", "base_url": upstream.base_url(), "intercept_hosts": ["api.openai.com"]})),
-        )
+        .admin_post("/api/v1/providers", json!({"name": "openai", "kind": "openai", "base_url": proxy.upstream.base_url(), "intercept_hosts": ["api.openai.com"]}))
         .await;
     assert_eq!(status, 201);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -260,7 +198,7 @@ async fn reload_under_load(db: &TestDb) {
     let mut streams = Vec::new();
     for _ in 0..20 {
         // 20 connections × 10 concurrent streams = 200 streams at once, over h2.
-        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+        let client = proxy.client(Http::Two);
         for _ in 0..10 {
             let (client, done, completed, failed) = (
                 client.clone(),
@@ -295,7 +233,7 @@ async fn reload_under_load(db: &TestDb) {
     let generation = proxy.generation();
     for i in 0..100 {
         let (status, _) = proxy
-            .admin("PATCH", "/api/v1/providers/openai", Some(json!({"enforce_models": i % 2 == 0, "api_keys": [format!("sk-rotated-{i:04}-0123456789")]})))
+            .admin_patch("/api/v1/providers/openai", json!({"enforce_models": i % 2 == 0, "api_keys": [format!("sk-rotated-{i:04}-0123456789")]}))
             .await;
         assert_eq!(status, 200);
     }
@@ -324,17 +262,13 @@ async fn reload_under_load(db: &TestDb) {
 both_backends!(reloads_under_streaming_load_fail_nothing, reload_under_load);
 
 async fn burst_coalesces(db: &TestDb) {
-    let (upstream, ca) = upstream().await;
-    let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url)
-        .await
-        .unwrap()
-        .with_upstream_policy(loopback_upstreams());
+    let proxy = Env::with(on(&db.url)).await;
+    let writer = writer(&db.url).await;
     writer
-        .create_provider(openai(upstream.base_url(), "b0.example"))
+        .create_provider(openai(proxy.upstream.base_url(), "b0.example"))
         .await
         .unwrap();
-    wait_route(&proxy, "b0.example:443", true).await;
+    proxy.wait_route("b0.example:443", true).await;
     // Let the reload for the creation finish before counting.
     assert!(
         proxy
@@ -359,10 +293,7 @@ async fn burst_coalesces(db: &TestDb) {
         let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
         let mut tx = pool.begin().await.unwrap();
         for _ in 0..1000 {
-            sqlx::query("UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            sqlx::query(BUMP_COUNTER).execute(&mut *tx).await.unwrap();
         }
         tx.commit().await.unwrap();
         pool.close().await;
@@ -387,28 +318,25 @@ async fn burst_coalesces(db: &TestDb) {
 both_backends!(a_burst_of_changes_is_coalesced, burst_coalesces);
 
 async fn bad_row_excluded_alone(db: &TestDb) {
-    let (upstream, ca) = upstream().await;
-    let proxy = proxy_on(&db.url, &ca).await;
-    let writer = Store::connect(&db.url)
-        .await
-        .unwrap()
-        .with_upstream_policy(loopback_upstreams());
+    let proxy = Env::with(on(&db.url)).await;
+    let base = proxy.upstream.base_url();
+    let writer = writer(&db.url).await;
     writer
-        .create_provider(openai(upstream.base_url(), "good.example"))
+        .create_provider(openai(base.clone(), "good.example"))
         .await
         .unwrap();
-    let mut bad = openai(upstream.base_url(), "bad.example");
-    bad.name = "bad".into();
-    writer.create_provider(bad).await.unwrap();
-    wait_route(&proxy, "bad.example:443", true).await;
+    writer
+        .create_provider(new_provider("bad", &base, "bad.example"))
+        .await
+        .unwrap();
+    proxy.wait_route("bad.example:443", true).await;
     // A row no write path would accept (an older version, a hand edit): only it is excluded.
     let corrupt = "UPDATE ai_providers SET base_url = 'not a url' WHERE name = 'bad'";
-    let bump = "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1";
     if db.backend == "postgres" {
         let pool = writer.postgres_pool().unwrap();
         let mut tx = pool.begin().await.unwrap();
         sqlx::query(corrupt).execute(&mut *tx).await.unwrap();
-        sqlx::query(bump).execute(&mut *tx).await.unwrap();
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await.unwrap();
         sqlx::query("NOTIFY ai_providers_changed")
             .execute(&mut *tx)
             .await
@@ -417,21 +345,21 @@ async fn bad_row_excluded_alone(db: &TestDb) {
     } else {
         let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
         sqlx::query(corrupt).execute(&pool).await.unwrap();
-        sqlx::query(bump).execute(&pool).await.unwrap();
+        sqlx::query(BUMP_COUNTER).execute(&pool).await.unwrap();
         pool.close().await;
     }
-    wait_route(&proxy, "bad.example:443", false).await;
+    proxy.wait_route("bad.example:443", false).await;
     assert!(
-        proxy.app.router.load().route("good.example:443").is_some(),
+        proxy.routes("good.example:443"),
         "the good row still routes"
     );
-    let (_, bad) = proxy.admin("GET", "/api/v1/providers/bad", None).await;
+    let (_, bad) = proxy.admin_get("/api/v1/providers/bad").await;
     assert_eq!(bad["status"], "error", "{bad}");
     assert!(
         bad["warnings"][0].as_str().unwrap().contains("base_url"),
         "{bad}"
     );
-    let (_, good) = proxy.admin("GET", "/api/v1/providers/openai", None).await;
+    let (_, good) = proxy.admin_get("/api/v1/providers/openai").await;
     assert_eq!(good["status"], "enabled");
     writer.close().await;
 }

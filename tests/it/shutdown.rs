@@ -3,13 +3,13 @@
 //! every stream leaves its interception record, and the process exits 0; a second signal exits
 //! at once.
 
-use crate::cli::bin;
+use crate::support::bin::{bin, state_in, Child};
+use crate::support::db::{new_provider, writer};
 use crate::support::*;
-use aibridge_proxy::provider::ProviderKind;
 use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{NewProvider, Store};
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,27 +23,16 @@ struct Serve {
     db: String,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Serve {
     fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.child.signal(name);
     }
 
     /// Wait (bounded) for the process to exit.
     async fn exit(&mut self, within: Duration) -> (ExitStatus, Duration) {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
                 return (status, started.elapsed());
             }
             assert!(
@@ -55,52 +44,37 @@ impl Serve {
     }
 }
 
-async fn start(dir: &Path, upstream: &MockUpstream, ca: &TestCa, extra_port: u16) -> Serve {
+/// `serve` in `dir` with one provider to `upstream` (whose CA is `upstream_ca`), tunnels to
+/// `127.0.0.1:extra_port` allowed, and [`GRACE`].
+async fn start(dir: &Path, upstream: &MockUpstream, upstream_ca: &Path, extra_port: u16) -> Serve {
     let db = format!("sqlite://{}", dir.join("shutdown.db").display());
-    let store = Store::connect(&db)
-        .await
-        .unwrap()
-        .with_upstream_policy(loopback_upstreams());
+    let store = writer(&db).await;
     store
         .create_provider(NewProvider {
-            name: "openai".into(),
-            kind: ProviderKind::Openai,
-            base_url: upstream.base_url(),
-            intercept_hosts: vec!["api.openai.com".into()],
-            enabled: true,
-            enforce_models: false,
             api_keys: vec![Secret::new("sk-shutdown-0123456789".into())],
+            ..new_provider("openai", &upstream.base_url(), "api.openai.com")
         })
         .await
         .unwrap();
     let (_, token) = store.create_token("drain").await.unwrap();
     store.close().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = |f: &str| dir.join(f).display().to_string();
-    let child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0", "--database-url", &db])
-        .args([
-            "--ca-cert",
-            &path("ca.pem"),
-            "--ca-key",
-            &path("ca-key.pem"),
-        ])
-        .args(["--admin-token-file", &path("admin-token")])
-        .arg("--upstream-ca-file")
-        .arg(ca.write_pem(dir))
-        .args(["--allow-private-cidrs", "127.0.0.0/8"])
-        .args(["--allow-private-upstreams", "127.0.0.0/8"])
-        .args(["--connect-ports", &format!("443,{extra_port}")])
-        .args(["--shutdown-grace", &format!("{}s", GRACE.as_secs())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let child = Child(
+        bin()
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0", "--database-url", &db])
+            .args(state_in(dir))
+            .arg("--upstream-ca-file")
+            .arg(upstream_ca)
+            .args(["--allow-private-cidrs", "127.0.0.0/8"])
+            .args(["--allow-private-upstreams", "127.0.0.0/8"])
+            .args(["--connect-ports", &format!("443,{extra_port}")])
+            .args(["--shutdown-grace", &format!("{}s", GRACE.as_secs())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() || !dir.join("ca.pem").exists() {
@@ -122,14 +96,7 @@ async fn open_stream(
     client: &reqwest::Client,
     events: usize,
 ) -> tokio::task::JoinHandle<Result<String, Instant>> {
-    let mut resp = client
-        .post("https://api.openai.com/v1/chat/completions")
-        .header("x-mock-events", events.to_string())
-        .header("x-mock-gap-ms", "50")
-        .body(r#"{"model":"gpt-4o-mini","stream":true}"#)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = paced_chat(client, events, 50).call().await;
     assert_eq!(resp.status(), 200);
     let first = resp.chunk().await.unwrap().unwrap();
     let mut body = String::from_utf8_lossy(&first).into_owned();
@@ -144,27 +111,12 @@ async fn open_stream(
     })
 }
 
-async fn echo_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+    let (upstream, upstream_ca) = MockUpstream::for_binary(dir.path()).await;
     let echo = echo_server().await;
-    let mut serve = start(dir.path(), &upstream, &ca, echo).await;
+    let mut serve = start(dir.path(), &upstream, &upstream_ca, echo).await;
     const SHORT: usize = 20;
     const LONG: usize = 5;
 
@@ -181,15 +133,7 @@ async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
         }
     }
     // A tunnel, open and working.
-    let mut tunnel = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
-    let head = format!(
-        "CONNECT 127.0.0.1:{echo} HTTP/1.1\r\nHost: 127.0.0.1:{echo}\r\nProxy-Authorization: {}\r\n\r\n",
-        raw::basic(&serve.token)
-    );
-    tunnel.write_all(head.as_bytes()).await.unwrap();
-    assert!(raw::read_head(&mut tunnel)
-        .await
-        .starts_with("HTTP/1.1 200"));
+    let mut tunnel = raw::connect(serve.addr, &format!("127.0.0.1:{echo}"), &serve.token).await;
     tunnel.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     tunnel.read_exact(&mut buf).await.unwrap();
@@ -271,14 +215,16 @@ async fn sigterm_drains_short_streams_cuts_long_ones_records_all_and_exits_0() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let mut serve = start(dir.path(), &upstream, &ca, 443).await;
+    let (upstream, upstream_ca) = MockUpstream::for_binary(dir.path()).await;
+    let mut serve = start(dir.path(), &upstream, &upstream_ca, 443).await;
     let client = agent_client(serve.addr, &serve.token, &[&serve.ca_pem], Http::One);
     let stream = open_stream(&client, 400).await;
     serve.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(serve.child.try_wait().unwrap().is_none(), "still draining");
+    assert!(
+        serve.child.0.try_wait().unwrap().is_none(),
+        "still draining"
+    );
     serve.signal("TERM");
     let (status, took) = serve.exit(Duration::from_secs(2)).await;
     assert_eq!(status.code(), Some(1));

@@ -178,16 +178,16 @@ impl Path {
     }
 }
 
-struct Env {
-    upstream: MockUpstream,
+/// The proxy and both destinations.
+struct Stage {
+    env: Env,
     plain: PlainServer,
-    proxy: TestProxy,
 }
 
-impl Env {
+impl Stage {
     /// (request-target, smuggled target, host, auth line) for a path.
     fn parts(&self, path: Path) -> (String, String, String, String) {
-        let auth = format!("Proxy-Authorization: {}\r\n", raw::basic(&self.proxy.token));
+        let auth = format!("Proxy-Authorization: {}\r\n", raw::basic(&self.env.token));
         match path {
             Path::Mitm => (
                 "/echo".into(),
@@ -226,7 +226,7 @@ impl Env {
     fn seen(&self, path: Path) -> Vec<Seen> {
         match path {
             Path::Plain => self.plain.seen(),
-            Path::Mitm | Path::PlainBridge => self.upstream.seen(),
+            Path::Mitm | Path::PlainBridge => self.env.upstream.seen(),
         }
     }
 }
@@ -237,11 +237,11 @@ struct Outcome {
     forwarded: usize,
 }
 
-async fn run_case(env: &Env, v: &Vector, path: Path) -> Result<Outcome, String> {
+async fn run_case(env: &Stage, v: &Vector, path: Path) -> Result<Outcome, String> {
     let before = env.seen(path).len();
     let plain_errors = env.plain.parse_errors();
     let other_before = match path {
-        Path::Plain => env.upstream.seen().len(),
+        Path::Plain => env.env.upstream.seen().len(),
         _ => env.plain.seen().len(),
     };
     let bytes = env.render(v.request, path);
@@ -251,19 +251,15 @@ async fn run_case(env: &Env, v: &Vector, path: Path) -> Result<Outcome, String> 
     );
     match path {
         Path::Mitm => {
-            let tls = raw::connect_tls(
-                env.proxy.addr,
-                "api.openai.com:443",
-                &env.proxy.token,
-                "api.openai.com",
-                &env.proxy.ca_pem,
-            )
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            let tls = env
+                .env
+                .tls_to("api.openai.com:443", "api.openai.com")
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
             converse(tls, bytes.as_bytes(), v, follow_up.as_bytes()).await?;
         }
         Path::Plain | Path::PlainBridge => {
-            let tcp = TcpStream::connect(env.proxy.addr)
+            let tcp = TcpStream::connect(env.env.addr)
                 .await
                 .map_err(|e| e.to_string())?;
             converse(tcp, bytes.as_bytes(), v, follow_up.as_bytes()).await?;
@@ -313,7 +309,7 @@ async fn run_case(env: &Env, v: &Vector, path: Path) -> Result<Outcome, String> 
         ));
     }
     let other_now = match path {
-        Path::Plain => env.upstream.seen().len(),
+        Path::Plain => env.env.upstream.seen().len(),
         _ => env.plain.seen().len(),
     };
     if other_now != other_before {
@@ -369,24 +365,9 @@ where
 fn smuggling_vectors_reach_the_destination_once() {
     let rt = panics::runtime(RUNTIME);
     let env = rt.block_on(async {
-        let ca = TestCa::new();
-        let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
         let plain = PlainServer::start().await;
-        let mut openai = ProviderSpec::openai(upstream.base_url());
-        openai.intercept_hosts.push("api.openai.com:80".into());
-        let proxy = TestProxy::start(TestProxyOptions {
-            providers: vec![openai],
-            upstream_ca_pem: Some(ca.cert_pem.clone()),
-            allow_private_cidrs: vec!["127.0.0.0/8"],
-            extra_ports: vec![plain.port()],
-            ..Default::default()
-        })
-        .await;
-        Env {
-            upstream,
-            plain,
-            proxy,
-        }
+        let env = Env::with(|o| o.openai_also_on_80().tunnels_to(plain.port())).await;
+        Stage { env, plain }
     });
     let mut failures = Vec::new();
     let (mut cases, mut accepted, mut forwarded) = (0usize, 0usize, 0usize);
@@ -425,8 +406,7 @@ fn smuggling_vectors_reach_the_destination_once() {
         "one upstream request per accepted request"
     );
     assert!(panicked.is_empty(), "proxy tasks panicked: {panicked:#?}");
-    let Env { proxy, .. } = env;
-    rt.block_on(proxy.app.stop(Duration::from_secs(5)));
+    rt.block_on(env.env.stop());
 }
 
 /// The check can fail: a destination that saw the trailing request is reported.

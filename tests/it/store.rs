@@ -1,22 +1,20 @@
 //! The store on both backends: provider rules, and the default-model invariant under
 //! concurrent writers.
 
-use crate::both_backends;
-use crate::support::db::TestDb;
-use aibridge_proxy::provider::ProviderKind;
+use crate::support::both_backends;
+use crate::support::db::{new_provider, TestDb};
 use aibridge_proxy::secret::Secret;
-use aibridge_proxy::store::{ModelPatch, NewModel, NewProvider, ProviderPatch, Store, StoreError};
+use aibridge_proxy::store::{
+    ModelPatch, NewModel, NewProvider, Provider, ProviderPatch, Store, StoreError,
+};
 use std::sync::Arc;
 
+/// Provider `name` at `base_url`, no intercept host, one key.
 fn provider(name: &str, base_url: &str) -> NewProvider {
     NewProvider {
-        name: name.into(),
-        kind: ProviderKind::Openai,
-        base_url: base_url.into(),
         intercept_hosts: vec![],
-        enabled: true,
-        enforce_models: false,
         api_keys: vec![Secret::new(format!("sk-{name}-0123456789"))],
+        ..new_provider(name, base_url, "")
     }
 }
 
@@ -28,6 +26,23 @@ fn model(provider: &str, name: &str, is_default: bool) -> NewModel {
         context_limit: Some(128_000),
         enabled: true,
         is_default,
+    }
+}
+
+/// Point provider `name` (or id) at `base_url`, nothing else changed.
+async fn rebase(store: &Store, name: &str, base_url: &str) -> Provider {
+    let patch = ProviderPatch {
+        base_url: Some(base_url.into()),
+        ..Default::default()
+    };
+    store.update_provider(name, patch).await.unwrap()
+}
+
+/// A patch taking the default role off a model.
+fn undefault() -> ModelPatch {
+    ModelPatch {
+        is_default: Some(false),
+        ..Default::default()
     }
 }
 
@@ -73,16 +88,7 @@ async fn provider_rules(db: &TestDb) {
         Err(StoreError::Invalid(_))
     ));
     // Moving the base URL to another host without new keys detaches the keys.
-    let moved = store
-        .update_provider(
-            "openai",
-            ProviderPatch {
-                base_url: Some("https://elsewhere.example".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let moved = rebase(&store, "openai", "https://elsewhere.example").await;
     assert!(
         moved.keys.is_empty(),
         "keys must not follow the provider to a new host"
@@ -92,28 +98,10 @@ async fn provider_rules(db: &TestDb) {
         .create_provider(provider("two", "https://two.example/v1"))
         .await
         .unwrap();
-    let kept = store
-        .update_provider(
-            &p2.id.to_string(),
-            ProviderPatch {
-                base_url: Some("https://two.example/v2".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let kept = rebase(&store, &p2.id.to_string(), "https://two.example/v2").await;
     assert_eq!(kept.keys.len(), 1);
     // Same host and port, but plain http: the key would travel unencrypted, so it is detached.
-    let downgraded = store
-        .update_provider(
-            "two",
-            ProviderPatch {
-                base_url: Some("http://two.example:443/v2".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let downgraded = rebase(&store, "two", "http://two.example:443/v2").await;
     assert!(
         downgraded.keys.is_empty(),
         "an https → http change drops the keys"
@@ -167,16 +155,11 @@ async fn default_model_rules(db: &TestDb) {
     assert_eq!(defaults(&store).await, vec!["gpt-b"]);
 
     // Deleting the default promotes the oldest enabled model.
-    store
-        .update_model(
-            a.id,
-            ModelPatch {
-                enabled: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let disable = ModelPatch {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    store.update_model(a.id, disable).await.unwrap();
     assert!(store.delete_model(b.id).await.unwrap());
     assert_eq!(
         defaults(&store).await,
@@ -185,16 +168,7 @@ async fn default_model_rules(db: &TestDb) {
     );
 
     // Un-defaulting hands the role on; the last model cannot be un-defaulted.
-    store
-        .update_model(
-            c.id,
-            ModelPatch {
-                is_default: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    store.update_model(c.id, undefault()).await.unwrap();
     assert_eq!(defaults(&store).await, vec!["gpt-a"]);
     // Deleting a provider deletes its models; the default moves if it was one of them.
     assert!(store.delete_provider("openai").await.unwrap());
@@ -202,15 +176,7 @@ async fn default_model_rules(db: &TestDb) {
     let only = store.list_models().await.unwrap();
     assert_eq!(only.len(), 1);
     assert!(matches!(
-        store
-            .update_model(
-                only[0].id,
-                ModelPatch {
-                    is_default: Some(false),
-                    ..Default::default()
-                }
-            )
-            .await,
+        store.update_model(only[0].id, undefault()).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(

@@ -1,54 +1,30 @@
 //! Usage accounting end to end: every call through the MITM path leaves one interception row
 //! with the exact token counts the upstream sent, streaming or not, for all three APIs.
 
+use crate::support::db::TestDb;
 use crate::support::upstream::{
     CHAT_JSON, CHAT_SSE, MESSAGES_JSON, MESSAGES_SSE, RESPONSES_JSON, RESPONSES_SSE,
 };
 use crate::support::*;
 use aibridge_proxy::store::Interception;
 
-pub(crate) async fn row(proxy: &TestProxy, request_id: &str) -> Interception {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
-        if let Some(r) = rows.into_iter().find(|r| r.request_id == request_id) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no interception row for {request_id}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 type Tokens = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 #[tokio::test]
 async fn each_api_streaming_and_not_records_exact_tokens() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let proxy = Env::openai_and_anthropic().await;
+    let client = proxy.client(Http::Two);
     // (url, stream, body the client must get, model, (input, output, cache read, cache write))
     let cases: Vec<(&str, bool, &str, &str, Tokens)> = vec![
         (
-            "https://api.openai.com/v1/chat/completions",
+            CHAT,
             false,
             CHAT_JSON,
             "gpt-4o-mini",
             (Some(11), Some(3), Some(0), None),
         ),
         (
-            "https://api.openai.com/v1/chat/completions",
+            CHAT,
             true,
             CHAT_SSE,
             "gpt-4o-2024-08-06",
@@ -69,14 +45,14 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
             (Some(400), Some(20), Some(100), None),
         ),
         (
-            "https://api.anthropic.com/v1/messages",
+            MESSAGES,
             false,
             MESSAGES_JSON,
             "claude-sonnet",
             (Some(9), Some(2), None, None),
         ),
         (
-            "https://api.anthropic.com/v1/messages",
+            MESSAGES,
             true,
             MESSAGES_SSE,
             "claude-sonnet-4-5",
@@ -85,7 +61,7 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
     ];
     for (url, stream, want_body, model, tokens) in cases {
         let body = format!("{{\"model\":\"{model}\",\"stream\":{stream}}}");
-        let resp = client.post(url).body(body).send().await.unwrap();
+        let resp = client.post(url).body(body).call().await;
         assert_eq!(resp.status(), 200);
         let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
         // Tee, don't transform: the client gets the upstream's bytes exactly.
@@ -94,7 +70,7 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
             want_body,
             "{url} stream={stream}"
         );
-        let r = row(&proxy, &request_id).await;
+        let r = proxy.row(&request_id).await;
         let got = (
             r.input_tokens,
             r.output_tokens,
@@ -114,113 +90,69 @@ async fn each_api_streaming_and_not_records_exact_tokens() {
         assert_eq!(r.method, "POST");
         assert!(r.ttfb_ms.is_some() && r.error.is_none());
     }
-    let total = proxy
-        .app
-        .store
-        .recent_interceptions(100)
-        .await
-        .unwrap()
-        .len();
-    assert_eq!(total, 6, "one row per request");
+    assert_eq!(proxy.rows().await.len(), 6, "one row per request");
 }
 
 #[tokio::test]
 async fn failed_and_cancelled_requests_are_recorded_too() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    let dead = ProviderSpec {
+        name: "dead",
+        ..ProviderSpec::anthropic(format!("https://127.0.0.1:{}", free_port()))
     };
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"http/1.1"])).await;
-    let mut dead = ProviderSpec::anthropic(format!("https://127.0.0.1:{closed}"));
-    dead.name = "dead";
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url()), dead],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-    let resp = client
-        .post("https://api.anthropic.com/v1/messages")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let proxy = Env::with(|o| o.http1_upstream().openai().provider(|_| dead)).await;
+    let client = proxy.client(Http::One);
+    let resp = client.post(MESSAGES).body("{}").call().await;
     assert_eq!(resp.status(), 502);
-    let r = row(&proxy, resp.headers()["x-request-id"].to_str().unwrap()).await;
+    let r = proxy.row(&request_id(&resp)).await;
     assert_eq!(
         (r.status, r.error.as_deref(), r.provider.as_str()),
         (502, Some("connect_refused"), "dead")
     );
 
     // The client drops a stream after its first event: recorded as client_cancelled.
-    let mut resp = client
-        .get("https://api.openai.com/v1/sse")
-        .send()
-        .await
-        .unwrap();
-    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut resp = client.get("https://api.openai.com/v1/sse").call().await;
+    let id = request_id(&resp);
     let _first = resp.chunk().await.unwrap();
     drop(resp);
     drop(client);
-    let r = row(&proxy, &request_id).await;
+    let r = proxy.row(&id).await;
     assert_eq!(r.outcome, "client_cancelled");
-    upstream.release();
+    proxy.upstream.release();
 }
 
 #[tokio::test]
 async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        max_request_body: Some(64 * 1024),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::with(|o| o.openai().anthropic().max_request_body(64 * 1024)).await;
     use serde_json::json;
     for p in ["openai", "anthropic"] {
         let (status, _) = proxy
-            .admin(
-                "PATCH",
+            .admin_patch(
                 &format!("/api/v1/providers/{p}"),
-                Some(json!({"enforce_models": true})),
+                json!({"enforce_models": true}),
             )
             .await;
         assert_eq!(status, 200);
     }
     for (p, m) in [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet")] {
         let (status, _) = proxy
-            .admin(
-                "POST",
-                "/api/v1/models",
-                Some(json!({"provider": p, "model": m})),
-            )
+            .admin_post("/api/v1/models", json!({"provider": p, "model": m}))
             .await;
         assert_eq!(status, 201);
     }
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
-    let chat = "https://api.openai.com/v1/chat/completions";
+    let client = proxy.client(Http::Two);
     let ok = client
-        .post(chat)
+        .post(CHAT)
         .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(ok.status(), 200);
-    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(proxy.upstream.seen().len(), 1);
 
     let refused = client
-        .post(chat)
+        .post(CHAT)
         .body(r#"{"model":"gpt-5-secret","messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(refused.status(), 403);
     let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "model_not_allowed");
@@ -230,11 +162,10 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .contains("gpt-5-secret"));
 
     let refused = client
-        .post("https://api.anthropic.com/v1/messages")
+        .post(MESSAGES)
         .body(r#"{"model":"claude-opus","max_tokens":1}"#)
-        .send()
-        .await
-        .unwrap();
+        .call()
+        .await;
     assert_eq!(refused.status(), 403);
     let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
     assert_eq!(
@@ -248,7 +179,7 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         "not json",
     ] {
         assert_eq!(
-            client.post(chat).body(bad).send().await.unwrap().status(),
+            client.post(CHAT).body(bad).call().await.status(),
             403,
             "{bad}"
         );
@@ -258,24 +189,14 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         r#"{{"model":"gpt-4o-mini","pad":"{}"}}"#,
         "x".repeat(100 * 1024)
     );
+    assert_eq!(client.post(CHAT).body(big).call().await.status(), 413);
     assert_eq!(
-        client.post(chat).body(big).send().await.unwrap().status(),
-        413
-    );
-    assert_eq!(
-        upstream.seen().len(),
+        proxy.upstream.seen().len(),
         1,
         "nothing refused reached the upstream"
     );
     // Records are written off the request path: wait for all of them.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let rows = loop {
-        let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
-        if rows.len() == 6 || tokio::time::Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let rows = proxy.wait_rows(6).await;
     let refusals: Vec<_> = rows.iter().filter(|r| r.status == 403).collect();
     assert_eq!(refusals.len(), 4);
     assert!(rows
@@ -286,52 +207,26 @@ async fn model_policy_refuses_unlisted_models_in_the_providers_shape() {
         .all(|r| r.error.as_deref() == Some("model_not_allowed")));
 }
 
-async fn usage_api(db: &crate::support::db::TestDb) {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![
-            ProviderSpec::openai(upstream.base_url()),
-            ProviderSpec::anthropic(upstream.base_url()),
-        ],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.clone()),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+/// One token column of an interception record.
+type Column = fn(&&Interception) -> Option<i64>;
+
+async fn usage_api(db: &TestDb) {
+    let proxy = Env::with(|o| o.openai().anthropic().database(&db.url)).await;
+    let client = proxy.client(Http::Two);
     let calls = [
-        (
-            "https://api.openai.com/v1/chat/completions",
-            r#"{"stream":true}"#,
-        ),
-        ("https://api.openai.com/v1/chat/completions", "{}"),
+        (CHAT, r#"{"stream":true}"#),
+        (CHAT, "{}"),
         ("https://api.openai.com/v1/responses", r#"{"stream":true}"#),
-        (
-            "https://api.anthropic.com/v1/messages",
-            r#"{"stream":true}"#,
-        ),
-        ("https://api.anthropic.com/v1/messages", "{}"),
+        (MESSAGES, r#"{"stream":true}"#),
+        (MESSAGES, "{}"),
     ];
     for (url, body) in calls {
-        let resp = client.post(url).body(body).send().await.unwrap();
+        let resp = client.post(url).body(body).call().await;
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy
-        .app
-        .store
-        .recent_interceptions(100)
-        .await
-        .unwrap()
-        .len()
-        < calls.len()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "records written");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let rows = proxy.app.store.recent_interceptions(100).await.unwrap();
+    let rows = proxy.wait_rows(calls.len()).await;
+    assert!(rows.len() >= calls.len(), "records written");
 
     // Cursor pagination walks every row once, newest first.
     let mut seen = Vec::new();
@@ -341,7 +236,7 @@ async fn usage_api(db: &crate::support::db::TestDb) {
             Some(c) => format!("/api/v1/interceptions?limit=2&cursor={c}"),
             None => "/api/v1/interceptions?limit=2".to_string(),
         };
-        let (status, page) = proxy.admin("GET", &path, None).await;
+        let (status, page) = proxy.admin_get(&path).await;
         assert_eq!(status, 200, "{page}");
         for item in page["items"].as_array().unwrap() {
             seen.push(item["id"].as_str().unwrap().to_string());
@@ -358,7 +253,7 @@ async fn usage_api(db: &crate::support::db::TestDb) {
     assert_eq!(seen, want);
 
     let (_, anth) = proxy
-        .admin("GET", "/api/v1/interceptions?provider=anthropic", None)
+        .admin_get("/api/v1/interceptions?provider=anthropic")
         .await;
     let items = anth["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
@@ -366,22 +261,19 @@ async fn usage_api(db: &crate::support::db::TestDb) {
         .iter()
         .all(|i| i["provider"] == "anthropic" && i["user"] == "alice"));
     assert_eq!(
+        proxy.admin_get("/api/v1/interceptions?limit=0").await.0,
+        422
+    );
+    assert_eq!(
         proxy
-            .admin("GET", "/api/v1/interceptions?limit=0", None)
+            .admin_get("/api/v1/interceptions?cursor=garbage")
             .await
             .0,
         422
     );
     assert_eq!(
         proxy
-            .admin("GET", "/api/v1/interceptions?cursor=garbage", None)
-            .await
-            .0,
-        422
-    );
-    assert_eq!(
-        proxy
-            .admin("GET", "/api/v1/interceptions?since=yesterday", None)
+            .admin_get("/api/v1/interceptions?since=yesterday")
             .await
             .0,
         422
@@ -394,7 +286,7 @@ async fn usage_api(db: &crate::support::db::TestDb) {
         ("user", "user"),
     ] {
         let (status, usage) = proxy
-            .admin("GET", &format!("/api/v1/usage?group_by={group_by}"), None)
+            .admin_get(&format!("/api/v1/usage?group_by={group_by}"))
             .await;
         assert_eq!(status, 200);
         for item in usage["items"].as_array().unwrap() {
@@ -407,35 +299,24 @@ async fn usage_api(db: &crate::support::db::TestDb) {
                     _ => Some(r.user.as_str()) == k,
                 })
                 .collect();
-            let sum = |f: fn(&&aibridge_proxy::store::Interception) -> Option<i64>| -> i64 {
-                group.iter().map(|r| f(r).unwrap_or(0)).sum()
-            };
+            let sum = |f: Column| -> i64 { group.iter().map(|r| f(r).unwrap_or(0)).sum() };
             assert_eq!(
                 item["requests"].as_i64().unwrap(),
                 group.len() as i64,
                 "{group_by} {k:?}"
             );
-            assert_eq!(
-                item["input_tokens"].as_i64().unwrap(),
-                sum(|r| r.input_tokens)
-            );
-            assert_eq!(
-                item["output_tokens"].as_i64().unwrap(),
-                sum(|r| r.output_tokens)
-            );
-            assert_eq!(
-                item["cache_read_tokens"].as_i64().unwrap(),
-                sum(|r| r.cache_read_tokens)
-            );
-            assert_eq!(
-                item["cache_write_tokens"].as_i64().unwrap(),
-                sum(|r| r.cache_write_tokens)
-            );
+            let columns: [(&str, Column); 4] = [
+                ("input_tokens", |r| r.input_tokens),
+                ("output_tokens", |r| r.output_tokens),
+                ("cache_read_tokens", |r| r.cache_read_tokens),
+                ("cache_write_tokens", |r| r.cache_write_tokens),
+            ];
+            for (column, field) in columns {
+                assert_eq!(item[column].as_i64().unwrap(), sum(field), "{column}");
+            }
         }
     }
-    let (_, by_provider) = proxy
-        .admin("GET", "/api/v1/usage?group_by=provider", None)
-        .await;
+    let (_, by_provider) = proxy.admin_get("/api/v1/usage?group_by=provider").await;
     let openai = &by_provider["items"]
         .as_array()
         .unwrap()
@@ -444,85 +325,22 @@ async fn usage_api(db: &crate::support::db::TestDb) {
         .unwrap()
         .clone();
     assert_eq!(openai["input_tokens"], 11 + 176 + 400);
-    assert_eq!(
-        proxy
-            .admin("GET", "/api/v1/usage?group_by=color", None)
-            .await
-            .0,
-        422
-    );
+    assert_eq!(proxy.admin_get("/api/v1/usage?group_by=color").await.0, 422);
 }
-crate::both_backends!(interceptions_and_usage_through_the_api, usage_api);
-
-/// `name{labels} value` lines → value, for a metric name and an exact label set.
-pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(p) => p,
-            None => continue,
-        };
-        let (n, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let mut got: Vec<(String, String)> = label_text
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        got.sort();
-        let mut want: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        want.sort();
-        if got == want {
-            return value.parse().unwrap();
-        }
-    }
-    0.0
-}
+both_backends!(interceptions_and_usage_through_the_api, usage_api);
 
 #[tokio::test]
 async fn metrics_move_by_exactly_the_traffic_sent() {
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        ..Default::default()
-    })
-    .await;
+    let proxy = Env::openai().await;
     let scrape = || async {
-        let (status, _) = proxy.admin("GET", "/healthz", None).await;
+        let (status, _) = proxy.admin_get("/healthz").await;
         assert_eq!(status, 200);
-        let url = format!("http://{}/metrics", proxy.app.admin_addr.unwrap());
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls::client_config(&[], &[]))
-            .build()
-            .unwrap();
-        let resp = client
-            .get(url)
-            .bearer_auth(&proxy.admin_token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.text().await.unwrap()
+        proxy.metrics().await
     };
     let before = scrape().await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let client = proxy.client(Http::Two);
     for _ in 0..3 {
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.chat().await;
         resp.text().await.unwrap();
     }
     let req = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n";
@@ -625,37 +443,23 @@ async fn metrics_move_by_exactly_the_traffic_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_survive_a_database_outage() {
-    let Some(db) =
-        crate::support::db::TestDb::postgres("usage::records_survive_a_database_outage").await
-    else {
+    let Some(db) = TestDb::postgres("usage::records_survive_a_database_outage").await else {
         return;
     };
-    let ca = TestCa::new();
-    let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
     let relay = crate::support::relay::Relay::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxy = TestProxy::start(TestProxyOptions {
-        providers: vec![ProviderSpec::openai(upstream.base_url())],
-        upstream_ca_pem: Some(ca.cert_pem.clone()),
-        database_url: Some(db.url.replace("127.0.0.1:5432", &relay.addr.to_string())),
-        ..Default::default()
-    })
-    .await;
-    let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::Two);
+    let relayed = db.url.replace("127.0.0.1:5432", &relay.addr.to_string());
+    let proxy = Env::with(|o| o.openai().database(&relayed)).await;
+    let client = proxy.client(Http::Two);
     relay.cut();
     let mut ids = Vec::new();
     for _ in 0..10 {
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.chat().await;
         assert_eq!(
             resp.status(),
             200,
             "traffic does not depend on the database"
         );
-        ids.push(resp.headers()["x-request-id"].to_str().unwrap().to_string());
+        ids.push(request_id(&resp));
         resp.text().await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

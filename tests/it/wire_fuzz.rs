@@ -17,7 +17,6 @@ use crate::support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -392,18 +391,6 @@ impl Render<'_> {
     }
 }
 
-/// The first bytes a TLS client sends: a real ClientHello for `api.openai.com` (h2, http/1.1).
-fn client_hello() -> Vec<u8> {
-    let config = tls::client_config(&[], &[b"h2", b"http/1.1"]);
-    let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 // === running a case ===
 
 /// What the proxy did with one stream.
@@ -536,50 +523,19 @@ async fn run_batch(
     }
 }
 
-fn seed() -> u64 {
-    match std::env::var("AIBRIDGE_FUZZ_SEED") {
-        Ok(s) => s.parse().expect("AIBRIDGE_FUZZ_SEED is a u64"),
-        Err(_) => {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).unwrap();
-            u64::from_le_bytes(b)
-        }
-    }
-}
-
-fn case_count() -> usize {
-    std::env::var("AIBRIDGE_WIRE_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CASES)
-}
-
 #[test]
 fn generated_streams_end_in_documented_answers() {
     let rt = panics::runtime("wire");
-    let (upstream, proxy) = rt.block_on(async {
-        let ca = TestCa::new();
-        let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
-        let mut openai = ProviderSpec::openai(upstream.base_url());
-        // Plain absolute-form requests reach the bridge too.
-        openai.intercept_hosts.push("api.openai.com:80".into());
-        let proxy = TestProxy::start(TestProxyOptions {
-            providers: vec![openai],
-            upstream_ca_pem: Some(ca.cert_pem.clone()),
-            // No tunnels: a valid non-provider target answers 403 without DNS or dialling.
-            non_provider_hosts: aibridge_proxy::config::NonProviderHosts::Deny,
-            ..Default::default()
-        })
-        .await;
-        (upstream, proxy)
-    });
-    let hello = client_hello();
+    // No tunnels: a valid non-provider target answers 403 without DNS or dialling.
+    let proxy = rt.block_on(Env::with(|o| o.openai_also_on_80().deny_non_providers()));
+    // The first bytes a TLS client sends: a real ClientHello for `api.openai.com`.
+    let hello = raw::client_hello(&[b"h2", b"http/1.1"]);
     let render = Render {
         token: &proxy.token,
         client_hello: &hello,
     };
-    let seed = seed();
-    let cases = case_count();
+    let seed = fuzz::seed();
+    let cases = fuzz::cases("AIBRIDGE_WIRE_FUZZ_CASES", CASES);
     let batches = cases.div_ceil(BATCH);
     println!("wire fuzz: seed {seed} (replay with AIBRIDGE_FUZZ_SEED={seed}), {cases} cases in {batches} batches of {BATCH}");
     let config = Config {
@@ -626,21 +582,19 @@ fn generated_streams_end_in_documented_answers() {
     }
     rt.block_on(async {
         // A full bridged request still works.
-        let client = agent_client(proxy.addr, &proxy.token, &[&proxy.ca_pem], Http::One);
-        let resp = client
-            .post("https://api.openai.com/v1/chat/completions")
+        let resp = proxy
+            .client(Http::One)
+            .post(CHAT)
             .header("content-type", "application/json")
             .body(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-            .send()
-            .await
-            .unwrap();
+            .call()
+            .await;
         assert_eq!(resp.status(), 200);
         assert!(resp.text().await.unwrap().contains("chat.completion"));
     });
     let panicked = panics::seen("wire");
     assert!(panicked.is_empty(), "proxy tasks panicked: {panicked:#?}");
-    drop(upstream);
-    rt.block_on(proxy.app.stop(Duration::from_secs(5)));
+    rt.block_on(proxy.stop());
 }
 
 /// The harness itself can fail: a server that never closes after the client's FIN, one that

@@ -1,11 +1,38 @@
 //! Test databases: a temp SQLite file, or a fresh PostgreSQL database per test (created here,
-//! dropped on drop) so tests run in parallel.
+//! dropped on drop) so tests run in parallel; and a store writing rows into one as another
+//! process (the CLI, another replica) would.
 //!
 //! PostgreSQL comes from `AIBRIDGE_TEST_POSTGRES_URL` (default: the local server as
 //! `postgres@127.0.0.1:5432`). When it cannot be reached the test says it was skipped and why —
 //! except under `CI`, where a missing database fails it.
 
+use aibridge_proxy::provider::ProviderKind;
+use aibridge_proxy::store::{NewProvider, Store};
 use sqlx::Connection;
+
+/// A change no write path announces: the counter moves, as a commit of another process does.
+pub const BUMP_COUNTER: &str = "UPDATE aibridge_changes SET counter = counter + 1 WHERE id = 1";
+
+/// The store on `url`, writing under the loopback upstream policy the mock upstreams need.
+pub async fn writer(url: &str) -> Store {
+    Store::connect(url)
+        .await
+        .unwrap()
+        .with_upstream_policy(super::loopback_upstreams())
+}
+
+/// An enabled openai-kind provider row `name` intercepting `host`, sent to `base_url`, no key.
+pub fn new_provider(name: &str, base_url: &str, host: &str) -> NewProvider {
+    NewProvider {
+        name: name.into(),
+        kind: ProviderKind::Openai,
+        base_url: base_url.into(),
+        intercept_hosts: vec![host.into()],
+        enabled: true,
+        enforce_models: false,
+        api_keys: vec![],
+    }
+}
 
 pub struct TestDb {
     pub url: String,
@@ -101,7 +128,7 @@ impl Drop for TestDb {
 }
 
 /// Define `mod $name { sqlite, postgres }`, two tests running `$scenario(&TestDb)`.
-#[macro_export]
+#[allow(unused_macros)] // the soak bench compiles this harness without using it
 macro_rules! both_backends {
     ($name:ident, $scenario:ident) => {
         mod $name {
@@ -124,6 +151,7 @@ macro_rules! both_backends {
         }
     };
 }
+pub(crate) use both_backends;
 
 #[test]
 fn database_names_are_swapped_in_urls() {

@@ -2,12 +2,20 @@
 //! started in-process on 127.0.0.1:0, and clients configured with the proxy as an agent would.
 //! Nothing leaves the machine: clients use real provider names (`api.openai.com`), the proxy
 //! intercepts them and sends the requests to the local upstream.
+//!
+//! Tests start what they need with one call, [`Env`]; everything they share lives here, and no
+//! test module imports another.
 
 #![allow(dead_code, unused_imports)]
 
+pub mod bin;
 pub mod client;
 pub mod db;
+pub mod env;
+pub mod fuzz;
 pub mod h2raw;
+pub mod net;
+pub mod observe;
 pub mod panics;
 pub mod plain;
 pub mod proxy;
@@ -17,8 +25,14 @@ pub mod scripted;
 pub mod tls;
 pub mod upstream;
 
-pub use client::{agent_client, Http};
-pub use proxy::{loopback_upstreams, ProviderSpec, TestProxy, TestProxyOptions, Tweak};
+pub use client::{
+    agent_client, paced_chat, plain_client, Call, Chat, Http, CHAT, MESSAGES, MODELS,
+};
+pub(crate) use db::both_backends;
+pub use env::{Env, Setup};
+pub use net::{echo_server, free_port};
+pub use observe::{metric, request_id};
+pub use proxy::{loopback_upstreams, ProviderSpec, TestProxy};
 pub use tls::TestCa;
 pub use upstream::MockUpstream;
 

@@ -85,16 +85,6 @@ async fn record(seen: &Mutex<Vec<Seen>>, req: Request<Incoming>) -> Response<Ful
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    seen.lock().unwrap().push(Seen {
-        method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    });
+    seen.lock().unwrap().push(Seen::of(&parts, body));
     Response::new(Full::new(Bytes::from_static(b"ok")))
 }

@@ -1,22 +1,62 @@
 //! The proxy, started in-process with its own temp dir (SQLite file, generated CA).
+//!
+//! This file is where the harness touches the library's wiring: the one `App::start`, the one
+//! `AppConfig`, the resolver seam, the egress policy, the CA key writer and the token digest.
+//! Tests reach them through [`super::Env`] and the helpers here, never by path, so a move of
+//! those library modules changes this file alone.
 
 use aibridge_proxy::app::{App, Seams};
 use aibridge_proxy::config::{AppConfig, NonProviderHosts};
-use aibridge_proxy::net::egress::{EgressPolicy, Resolver, StaticResolver};
+use aibridge_proxy::net::egress::{Dialer, EgressPolicy, Resolver, StaticResolver};
+use aibridge_proxy::net::upstream::UpstreamFactory;
 use aibridge_proxy::provider::ProviderKind;
+use aibridge_proxy::router::Snapshot;
+use aibridge_proxy::secret::token::digest as hash_token;
 use aibridge_proxy::secret::Secret;
-use aibridge_proxy::store::{Keyring, NewProvider, Store};
+use aibridge_proxy::store::{AgentToken, Keyring, NewProvider, RoutingData, Store};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
+
+/// An upstream policy allowing these private ranges (as `--allow-private-upstreams` does).
+pub fn upstream_policy(cidrs: &[&str]) -> EgressPolicy {
+    EgressPolicy::public_only(cidrs.iter().map(|c| c.parse().unwrap()).collect())
+}
 
 /// The upstream policy tests write loopback mock upstreams under: the product default refuses
 /// them, so every test that does must say so.
 pub fn loopback_upstreams() -> EgressPolicy {
-    EgressPolicy::public_only(vec![
-        "127.0.0.0/8".parse().unwrap(),
-        "::1/128".parse().unwrap(),
-    ])
+    upstream_policy(&["127.0.0.0/8", "::1/128"])
+}
+
+/// Write a CA private key the way the product requires it on disk (mode 0600).
+pub fn write_private_key(path: &Path, pem: &[u8]) {
+    aibridge_proxy::secret::files::write_private(path, pem).unwrap();
+}
+
+/// A routing snapshot whose only agent token is `secret` (no providers), for tests that call
+/// the authentication function directly.
+pub fn snapshot_holding(secret: &str) -> Snapshot {
+    let upstreams = UpstreamFactory::new(
+        super::tls::provider(),
+        None,
+        Dialer::new(EgressPolicy::default(), std::time::Duration::from_secs(1)),
+    )
+    .unwrap();
+    let data = RoutingData {
+        providers: vec![],
+        tokens: vec![AgentToken {
+            id: uuid::Uuid::new_v4(),
+            user: "u".into(),
+            token_hash: hash_token(secret).to_vec(),
+            created_at: time::OffsetDateTime::now_utc(),
+            last_used_at: None,
+            revoked_at: None,
+        }],
+        models: vec![],
+        counter: 1,
+    };
+    Snapshot::build(data, 1, &Snapshot::empty(), &upstreams)
 }
 
 /// A provider to create before the proxy starts.
@@ -51,18 +91,45 @@ impl ProviderSpec {
             key: Some("sk-ant-provider-0123456789"),
         }
     }
+
+    /// An openai-kind provider `name` intercepting `host` alone, sent to `base_url`.
+    pub fn named(name: &'static str, host: &str, base_url: String) -> Self {
+        ProviderSpec {
+            name,
+            intercept_hosts: vec![host.to_string()],
+            key: Some("sk-provider-other-0123456789"),
+            ..ProviderSpec::openai(base_url)
+        }
+    }
+
+    fn row(&self) -> NewProvider {
+        NewProvider {
+            name: self.name.to_string(),
+            kind: self.kind,
+            base_url: self.base_url.clone(),
+            intercept_hosts: self.intercept_hosts.clone(),
+            enabled: true,
+            enforce_models: false,
+            api_keys: self
+                .key
+                .map(|k| Secret::new(k.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
 }
 
 /// A last change to the configuration before the proxy starts.
 pub type Tweak = Box<dyn FnOnce(&mut AppConfig) + Send>;
 
+/// Everything [`TestProxy::start`] can vary; tests set it through [`super::Setup`].
 pub struct TestProxyOptions {
     pub providers: Vec<ProviderSpec>,
-    /// PEM of the upstream's CA, written to a file and passed as `--upstream-ca-file`.
+    /// PEM of the upstreams' CAs, written to a file and passed as `--upstream-ca-file`.
     pub upstream_ca_pem: Option<String>,
     pub allow_private_cidrs: Vec<&'static str>,
     /// `--allow-private-upstreams`. The product default is none; the harness passes loopback
-    /// explicitly because the mock upstreams live there (`egress.rs` sets it empty to prove the
+    /// explicitly because the mock upstreams live there (`egress` sets it empty to prove the
     /// default refuses). Also the policy the seeded providers are written under.
     pub allow_private_upstreams: Vec<&'static str>,
     /// Names the proxy resolves to fixed addresses (a hosts file in front of the system
@@ -72,20 +139,21 @@ pub struct TestProxyOptions {
     pub extra_ports: Vec<u16>,
     /// A CA (cert PEM, key PEM) to use instead of generating one.
     pub ca_files: Option<(String, String)>,
-    /// The database (default: a SQLite file in the proxy's temp dir).
+    /// The database seeded before start (default: a SQLite file in the proxy's temp dir).
     pub database_url: Option<String>,
-    /// Create an agent token before starting (default true).
-    pub seed_token: bool,
+    /// The database the proxy runs on, when not the seeded one's URL (the same database behind
+    /// a fault relay, or another database altogether).
+    pub serve_database_url: Option<String>,
     /// `--max-request-body` (default: the product default).
     pub max_request_body: Option<usize>,
     /// `--secrets-key-file` (also seals the seeded providers' keys).
     pub secrets_key_file: Option<PathBuf>,
     /// `--previous-secrets-key-file`.
     pub previous_secrets_key_file: Option<PathBuf>,
+    /// Requests for this path panic inside their connection task (a test seam).
+    pub panic_on_path: Option<String>,
     /// Last word on the configuration (timeouts, limits).
     pub tweak: Option<Tweak>,
-    /// Fault injection: decrypted requests for this path panic their connection task (F24).
-    pub panic_on_path: Option<String>,
 }
 
 impl Default for TestProxyOptions {
@@ -100,12 +168,12 @@ impl Default for TestProxyOptions {
             extra_ports: Vec::new(),
             ca_files: None,
             database_url: None,
-            seed_token: true,
+            serve_database_url: None,
             max_request_body: None,
             secrets_key_file: None,
             previous_secrets_key_file: None,
-            tweak: None,
             panic_on_path: None,
+            tweak: None,
         }
     }
 }
@@ -124,102 +192,25 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    pub async fn start(opts: TestProxyOptions) -> TestProxy {
+    pub async fn start(mut opts: TestProxyOptions) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let db_url = opts
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("aibridge.db").display()));
-        let keyring = Keyring::load(
-            opts.secrets_key_file.as_deref(),
-            opts.previous_secrets_key_file.as_deref(),
-        )
-        .unwrap();
-        let allow_private_upstreams: Vec<ipnet::IpNet> = opts
-            .allow_private_upstreams
-            .iter()
-            .map(|c| c.parse().unwrap())
-            .collect();
-        let store = Store::connect(&db_url)
-            .await
-            .unwrap()
-            .with_keyring(keyring)
-            .with_upstream_policy(EgressPolicy::public_only(allow_private_upstreams.clone()));
-        for p in &opts.providers {
-            store
-                .create_provider(NewProvider {
-                    name: p.name.to_string(),
-                    kind: p.kind,
-                    base_url: p.base_url.clone(),
-                    intercept_hosts: p.intercept_hosts.clone(),
-                    enabled: true,
-                    enforce_models: false,
-                    api_keys: p
-                        .key
-                        .map(|k| Secret::new(k.to_string()))
-                        .into_iter()
-                        .collect(),
-                })
-                .await
-                .unwrap();
-        }
-        let (token_id, token) = if opts.seed_token {
-            let (row, token) = store.create_token("alice").await.unwrap();
-            (row.id, token.expose().clone())
-        } else {
-            (uuid::Uuid::nil(), String::new())
-        };
-        store.close().await;
-
+        let (token_id, token) = seed(&db_url, &opts).await;
         if let Some((cert, key)) = &opts.ca_files {
             std::fs::write(dir.path().join("ca.pem"), cert).unwrap();
-            aibridge_proxy::secret::files::write_private(
-                &dir.path().join("ca-key.pem"),
-                key.as_bytes(),
-            )
-            .unwrap();
+            write_private_key(&dir.path().join("ca-key.pem"), key.as_bytes());
         }
-        let mut config = AppConfig::new(
-            db_url,
-            dir.path().join("ca.pem"),
-            dir.path().join("ca-key.pem"),
-        );
-        if let Some(pem) = &opts.upstream_ca_pem {
-            let path = dir.path().join("upstream-ca.pem");
-            std::fs::write(&path, pem).unwrap();
-            config.upstream_ca_file = Some(path);
-        }
-        config.proxy.allow_private_cidrs = opts
-            .allow_private_cidrs
-            .iter()
-            .map(|c| c.parse().unwrap())
-            .collect();
-        config.allow_private_upstreams = allow_private_upstreams;
-        let mut seams = Seams {
-            panic_on_path: opts.panic_on_path.clone(),
-            ..Seams::default()
-        };
-        if !opts.hosts.is_empty() {
-            let hosts = opts
-                .hosts
-                .iter()
-                .fold(StaticResolver::new(), |r, (name, ip)| r.with(name, [*ip]));
-            seams.resolver = Resolver::new(hosts);
-        }
-        config.proxy.non_provider_hosts = opts.non_provider_hosts;
-        config.proxy.connect_ports.extend(&opts.extra_ports);
-        config.admin_token_file = dir.path().join("admin-token");
-        config.secrets_key_file = opts.secrets_key_file.clone();
-        config.previous_secrets_key_file = opts.previous_secrets_key_file.clone();
-        if let Some(limit) = opts.max_request_body {
-            config.proxy.max_request_body = limit;
-        }
-        if let Some(tweak) = opts.tweak {
+        let serve_url = opts.serve_database_url.clone().unwrap_or(db_url);
+        let mut config = configure(&opts, serve_url, dir.path());
+        if let Some(tweak) = opts.tweak.take() {
             tweak(&mut config);
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::start(config, listener, Some(admin), seams)
+        let app = App::start(config, listener, Some(admin), seams(&opts))
             .await
             .unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
@@ -237,51 +228,69 @@ impl TestProxy {
             dir,
         }
     }
+}
 
-    /// The router generation now; with [`TestProxy::wait_for_generation`] to see a change land.
-    pub fn generation(&self) -> u64 {
-        self.app.router.load().generation
+/// Create the providers and one agent token (`alice`) in the database before start.
+async fn seed(db_url: &str, opts: &TestProxyOptions) -> (uuid::Uuid, String) {
+    let keyring = Keyring::load(
+        opts.secrets_key_file.as_deref(),
+        opts.previous_secrets_key_file.as_deref(),
+    )
+    .unwrap();
+    let store = Store::connect(db_url)
+        .await
+        .unwrap()
+        .with_keyring(keyring)
+        .with_upstream_policy(upstream_policy(&opts.allow_private_upstreams));
+    for p in &opts.providers {
+        store.create_provider(p.row()).await.unwrap();
     }
+    let (row, token) = store.create_token("alice").await.unwrap();
+    store.close().await;
+    (row.id, token.expose().clone())
+}
 
-    pub async fn wait_for_generation(&self, above: u64) {
-        let router = self.app.router.clone();
-        super::eventually("router reload", move || router.load().generation > above).await;
+/// What no flag sets: the names resolved to fixed addresses, and the fault-injection path.
+fn seams(opts: &TestProxyOptions) -> Seams {
+    let mut seams = Seams {
+        panic_on_path: opts.panic_on_path.clone(),
+        ..Seams::default()
+    };
+    if !opts.hosts.is_empty() {
+        let hosts = opts
+            .hosts
+            .iter()
+            .fold(StaticResolver::new(), |r, (name, ip)| r.with(name, [*ip]));
+        seams.resolver = Resolver::new(hosts);
     }
+    seams
+}
 
-    /// Call the admin API: `(status, JSON body or Null)`.
-    pub async fn admin(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let url = format!("http://{}{path}", self.app.admin_addr.unwrap());
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(super::tls::client_config(&[], &[]))
-            .build()
-            .unwrap();
-        let mut req = client
-            .request(method.parse().unwrap(), url)
-            .bearer_auth(&self.admin_token);
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+/// The configuration `serve` would build from the flags the options stand for.
+fn configure(opts: &TestProxyOptions, database_url: String, dir: &Path) -> AppConfig {
+    let mut config = AppConfig::new(database_url, dir.join("ca.pem"), dir.join("ca-key.pem"));
+    if let Some(pem) = &opts.upstream_ca_pem {
+        let path = dir.join("upstream-ca.pem");
+        std::fs::write(&path, pem).unwrap();
+        config.upstream_ca_file = Some(path);
     }
-
-    pub fn mints(&self) -> u64 {
-        self.app
-            .leaves
-            .stats()
-            .mints
-            .load(std::sync::atomic::Ordering::SeqCst)
+    config.proxy.allow_private_cidrs = opts
+        .allow_private_cidrs
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    config.allow_private_upstreams = opts
+        .allow_private_upstreams
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    config.proxy.non_provider_hosts = opts.non_provider_hosts;
+    config.proxy.connect_ports.extend(&opts.extra_ports);
+    config.admin_token_file = dir.join("admin-token");
+    config.secrets_key_file = opts.secrets_key_file.clone();
+    config.previous_secrets_key_file = opts.previous_secrets_key_file.clone();
+    if let Some(limit) = opts.max_request_body {
+        config.proxy.max_request_body = limit;
     }
+    config
 }

@@ -14,6 +14,26 @@ pub fn basic(token: &str) -> String {
     )
 }
 
+/// `CONNECT target` with `Host` and the agent's credentials.
+pub fn connect_head(target: &str, token: &str) -> String {
+    format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic(token)
+    )
+}
+
+/// The first flight of a real TLS client for `api.openai.com` offering `alpn`: its ClientHello.
+pub fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+    let config = super::tls::client_config(&[], alpn);
+    let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
 /// Write all of `bytes` and flush. Over TLS the flush matters: when a socket write returns
 /// `Pending` (tokio's cooperative budget does that to tasks driving many streams), tokio-rustls
 /// has taken the plaintext but keeps the records until the next write or flush.
@@ -65,11 +85,7 @@ pub async fn closes<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
 
 /// CONNECT through the proxy and return the stream after a 200.
 pub async fn connect(proxy: SocketAddr, target: &str, token: &str) -> TcpStream {
-    let req = format!(
-        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-        basic(token)
-    );
-    let (head, stream) = send_head(proxy, req.as_bytes()).await;
+    let (head, stream) = send_head(proxy, connect_head(target, token).as_bytes()).await;
     assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
     stream
 }

@@ -265,51 +265,10 @@ async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option
 /// A server config whose certificate (for `name` and 127.0.0.1) expired yesterday, and the PEM
 /// of the CA that signed it (trust it to make expiry the only fault).
 pub fn expired_server_config(name: &str, alpn: &[&[u8]]) -> (String, Arc<rustls::ServerConfig>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::default();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "aibridge test expiry CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let ca = super::TestCa::named("aibridge test expiry CA");
+    let mut params = super::tls::leaf_params(name);
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(30);
     params.not_after = now - time::Duration::days(1);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(super::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    (ca_cert.pem(), Arc::new(config))
-}
-
-/// The proxy's `/metrics` text.
-pub async fn scrape(proxy: &super::TestProxy) -> String {
-    let url = format!("http://{}/metrics", proxy.app.admin_addr.unwrap());
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(super::tls::client_config(&[], &[]))
-        .build()
-        .unwrap();
-    let resp = client
-        .get(url)
-        .bearer_auth(&proxy.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.text().await.unwrap()
+    (ca.cert_pem.clone(), ca.server_config_signing(params, alpn))
 }

@@ -15,11 +15,14 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> Self {
+        TestCa::named("aibridge test upstream CA")
+    }
+
+    /// A CA whose certificate's common name is `name`.
+    pub fn named(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "aibridge test upstream CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -40,23 +43,18 @@ impl TestCa {
 
     /// A server config for `name` and 127.0.0.1, with the given ALPN protocols.
     pub fn server_config_for(&self, name: &str, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        self.server_config_signing(leaf_params(name), alpn)
+    }
+
+    /// A server config presenting a fresh leaf made from `params`, signed by this CA.
+    pub fn server_config_signing(
+        &self,
+        params: CertificateParams,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
+        server_config(cert.der().clone(), &key, alpn)
     }
 
     pub fn write_pem(&self, dir: &Path) -> PathBuf {
@@ -64,6 +62,34 @@ impl TestCa {
         std::fs::write(&path, &self.cert_pem).unwrap();
         path
     }
+}
+
+/// Leaf certificate parameters for `name` and 127.0.0.1.
+pub fn leaf_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params
+}
+
+/// A server config presenting `cert` (whose key is `key`), with the given ALPN protocols.
+pub fn server_config(
+    cert: CertificateDer<'static>,
+    key: &KeyPair,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

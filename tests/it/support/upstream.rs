@@ -58,6 +58,34 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+impl Seen {
+    /// `(method, path and query)`.
+    pub fn target(&self) -> (&str, &str) {
+        (&self.method, &self.path)
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        let values = self.headers.get_all(name).iter();
+        values.map(|v| v.to_str().unwrap()).collect()
+    }
+
+    /// A request as its head and (possibly not yet) its body arrived.
+    pub fn of(parts: &http::request::Parts, body: Bytes) -> Seen {
+        Seen {
+            method: parts.method.to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }
+    }
+}
+
 pub struct MockUpstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -72,6 +100,15 @@ struct Shared {
 }
 
 impl MockUpstream {
+    /// A mock speaking h2 and HTTP/1.1 under a fresh test CA whose certificate is written into
+    /// `dir`, for tests that run the real binary (`--upstream-ca-file` is the returned path; an
+    /// in-process proxy comes with its own, in [`super::Env`]).
+    pub async fn for_binary(dir: &std::path::Path) -> (MockUpstream, std::path::PathBuf) {
+        let ca = super::TestCa::new();
+        let upstream = MockUpstream::start(ca.server_config(&[b"h2", b"http/1.1"])).await;
+        (upstream, ca.write_pem(dir))
+    }
+
     pub async fn start(config: Arc<rustls::ServerConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -142,17 +179,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let index = {
         let mut seen = shared.seen.lock().unwrap();
-        seen.push(Seen {
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            body: Bytes::new(),
-        });
+        seen.push(Seen::of(&parts, Bytes::new()));
         seen.len() - 1
     };
     // Read the whole request first, as real providers do (an unread h2 body is reset, and a
@@ -196,15 +223,10 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn sse(shared: &Shared) -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let release = shared.release.clone();
     let by_timeout = shared.released_by_timeout.clone();
-    tokio::spawn(async move {
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(
-                SSE_EVENTS[0].as_bytes(),
-            ))))
-            .await;
+    event_stream(4, |tx| async move {
+        send(&tx, SSE_EVENTS[0]).await;
         if tokio::time::timeout(super::WAIT / 2, release.notified())
             .await
             .is_err()
@@ -212,37 +234,21 @@ fn sse(shared: &Shared) -> Response<Body> {
             by_timeout.store(true, Ordering::SeqCst);
         }
         for event in &SSE_EVENTS[1..] {
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
-                .await;
+            send(&tx, *event).await;
         }
-    });
-    let stream = tokio_stream_from(rx);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(StreamBody::new(stream).boxed())
-        .unwrap()
+    })
 }
 
 /// A transcript as SSE, one event per frame with a short pause, as a provider streams it.
 fn sse_transcript(text: &'static str) -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
-    tokio::spawn(async move {
+    event_stream(8, |tx| async move {
         for event in text.split_inclusive("\n\n") {
-            if tx
-                .send(Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
-                .await
-                .is_err()
-            {
+            if !send(&tx, event).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
-        .unwrap()
+    })
 }
 
 /// `x-mock-events: N` and `x-mock-gap-ms: M` ask for a chat stream of N events M ms apart.
@@ -254,46 +260,66 @@ fn paced(headers: &http::HeaderMap) -> Option<(usize, u64)> {
     ))
 }
 
+/// Delta `i` of a paced chat stream.
+fn paced_event(i: usize) -> String {
+    format!("data: {{\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n")
+}
+
+/// What ends a paced chat stream: usage (7 prompt, 5 completion tokens), then `[DONE]`.
+const PACED_TAIL: &str = "data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n";
+
+/// The whole body of a paced chat stream of `events` deltas, as a client receives it.
+pub fn paced_transcript(events: usize) -> String {
+    (0..events).map(paced_event).collect::<String>() + PACED_TAIL
+}
+
 /// A chat stream paced by the client: `events` deltas `gap_ms` apart, then usage and `[DONE]`.
 fn paced_stream(events: usize, gap_ms: u64) -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-    tokio::spawn(async move {
+    event_stream(4, move |tx| async move {
         for i in 0..events {
-            let event = format!("data: {{\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{i}\"}}}}]}}\n\n");
-            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+            if !send(&tx, paced_event(i)).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
         }
-        let tail = "data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n";
-        let _ = tx
-            .send(Ok(Frame::data(Bytes::from_static(tail.as_bytes()))))
-            .await;
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(StreamBody::new(tokio_stream_from(rx)).boxed())
-        .unwrap()
+        send(&tx, PACED_TAIL).await;
+    })
 }
 
 /// Five SSE events 10 ms apart, no gate: for many concurrent streams.
 pub const STREAM_EVENTS: usize = 5;
 
 fn stream() -> Response<Body> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(STREAM_EVENTS);
-    tokio::spawn(async move {
+    event_stream(STREAM_EVENTS, |tx| async move {
         for i in 0..STREAM_EVENTS {
-            let event = format!("data: {{\"n\":{i}}}\n\n");
-            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+            if !send(&tx, format!("data: {{\"n\":{i}}}\n\n")).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-    });
+    })
+}
+
+type Events = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+/// A `text/event-stream` answer whose body `produce` writes, event by event, through a channel
+/// of `capacity` frames.
+fn event_stream<F, Fut>(capacity: usize, produce: F) -> Response<Body>
+where
+    F: FnOnce(Events) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    tokio::spawn(produce(tx));
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(StreamBody::new(tokio_stream_from(rx)).boxed())
         .unwrap()
+}
+
+/// Send one event as its own frame; `false` once the client has gone.
+async fn send(tx: &Events, event: impl Into<Bytes>) -> bool {
+    tx.send(Ok(Frame::data(event.into()))).await.is_ok()
 }
 
 fn tokio_stream_from(
