@@ -186,6 +186,16 @@ where
                 || resp.status() == StatusCode::NO_CONTENT
                 || resp.status() == StatusCode::NOT_MODIFIED;
             let tap_api = if bodiless { Api::Other } else { api };
+            if bodiless {
+                // Whatever the upstream's framing says (a HEAD answer keeps the length of the
+                // GET it stands for), there is no body to relay: hyper's h2 client would read
+                // the missing bytes as a reset.
+                resp = resp.map(|_| {
+                    http_body_util::Empty::new()
+                        .map_err(|e| match e {})
+                        .boxed_unsync()
+                });
+            }
             let content_type = resp
                 .headers()
                 .get(http::header::CONTENT_TYPE)

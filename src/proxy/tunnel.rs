@@ -58,7 +58,7 @@ pub(super) async fn relay(
     };
     // The operator's view of what left through the proxy: where, how much, how long.
     let (up, down) = activity.bytes();
-    tracing::info!(%target, bytes_up = up, bytes_down = down, duration_ms = activity.age().as_millis() as u64, ended, "tunnel closed");
+    tracing::info!(%target, bytes_up = up, bytes_down = down, duration_ms = activity.age().as_millis() as u64, %ended, "tunnel closed");
 }
 
 async fn copy<C>(client: &mut C, upstream: &mut TcpStream) -> std::io::Result<(u64, u64)>

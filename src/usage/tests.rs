@@ -383,7 +383,7 @@ fn a_terminal_event_alone_still_yields_its_tool_calls() {
     let u = run(
         Api::OpenaiResponses,
         SSE,
-        &[RESPONSES_TOOLS_SSE[from..].as_bytes()],
+        &[&RESPONSES_TOOLS_SSE.as_bytes()[from..]],
     );
     assert_eq!(u.tool_calls, tool_cases()[2].3);
 }
