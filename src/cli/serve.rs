@@ -229,8 +229,11 @@ fn print_agent_setup(addr: SocketAddr, ca_cert: &std::path::Path) {
     );
     println!("# then, in the agent's environment:");
     println!("HTTPS_PROXY=http://agent:TOKEN@{addr}");
+    println!("# curl, httpx (the OpenAI and Anthropic Python SDKs); Codex needs a bundle with the system roots too:");
     println!("SSL_CERT_FILE={}", ca.display());
+    println!("# Node and Bun (Claude Code, the Node SDKs):");
     println!("NODE_EXTRA_CA_CERTS={}", ca.display());
+    println!("# Python requests:");
     println!("REQUESTS_CA_BUNDLE={}", ca.display());
 }
 
