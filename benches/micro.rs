@@ -62,6 +62,8 @@ fn routing_data(providers: usize, tokens: usize) -> RoutingData {
                 intercept_hosts: vec![format!("api{i}.example.com")],
                 enabled: true,
                 enforce_models: false,
+                passthrough: "forward".into(),
+                record_prompts: true,
                 created_at: now,
                 updated_at: now,
                 keys: vec![ProviderKey {

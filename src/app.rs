@@ -179,6 +179,15 @@ impl App {
         .with_panic_on_path(seams.panic_on_path);
         let state = Arc::new(state);
         shutdown.spawn(proxy::serve(state, proxy_listener));
+        if !config.retention.is_zero() {
+            shutdown.spawn(crate::usage::retention::run(
+                store.clone(),
+                config.retention,
+                config.retention_interval,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
 
         let admin_addr = match admin_listener {
             Some(listener) => {

@@ -40,6 +40,16 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// upstream's response head (`504` beyond). Generous: a large non-streamed completion sends
 /// nothing until it is done.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Model calls have their prompt recorded unless this (or the provider's setting) is off.
+pub const DEFAULT_RECORD_PROMPTS: bool = true;
+/// Largest recorded prompt (cut on a UTF-8 boundary, `truncated` set).
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 32 * 1024;
+/// Largest recorded tool-call arguments, per call.
+pub const DEFAULT_MAX_TOOL_ARGS_BYTES: usize = 16 * 1024;
+/// Interception records older than this are deleted (zero keeps everything).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How often the retention job looks for old records (no flag; tests shorten it).
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Upper bounds on flags, far beyond any sane value, so arithmetic on them cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_CONNECTIONS_LIMIT: usize = 10_000_000;
@@ -115,6 +125,10 @@ pub struct ProxyConfig {
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_reset_streams: usize,
     pub h2_max_local_error_reset_streams: usize,
+    /// `--record-prompts`: model calls keep their latest user turn (per provider too).
+    pub record_prompts: bool,
+    pub max_prompt_bytes: usize,
+    pub max_tool_args_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -135,6 +149,9 @@ impl Default for ProxyConfig {
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             h2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
             h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            record_prompts: DEFAULT_RECORD_PROMPTS,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            max_tool_args_bytes: DEFAULT_MAX_TOOL_ARGS_BYTES,
         }
     }
 }
@@ -163,6 +180,10 @@ pub struct AppConfig {
     pub shutdown_grace: Duration,
     /// Longest a router reload may take before it counts as failed (no flag; tests shorten it).
     pub reload_timeout: Duration,
+    /// `--retention`: records older than this are deleted; zero keeps everything.
+    pub retention: Duration,
+    /// How often the retention job runs (no flag; tests shorten it).
+    pub retention_interval: Duration,
     pub proxy: ProxyConfig,
 }
 
@@ -188,6 +209,8 @@ impl AppConfig {
             allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
+            retention: DEFAULT_RETENTION,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
             proxy: ProxyConfig::default(),
         }
     }
@@ -215,6 +238,15 @@ impl AppConfig {
         if self.leaf_validity > Duration::from_secs(398 * 24 * 3600) {
             // Browsers' and most TLS stacks' ceiling for a server certificate.
             errors.push("--leaf-validity must be at most 398d".to_string());
+        }
+        if self.proxy.max_prompt_bytes > 16 * 1024 * 1024 {
+            errors.push("--max-prompt-bytes must be at most 16777216".to_string());
+        }
+        if self.proxy.max_tool_args_bytes > 16 * 1024 * 1024 {
+            errors.push("--max-tool-args-bytes must be at most 16777216".to_string());
+        }
+        if self.retention > MAX_DURATION * 10 {
+            errors.push("--retention must be at most 3650d".to_string());
         }
         if self.cert_cache_size == 0 {
             errors.push("--cert-cache-size must be at least 1".to_string());

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub last_reload_success_timestamp_seconds: Gauge,
     pub provider_info: IntGaugeVec,
     pub interceptions_dropped_total: IntCounter,
+    pub interceptions_deleted_total: IntCounter,
+    pub retention_runs_total: IntCounterVec,
     pub task_panics_total: IntCounter,
     pub tls_handshake_failures_total: IntCounterVec,
 }
@@ -164,6 +166,15 @@ impl Metrics {
             interceptions_dropped_total: counter(
                 "interceptions_dropped_total",
                 "Interception records dropped",
+            )?,
+            interceptions_deleted_total: counter(
+                "interceptions_deleted_total",
+                "Interception records deleted by retention",
+            )?,
+            retention_runs_total: counter_vec(
+                "retention_runs_total",
+                "Retention runs by result (ok, skipped: another replica holds the lock, error)",
+                &["result"],
             )?,
             task_panics_total: counter(
                 "task_panics_total",

@@ -51,6 +51,42 @@ impl FromStr for ProviderKind {
     }
 }
 
+/// What happens to a provider's requests that are not model calls (model lists, settings,
+/// telemetry...): forwarded with the key and recorded as `passthrough`, or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Passthrough {
+    #[default]
+    Forward,
+    Deny,
+}
+
+impl Passthrough {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Passthrough::Forward => "forward",
+            Passthrough::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Passthrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Passthrough {
+    type Err = ProviderError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "forward" => Ok(Passthrough::Forward),
+            "deny" => Ok(Passthrough::Deny),
+            _ => Err(ProviderError::Passthrough(s.chars().take(64).collect())),
+        }
+    }
+}
+
 /// Why a provider field is unacceptable. The texts are safe to show to an admin: they name the
 /// field and the rule, never a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +95,8 @@ pub enum ProviderError {
     Name,
     #[error("unknown kind {0:?}: expected openai, anthropic or openai-compatible")]
     Kind(String),
+    #[error("unknown passthrough {0:?}: expected forward or deny")]
+    Passthrough(String),
     #[error("base_url {0}")]
     BaseUrl(&'static str),
     /// Names the host only: the rest of the URL is never echoed.

@@ -14,7 +14,7 @@ mod models;
 mod providers;
 mod tokens;
 mod usage;
-mod views;
+pub mod views;
 
 pub use auth::load_or_create as load_or_create_admin_token;
 pub use error::ApiError;
@@ -93,6 +93,7 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
         .route("/tokens/{id}", delete(tokens::revoke))
         .route("/router", get(router_view))
         .route("/interceptions", get(usage::list))
+        .route("/interceptions/{id}", get(usage::get))
         .route("/usage", get(usage::usage));
     let protected = axum::Router::new()
         .nest("/api/v1", api)

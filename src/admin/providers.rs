@@ -3,7 +3,7 @@
 use super::error::{ApiError, ApiJson, ApiPath};
 use super::views::{KeyView, List, ProviderView};
 use super::AdminState;
-use crate::provider::ProviderKind;
+use crate::provider::{Passthrough, ProviderKind};
 use crate::secret::Secret;
 use crate::store::{NewProvider, ProviderPatch};
 use axum::extract::State;
@@ -26,6 +26,10 @@ pub struct CreateProvider {
     #[serde(default)]
     enforce_models: bool,
     #[serde(default)]
+    passthrough: Passthrough,
+    #[serde(default = "yes")]
+    record_prompts: bool,
+    #[serde(default)]
     api_keys: Vec<String>,
 }
 
@@ -42,6 +46,8 @@ pub struct UpdateProvider {
     intercept_hosts: Option<Vec<String>>,
     enabled: Option<bool>,
     enforce_models: Option<bool>,
+    passthrough: Option<Passthrough>,
+    record_prompts: Option<bool>,
     api_keys: Option<Vec<String>>,
 }
 
@@ -93,6 +99,8 @@ pub async fn create(
             intercept_hosts: body.intercept_hosts,
             enabled: body.enabled,
             enforce_models: body.enforce_models,
+            passthrough: body.passthrough,
+            record_prompts: body.record_prompts,
             api_keys: secrets(body.api_keys),
         })
         .await?;
@@ -115,6 +123,8 @@ pub async fn update(
         intercept_hosts: body.intercept_hosts,
         enabled: body.enabled,
         enforce_models: body.enforce_models,
+        passthrough: body.passthrough,
+        record_prompts: body.record_prompts,
         api_keys: body.api_keys.map(secrets),
     };
     let updated = state.store.update_provider(&p, patch).await?;

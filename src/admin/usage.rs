@@ -1,7 +1,8 @@
-//! `/interceptions` (filtered, cursor-paginated) and `/usage` (token totals per group).
+//! `/interceptions` (filtered, cursor-paginated), `/interceptions/{id}` and `/usage` (token
+//! totals per group; model calls only unless `include=passthrough`).
 
-use super::error::ApiError;
-use super::views::{rfc3339, List};
+use super::error::{ApiError, ApiPath};
+use super::views::{InterceptionView, List};
 use super::AdminState;
 use crate::store::interceptions::{GroupBy, InterceptionFilter, UsageTotal};
 use crate::store::Interception;
@@ -24,6 +25,8 @@ pub struct ListQuery {
     provider: Option<String>,
     user: Option<String>,
     model: Option<String>,
+    route: Option<String>,
+    tool: Option<String>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<i64>,
@@ -36,53 +39,8 @@ pub struct UsageQuery {
     group_by: Option<String>,
     since: Option<String>,
     until: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct InterceptionView {
-    id: Uuid,
-    request_id: String,
-    user: String,
-    provider: String,
-    model: Option<String>,
-    method: String,
-    path: String,
-    status: i32,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    cache_read_tokens: Option<i64>,
-    cache_write_tokens: Option<i64>,
-    usage_source: String,
-    outcome: String,
-    started_at: String,
-    duration_ms: i64,
-    ttfb_ms: Option<i64>,
-    error: Option<String>,
-}
-
-impl From<Interception> for InterceptionView {
-    fn from(r: Interception) -> Self {
-        InterceptionView {
-            id: r.id,
-            request_id: r.request_id,
-            user: r.user,
-            provider: r.provider,
-            model: r.model,
-            method: r.method,
-            path: r.path,
-            status: r.status,
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            cache_read_tokens: r.cache_read_tokens,
-            cache_write_tokens: r.cache_write_tokens,
-            usage_source: r.usage_source,
-            outcome: r.outcome,
-            started_at: rfc3339(r.started_at),
-            duration_ms: r.duration_ms,
-            ttfb_ms: r.ttfb_ms,
-            error: r.error,
-        }
-    }
+    /// `passthrough` counts non-model calls too.
+    include: Option<String>,
 }
 
 fn invalid(detail: &str) -> ApiError {
@@ -128,10 +86,18 @@ pub async fn list(
         }
         None => None,
     };
+    if q.route
+        .as_deref()
+        .is_some_and(|r| r != "model" && r != "passthrough")
+    {
+        return Err(invalid("route must be model or passthrough"));
+    }
     let filter = InterceptionFilter {
         provider: q.provider,
         user: q.user,
         model: q.model,
+        route: q.route,
+        tool: q.tool,
         since: time_param("since", &q.since)?,
         until: time_param("until", &q.until)?,
         before,
@@ -147,6 +113,20 @@ pub async fn list(
         items: rows.into_iter().map(InterceptionView::from).collect(),
         next_cursor,
     }))
+}
+
+/// One record with its prompt and tool calls.
+pub async fn get(
+    State(state): State<Arc<AdminState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<InterceptionView>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("interception"))?;
+    let record = state
+        .store
+        .get_interception(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("interception"))?;
+    Ok(Json(InterceptionView::from(record)))
 }
 
 #[derive(Serialize)]
@@ -165,12 +145,18 @@ pub async fn usage(
         "user" => (GroupBy::User, "user"),
         _ => return Err(invalid("group_by must be provider, model or user")),
     };
+    let include_passthrough = match q.include.as_deref() {
+        None => false,
+        Some("passthrough") => true,
+        Some(_) => return Err(invalid("include must be passthrough")),
+    };
     let items = state
         .store
         .usage_totals(
             group_by,
             time_param("since", &q.since)?,
             time_param("until", &q.until)?,
+            include_passthrough,
         )
         .await?;
     Ok(Json(UsageView {

@@ -1,7 +1,7 @@
 //! JSON shapes of the admin API (SPEC §7). Field names are the contract.
 
 use crate::router::Snapshot;
-use crate::store::{AgentToken, Model, Provider};
+use crate::store::{AgentToken, Interception, Model, Prompt, Provider, ToolCall};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -27,6 +27,8 @@ pub struct ProviderView {
     pub intercept_hosts: Vec<String>,
     pub enabled: bool,
     pub enforce_models: bool,
+    pub passthrough: String,
+    pub record_prompts: bool,
     pub status: &'static str,
     pub warnings: Vec<String>,
     pub api_keys: Vec<KeyView>,
@@ -51,6 +53,8 @@ impl ProviderView {
             intercept_hosts: p.intercept_hosts,
             enabled: p.enabled,
             enforce_models: p.enforce_models,
+            passthrough: p.passthrough,
+            record_prompts: p.record_prompts,
             status,
             warnings,
             api_keys: p
@@ -130,6 +134,63 @@ impl<T> List<T> {
         List {
             items,
             next_cursor: None,
+        }
+    }
+}
+
+/// An interception record (SPEC §7), with its prompt and tool calls; also what `interceptions
+/// list` exports as JSON.
+#[derive(Serialize)]
+pub struct InterceptionView {
+    pub id: Uuid,
+    pub request_id: String,
+    pub user: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub status: i32,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub usage_source: String,
+    pub outcome: String,
+    pub started_at: String,
+    pub duration_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub error: Option<String>,
+    pub route: String,
+    pub transport: String,
+    pub prompt: Option<Prompt>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl From<Interception> for InterceptionView {
+    fn from(r: Interception) -> Self {
+        InterceptionView {
+            id: r.id,
+            request_id: r.request_id,
+            user: r.user,
+            provider: r.provider,
+            model: r.model,
+            method: r.method,
+            path: r.path,
+            status: r.status,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cache_read_tokens: r.cache_read_tokens,
+            cache_write_tokens: r.cache_write_tokens,
+            usage_source: r.usage_source,
+            outcome: r.outcome,
+            started_at: rfc3339(r.started_at),
+            duration_ms: r.duration_ms,
+            ttfb_ms: r.ttfb_ms,
+            error: r.error,
+            route: r.route,
+            transport: r.transport,
+            prompt: r.prompt,
+            tool_calls: r.tool_calls,
         }
     }
 }

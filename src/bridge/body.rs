@@ -14,6 +14,7 @@ use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -27,6 +28,10 @@ pub struct Pending {
     pub record: Interception,
     pub started: Instant,
     pub api: Api,
+    /// The model the request named (the response's own name may carry a version suffix).
+    pub requested_model: Option<String>,
+    /// The provider's configured models: the only names metrics label tokens with.
+    pub models: Arc<HashSet<String>>,
 }
 
 pub struct TappedBody {
@@ -163,7 +168,12 @@ impl TappedBody {
             mut record,
             started,
             api,
+            requested_model,
+            models,
         } = *pending;
+        // A response whose terminal event was relayed to the client has ended, whatever
+        // happens to the connection after it (clients close right after `[DONE]`).
+        let error = error.filter(|_| tap.terminal().is_none());
         let usage = tap.finish(complete);
         record.outcome = match error {
             Some("client_cancelled") => "client_cancelled",
@@ -180,6 +190,7 @@ impl TappedBody {
         record.output_tokens = usage.output_tokens;
         record.cache_read_tokens = usage.cache_read_tokens;
         record.cache_write_tokens = usage.cache_write_tokens;
+        record.tool_calls = usage.tool_calls;
         record.duration_ms = started.elapsed().as_millis() as i64;
         record.error = error.map(str::to_string);
         tracing::info!(
@@ -192,10 +203,15 @@ impl TappedBody {
             output_tokens = record.output_tokens,
             outcome = %record.outcome,
             error = error.unwrap_or("-"),
+            tool_calls = record.tool_calls.len(),
             duration_ms = record.duration_ms,
             "request"
         );
-        recorder.record(record);
+        let label = [record.model.as_deref(), requested_model.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|m| models.get(m));
+        recorder.record(record, label.map(String::as_str));
     }
 }
 

@@ -15,9 +15,11 @@ pub use error::BridgeError;
 
 use crate::config::ProxyConfig;
 use crate::net::upstream::ProxyBody;
+use crate::provider::Passthrough;
 use crate::router::ProviderRoute;
 use crate::store::Interception;
 use crate::usage::recorder::Recorder;
+use crate::usage::request::{self, RequestFacts};
 use crate::usage::{Api, UsageTap};
 use body::TappedBody;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 pub const REQUEST_ID: &str = "x-request-id";
 pub const UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 
-/// Who is asking, for logs and (later) interception records.
+/// Who is asking, and the limits their request is read under.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// One id per request: the `X-Request-Id` the client sees and the interception record's id.
@@ -46,6 +48,10 @@ pub struct RequestContext {
     /// `--idle-timeout`: the longest silence while waiting on the request or the response body.
     pub idle_timeout: Duration,
     pub user: std::sync::Arc<str>,
+    /// `--record-prompts` (the provider's own setting also applies).
+    pub record_prompts: bool,
+    pub max_prompt_bytes: usize,
+    pub max_tool_args_bytes: usize,
 }
 
 impl RequestContext {
@@ -61,7 +67,15 @@ impl RequestContext {
             response_timeout: config.upstream_response_timeout,
             idle_timeout: config.idle_timeout,
             user: auth.user().clone(),
+            record_prompts: config.record_prompts,
+            max_prompt_bytes: config.max_prompt_bytes,
+            max_tool_args_bytes: config.max_tool_args_bytes,
         }
+    }
+
+    /// The prompt bound for a model call to `route`, or `None` when prompts are not recorded.
+    fn prompt_limit(&self, route: &ProviderRoute) -> Option<usize> {
+        (self.record_prompts && route.record_prompts).then_some(self.max_prompt_bytes)
     }
 }
 
@@ -79,6 +93,7 @@ where
     let started = Instant::now();
     let started_at = time::OffsetDateTime::now_utc();
     let api = Api::detect(route.kind, req.uri().path());
+    let model_call = api.is_model_call(req.method());
     let record = Interception {
         id: ctx.id,
         request_id: ctx.request_id.clone(),
@@ -99,6 +114,10 @@ where
         duration_ms: 0,
         ttfb_ms: None,
         error: None,
+        route: if model_call { "model" } else { "passthrough" }.into(),
+        transport: "http".into(),
+        prompt: None,
+        tool_calls: Vec::new(),
     };
     recorder.started(&route.name);
     // Until an answer takes the record over, dropping this future (the client went away while
@@ -111,7 +130,15 @@ where
     let (parts, body) = req.into_parts();
     let body_failure = Arc::new(OnceLock::new());
     let body = body::IdleBody::new(body, ctx.idle_timeout, body_failure.clone());
-    let body = match read_for_policy(route, api, &parts, body, ctx, &mut unanswered).await {
+    let admitted = if model_call {
+        read_for_policy(route, api, body, ctx, &mut unanswered).await
+    } else {
+        match passthrough_refused(route, ctx, &mut unanswered) {
+            Some(refusal) => Err(refusal),
+            None => Ok(body.boxed_unsync()),
+        }
+    };
+    let body = match admitted {
         Ok(body) => body,
         Err(refusal) => {
             if let Some(mut record) = unanswered.take() {
@@ -121,7 +148,7 @@ where
                 }
                 record.duration_ms = started.elapsed().as_millis() as i64;
                 tracing::info!(request_id = %ctx.request_id, provider = %route.name, status = record.status, error = ?record.error, "request refused by policy");
-                recorder.record(record);
+                recorder.record(record, None);
             }
             return refusal;
         }
@@ -152,16 +179,36 @@ where
             }
             record.status = i32::from(resp.status().as_u16());
             record.ttfb_ms = Some(started.elapsed().as_millis() as i64);
+            // A HEAD answer, a 1xx/204/304 carries no body: there is nothing to parse, and
+            // its end is complete by definition.
+            let bodiless = parts_method_is_head(&record.method)
+                || resp.status().is_informational()
+                || resp.status() == StatusCode::NO_CONTENT
+                || resp.status() == StatusCode::NOT_MODIFIED;
+            let tap_api = if bodiless { Api::Other } else { api };
+            if bodiless {
+                // Whatever the upstream's framing says (a HEAD answer keeps the length of the
+                // GET it stands for), there is no body to relay: hyper's h2 client would read
+                // the missing bytes as a reset.
+                resp = resp.map(|_| {
+                    http_body_util::Empty::new()
+                        .map_err(|e| match e {})
+                        .boxed_unsync()
+                });
+            }
             let content_type = resp
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
-            let tap = UsageTap::new(api, content_type);
+            let tap =
+                UsageTap::new(tap_api, content_type).with_max_tool_args(ctx.max_tool_args_bytes);
             let pending = body::Pending {
                 recorder: recorder.clone(),
+                requested_model: record.model.clone(),
                 record,
                 started,
-                api,
+                api: tap_api,
+                models: route.models.clone(),
             };
             let idle = ctx.idle_timeout;
             resp.map(|b| TappedBody::new(b, tap, pending, idle).boxed_unsync())
@@ -184,10 +231,14 @@ where
                 record.outcome = "client_cancelled".into();
             }
             record.duration_ms = started.elapsed().as_millis() as i64;
-            recorder.record(record);
+            recorder.record(record, None);
             resp
         }
     }
+}
+
+fn parts_method_is_head(method: &str) -> bool {
+    method == "HEAD"
 }
 
 /// A request's record while no answer exists yet. Dropped still holding it, it writes the record
@@ -211,9 +262,10 @@ impl Unanswered<'_> {
         }
     }
 
-    fn set_model(&mut self, model: Option<String>) {
+    fn set_request(&mut self, facts: RequestFacts) {
         if let Some(r) = self.record.as_mut() {
-            r.model = model;
+            r.model = facts.model;
+            r.prompt = facts.prompt;
         }
     }
 }
@@ -231,7 +283,7 @@ impl Drop for Unanswered<'_> {
             .into();
             record.duration_ms = self.started.elapsed().as_millis() as i64;
             tracing::info!(request_id = %record.request_id, provider = %record.provider, "client went away before the answer");
-            self.recorder.record(record);
+            self.recorder.record(record, None);
         }
     }
 }
@@ -240,12 +292,35 @@ impl Drop for Unanswered<'_> {
 #[derive(Clone, Copy)]
 pub struct ErrorReason(pub &'static str);
 
-/// For model API calls, read the body (bounded), note the requested model and apply the
-/// provider's allowlist; other requests stream through untouched.
+/// A request that is not a model call streams through untouched, unless the provider refuses
+/// passthrough: then this is the `403`.
+fn passthrough_refused(
+    route: &ProviderRoute,
+    ctx: &RequestContext,
+    record: &mut Unanswered<'_>,
+) -> Option<Response<ProxyBody>> {
+    if route.passthrough != Passthrough::Deny {
+        return None;
+    }
+    record.set_error("passthrough_denied");
+    let msg = format!(
+        "provider {} accepts model calls only through this proxy",
+        route.name
+    );
+    Some(policy::provider_error(
+        route.kind,
+        StatusCode::FORBIDDEN,
+        "passthrough_denied",
+        &msg,
+        &ctx.request_id,
+    ))
+}
+
+/// A model call: read the body (bounded), note the requested model and the prompt in one pass,
+/// and apply the provider's allowlist.
 async fn read_for_policy<B>(
     route: &ProviderRoute,
     api: Api,
-    parts: &http::request::Parts,
     body: body::IdleBody<B>,
     ctx: &RequestContext,
     record: &mut Unanswered<'_>,
@@ -254,11 +329,8 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<crate::BoxError>,
 {
-    if api == Api::Other || parts.method != http::Method::POST {
-        return Ok(body.boxed_unsync());
-    }
-    let (bytes, requested) = match policy::read(body, ctx.max_request_body).await {
-        Ok(read) => read,
+    let bytes = match policy::read(body, ctx.max_request_body).await {
+        Ok(bytes) => bytes,
         Err(policy::ReadError::TooLarge) => {
             record.set_error("request_too_large");
             let msg = format!("request body exceeds {} bytes", ctx.max_request_body);
@@ -294,16 +366,18 @@ where
             ));
         }
     };
-    record.set_model(requested.model.clone());
-    if !policy::allowed(route.enforce_models, &route.models, &requested) {
+    let facts = request::inspect(api, &bytes, ctx.prompt_limit(route));
+    let allowed = policy::allowed(route.enforce_models, &route.models, &facts);
+    let shown: String = facts
+        .model
+        .as_deref()
+        .unwrap_or("(none)")
+        .chars()
+        .take(128)
+        .collect();
+    record.set_request(facts);
+    if !allowed {
         record.set_error("model_not_allowed");
-        let shown: String = requested
-            .model
-            .as_deref()
-            .unwrap_or("(none)")
-            .chars()
-            .take(128)
-            .collect();
         let msg = format!(
             "model {shown:?} is not configured for provider {}",
             route.name

@@ -1,31 +1,15 @@
-//! The request side of a model call: read `model` and `stream` from the JSON body (bounded by
-//! `--max-request-body`), and enforce a provider's model allowlist before anything is sent.
+//! The request side of a model call: read the JSON body (bounded by `--max-request-body`) so
+//! its model can be checked against the provider's allowlist before anything is sent.
 //!
 //! Refusals are written in the provider's own error shape so SDKs show a readable message:
 //! OpenAI `{"error": {...}}`, Anthropic `{"type": "error", "error": {...}}`.
 
 use crate::net::upstream::ProxyBody;
 use crate::provider::ProviderKind;
+use crate::usage::request::RequestFacts;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use serde::Deserialize;
-
-/// What the request asked for.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Requested {
-    pub model: Option<String>,
-    pub stream: Option<bool>,
-    /// The body was JSON with at most one `model` (a duplicate key is ambiguous, and refused
-    /// when the model matters).
-    pub well_formed: bool,
-}
-
-#[derive(Deserialize)]
-struct Peek {
-    model: Option<String>,
-    stream: Option<bool>,
-}
 
 /// Why the body could not be read.
 #[derive(Debug)]
@@ -36,12 +20,12 @@ pub enum ReadError {
     Body(String),
 }
 
-/// Read the whole request body (at most `limit` bytes) and peek at `model` / `stream`.
+/// Read the whole request body (at most `limit` bytes).
 ///
 /// A body whose declared length is already over `limit` is refused before the first read: with
 /// `Expect: 100-continue` the client is then never asked for it (hyper sends `100 Continue` only
 /// once the body is polled), and nothing of it is read in any case.
-pub async fn read<B>(body: B, limit: usize) -> Result<(Bytes, Requested), ReadError>
+pub async fn read<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::BoxError>,
@@ -62,22 +46,14 @@ where
         }
         Err(e) => return Err(ReadError::Body(e.to_string())),
     };
-    let requested = match serde_json::from_slice::<Peek>(&bytes) {
-        Ok(p) => Requested {
-            model: p.model,
-            stream: p.stream,
-            well_formed: true,
-        },
-        Err(_) => Requested::default(),
-    };
-    Ok((bytes, requested))
+    Ok(bytes)
 }
 
 /// Whether `route`'s policy lets this request through.
 pub fn allowed(
     enforce: bool,
     models: &std::collections::HashSet<String>,
-    requested: &Requested,
+    requested: &RequestFacts,
 ) -> bool {
     if !enforce {
         return true;

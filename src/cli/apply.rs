@@ -25,7 +25,7 @@
 //! ```
 
 use super::{DbArgs, UpstreamArgs};
-use crate::provider::{normalize_intercept_hosts, BaseUrl, ProviderKind};
+use crate::provider::{normalize_intercept_hosts, BaseUrl, Passthrough, ProviderKind};
 use crate::secret::Secret;
 use crate::store::{Model, ModelPatch, NewModel, NewProvider, Provider, ProviderPatch, Store};
 use anyhow::{bail, Context};
@@ -72,6 +72,10 @@ struct DesiredProvider {
     enabled: bool,
     #[serde(default)]
     enforce_models: bool,
+    #[serde(default)]
+    passthrough: Passthrough,
+    #[serde(default = "yes")]
+    record_prompts: bool,
     #[serde(default)]
     key_env: Vec<String>,
 }
@@ -155,6 +159,8 @@ async fn reconcile(
                             intercept_hosts: want.intercept_hosts.clone(),
                             enabled: want.enabled,
                             enforce_models: want.enforce_models,
+                            passthrough: want.passthrough,
+                            record_prompts: want.record_prompts,
                             api_keys: keys,
                         })
                         .await?;
@@ -316,6 +322,14 @@ fn provider_patch(
     if have.enforce_models != want.enforce_models {
         patch.enforce_models = Some(want.enforce_models);
         fields.push("enforce_models");
+    }
+    if have.passthrough != want.passthrough.as_str() {
+        patch.passthrough = Some(want.passthrough);
+        fields.push("passthrough");
+    }
+    if have.record_prompts != want.record_prompts {
+        patch.record_prompts = Some(want.record_prompts);
+        fields.push("record_prompts");
     }
     // A key that cannot be decrypted matches nothing, so the file's keys replace it.
     let mut have_keys: Vec<Option<&str>> = have

@@ -3,6 +3,7 @@
 
 mod apply;
 mod ca;
+mod interceptions;
 mod providers;
 mod secrets;
 mod serve;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Manage the secrets key that encrypts provider keys at rest.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Export interception records (JSON, NDJSON, CSV).
+    #[command(subcommand)]
+    Interceptions(interceptions::InterceptionsCommand),
 }
 
 /// Where the database is, and the secrets keys its provider keys are sealed with.
@@ -150,6 +154,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Providers(cmd) => providers::run(cmd).await,
         Command::Apply(args) => apply::run(args).await,
         Command::Secrets(cmd) => secrets::run(cmd).await,
+        Command::Interceptions(cmd) => interceptions::run(cmd).await,
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,7 @@
 //! named by `--key-env`, never from argv (argv is visible to every user via `ps`).
 
 use super::{DbArgs, UpstreamArgs};
-use crate::provider::ProviderKind;
+use crate::provider::{Passthrough, ProviderKind};
 use crate::secret::Secret;
 use crate::store::{NewProvider, ProviderPatch};
 use anyhow::Context;
@@ -35,6 +35,12 @@ pub enum ProvidersCommand {
         /// Refuse requests for models not configured for this provider.
         #[arg(long)]
         enforce_models: bool,
+        /// Requests that are not model calls: forward them (recorded as passthrough) or refuse.
+        #[arg(long, value_parser = parse_passthrough, default_value_t = Passthrough::Forward)]
+        passthrough: Passthrough,
+        /// Record the prompt of model calls (also needs serve's --record-prompts).
+        #[arg(long, action = ArgAction::Set, default_value_t = true)]
+        record_prompts: bool,
     },
     /// Update a provider (by name or id).
     Update {
@@ -58,6 +64,10 @@ pub enum ProvidersCommand {
         enabled: Option<bool>,
         #[arg(long, action = ArgAction::Set)]
         enforce_models: Option<bool>,
+        #[arg(long, value_parser = parse_passthrough)]
+        passthrough: Option<Passthrough>,
+        #[arg(long, action = ArgAction::Set)]
+        record_prompts: Option<bool>,
     },
     /// Delete a provider and its keys.
     Delete {
@@ -86,6 +96,11 @@ impl CommonArgs {
             std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
         Ok(Some(vec![Secret::new(key)]))
     }
+}
+
+fn parse_passthrough(s: &str) -> Result<Passthrough, String> {
+    s.parse()
+        .map_err(|e: crate::provider::ProviderError| e.to_string())
 }
 
 fn parse_kind(s: &str) -> Result<ProviderKind, String> {
@@ -126,6 +141,8 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
             common,
             disabled,
             enforce_models,
+            passthrough,
+            record_prompts,
         } => {
             let api_keys = common.keys()?.unwrap_or_default();
             let store = db.connect().await?.with_upstream_policy(upstreams.policy());
@@ -137,6 +154,8 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
                     intercept_hosts: common.intercept_host,
                     enabled: !disabled,
                     enforce_models,
+                    passthrough,
+                    record_prompts,
                     api_keys,
                 })
                 .await;
@@ -161,6 +180,8 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
             clear_intercept_hosts,
             enabled,
             enforce_models,
+            passthrough,
+            record_prompts,
         } => {
             let intercept_hosts = if clear_intercept_hosts {
                 Some(Vec::new())
@@ -176,6 +197,8 @@ pub async fn run(cmd: ProvidersCommand) -> anyhow::Result<i32> {
                 intercept_hosts,
                 enabled,
                 enforce_models,
+                passthrough,
+                record_prompts,
                 api_keys: common.keys()?,
             };
             let store = db.connect().await?.with_upstream_policy(upstreams.policy());

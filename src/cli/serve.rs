@@ -97,6 +97,18 @@ pub struct ServeArgs {
     /// HTTP/2 streams we may reset for client protocol errors, per connection.
     #[arg(long, env = "AIBRIDGE_H2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = config::DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS)]
     h2_max_local_error_reset_streams: usize,
+    /// Record the prompt (latest user turn) of model calls; providers can turn it off too.
+    #[arg(long, env = "AIBRIDGE_RECORD_PROMPTS", action = clap::ArgAction::Set, default_value_t = config::DEFAULT_RECORD_PROMPTS)]
+    record_prompts: bool,
+    /// Largest recorded prompt, in bytes (cut on a UTF-8 boundary, marked truncated).
+    #[arg(long, env = "AIBRIDGE_MAX_PROMPT_BYTES", default_value_t = config::DEFAULT_MAX_PROMPT_BYTES)]
+    max_prompt_bytes: usize,
+    /// Largest recorded arguments of one tool call, in bytes.
+    #[arg(long, env = "AIBRIDGE_MAX_TOOL_ARGS_BYTES", default_value_t = config::DEFAULT_MAX_TOOL_ARGS_BYTES)]
+    max_tool_args_bytes: usize,
+    /// Delete interception records older than this (0 keeps everything).
+    #[arg(long, env = "AIBRIDGE_RETENTION", default_value_t = config::DEFAULT_RETENTION.into())]
+    retention: HumanDuration,
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "AIBRIDGE_SHUTDOWN_GRACE", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.into())]
     shutdown_grace: HumanDuration,
@@ -119,6 +131,8 @@ impl ServeArgs {
             allow_private_upstreams: self.upstreams.allow_private_upstreams,
             shutdown_grace: self.shutdown_grace.into(),
             reload_timeout: config::DEFAULT_RELOAD_TIMEOUT,
+            retention: self.retention.into(),
+            retention_interval: config::DEFAULT_RETENTION_INTERVAL,
             proxy: ProxyConfig {
                 connect_ports: self.connect_ports,
                 auth: self.auth,
@@ -135,6 +149,9 @@ impl ServeArgs {
                 h2_max_concurrent_streams: self.h2_max_concurrent_streams,
                 h2_max_pending_accept_reset_streams: self.h2_max_pending_accept_reset_streams,
                 h2_max_local_error_reset_streams: self.h2_max_local_error_reset_streams,
+                record_prompts: self.record_prompts,
+                max_prompt_bytes: self.max_prompt_bytes,
+                max_tool_args_bytes: self.max_tool_args_bytes,
             },
         }
     }
@@ -212,8 +229,11 @@ fn print_agent_setup(addr: SocketAddr, ca_cert: &std::path::Path) {
     );
     println!("# then, in the agent's environment:");
     println!("HTTPS_PROXY=http://agent:TOKEN@{addr}");
+    println!("# curl, httpx (the OpenAI and Anthropic Python SDKs); Codex needs a bundle with the system roots too:");
     println!("SSL_CERT_FILE={}", ca.display());
+    println!("# Node and Bun (Claude Code, the Node SDKs):");
     println!("NODE_EXTRA_CA_CERTS={}", ca.display());
+    println!("# Python requests:");
     println!("REQUESTS_CA_BUNDLE={}", ca.display());
 }
 

@@ -20,11 +20,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// When a connection last moved a byte, in milliseconds since it opened.
+/// When a connection last moved a byte (in milliseconds since it opened), and how many bytes
+/// it read and wrote.
 #[derive(Clone)]
 pub(crate) struct Activity {
     opened: Instant,
     last_ms: Arc<AtomicU64>,
+    bytes: Arc<[AtomicU64; 2]>,
 }
 
 impl Activity {
@@ -32,7 +34,26 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
+            bytes: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
         }
+    }
+
+    /// Bytes read from and written to the wrapped I/O so far.
+    pub(crate) fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes[0].load(Ordering::Relaxed),
+            self.bytes[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// How long since the connection opened.
+    pub(crate) fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
+    fn moved(&self, direction: usize, n: usize) {
+        self.bytes[direction].fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
     }
 
     fn touch(&self) {
@@ -76,8 +97,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+        let n = buf.filled().len() - before;
+        if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
+            self.activity.moved(0, n);
         }
         r
     }
@@ -90,8 +112,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.moved(1, n);
         }
         r
     }
@@ -102,8 +124,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.moved(1, n);
         }
         r
     }

@@ -166,7 +166,7 @@ impl Refusal {
         peer: SocketAddr,
         target: Option<&str>,
     ) -> Response<ProxyBody> {
-        tracing::info!(%peer, target = target.unwrap_or("-"), status = self.status.as_u16(), reason = self.reason, "request refused");
+        tracing::info!(%peer, target = %target.unwrap_or("-"), status = self.status.as_u16(), reason = %self.reason, "request refused");
         metrics
             .connections_total
             .with_label_values(&["rejected"])
@@ -190,10 +190,10 @@ impl Refusal {
         version: Version,
     ) -> Response<ProxyBody> {
         tracing::info!(
-            request_id,
-            target,
+            %request_id,
+            %target,
             status = self.status.as_u16(),
-            reason = self.reason,
+            reason = %self.reason,
             "request refused"
         );
         let close = self.close && version < Version::HTTP_2;

@@ -46,19 +46,19 @@ pub(super) async fn relay(
             }
         }
     };
-    let result = tokio::select! {
-        r = copied => r,
-        _ = activity.idle_for(idle) => {
-            tracing::debug!(%target, ?idle, "tunnel idle; closing");
-            return;
-        }
+    let ended = tokio::select! {
+        r = copied => match r {
+            Ok(_) => "closed",
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "tunnel ended with an error");
+                "error"
+            }
+        },
+        _ = activity.idle_for(idle) => "idle_timeout",
     };
-    match result {
-        Ok((up, down)) => {
-            tracing::debug!(%target, bytes_up = up, bytes_down = down, "tunnel closed")
-        }
-        Err(e) => tracing::debug!(%target, error = %e, "tunnel ended with an error"),
-    }
+    // The operator's view of what left through the proxy: where, how much, how long.
+    let (up, down) = activity.bytes();
+    tracing::info!(%target, bytes_up = up, bytes_down = down, duration_ms = activity.age().as_millis() as u64, %ended, "tunnel closed");
 }
 
 async fn copy<C>(client: &mut C, upstream: &mut TcpStream) -> std::io::Result<(u64, u64)>

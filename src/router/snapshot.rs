@@ -11,7 +11,7 @@
 
 use crate::net::egress::EgressPolicy;
 use crate::net::upstream::{UpstreamClient, UpstreamFactory};
-use crate::provider::{self, BaseUrl, ProviderKind};
+use crate::provider::{self, BaseUrl, Passthrough, ProviderKind};
 use crate::secret::Secret;
 use crate::store::RoutingData;
 use serde::Serialize;
@@ -30,8 +30,13 @@ pub struct ProviderRoute {
     /// The injected key; `None` passes the client's own credentials through.
     pub key: Option<Secret<String>>,
     pub enforce_models: bool,
-    /// Enabled models configured for this provider (the allowlist when `enforce_models`).
-    pub models: std::collections::HashSet<String>,
+    /// Enabled models configured for this provider: the allowlist when `enforce_models`, and
+    /// the only model names used as metric labels.
+    pub models: Arc<std::collections::HashSet<String>>,
+    /// What happens to requests that are not model calls.
+    pub passthrough: Passthrough,
+    /// Whether model calls have their prompt recorded (with `--record-prompts`).
+    pub record_prompts: bool,
     /// Raw base URL, to tell whether the upstream client can be reused at the next reload.
     base_url: String,
     pub upstream: UpstreamClient,
@@ -157,7 +162,7 @@ impl Snapshot {
                 warnings: Vec::new(),
             };
             let parsed = parse_row(&row, upstreams.policy());
-            let (kind, base, targets) = match parsed {
+            let (kind, passthrough, base, targets) = match parsed {
                 Ok(p) => p,
                 Err(reason) => {
                     tracing::warn!(provider = %row.name, %reason, "provider excluded from routing");
@@ -203,12 +208,15 @@ impl Snapshot {
                     .first()
                     .and_then(|k| k.api_key.as_ref().ok().cloned()),
                 enforce_models: row.enforce_models,
-                models: data
-                    .models
-                    .iter()
-                    .filter(|m| m.provider_id == row.id && m.enabled)
-                    .map(|m| m.model.clone())
-                    .collect(),
+                models: Arc::new(
+                    data.models
+                        .iter()
+                        .filter(|m| m.provider_id == row.id && m.enabled)
+                        .map(|m| m.model.clone())
+                        .collect(),
+                ),
+                passthrough,
+                record_prompts: row.record_prompts,
                 base_url: row.base_url.clone(),
                 upstream,
             });
@@ -256,11 +264,20 @@ fn digest_prefix(digest: &[u8; 32]) -> u64 {
     u64::from_le_bytes(prefix)
 }
 
-type ParsedRow = (ProviderKind, BaseUrl, Vec<crate::net::target::Target>);
+type ParsedRow = (
+    ProviderKind,
+    Passthrough,
+    BaseUrl,
+    Vec<crate::net::target::Target>,
+);
 
 fn parse_row(row: &crate::store::Provider, policy: &EgressPolicy) -> Result<ParsedRow, String> {
     let kind: ProviderKind = row
         .kind
+        .parse()
+        .map_err(|e: provider::ProviderError| e.to_string())?;
+    let passthrough: Passthrough = row
+        .passthrough
         .parse()
         .map_err(|e: provider::ProviderError| e.to_string())?;
     let base = BaseUrl::parse_with_policy(&row.base_url, policy).map_err(|e| e.to_string())?;
@@ -275,5 +292,5 @@ fn parse_row(row: &crate::store::Provider, policy: &EgressPolicy) -> Result<Pars
     {
         return Err(format!("key {id} cannot be decrypted: {e}"));
     }
-    Ok((kind, base, targets))
+    Ok((kind, passthrough, base, targets))
 }

@@ -22,8 +22,8 @@ pub mod model;
 
 pub use crypto::{CryptoError, KeyId, Keyring, SecretsKey, SecretsKeyError};
 pub use model::{
-    AgentToken, Interception, Model, ModelPatch, NewModel, NewProvider, Provider, ProviderKey,
-    ProviderPatch, RoutingData, UNREADABLE_MASK,
+    AgentToken, Interception, Model, ModelPatch, NewModel, NewProvider, Prompt, Provider,
+    ProviderKey, ProviderPatch, RoutingData, ToolCall, UNREADABLE_MASK,
 };
 pub use secrets::{KeyStorage, Rotation};
 
@@ -145,7 +145,7 @@ macro_rules! begin_write {
 macro_rules! select_providers {
     ($store:expr, $conn:expr) => {{
         let rows: Vec<$crate::store::model::ProviderRow> = sqlx::query_as(
-            "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at \
+            "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, passthrough, record_prompts, created_at, updated_at \
              FROM ai_providers ORDER BY created_at, name",
         )
         .fetch_all(&mut *$conn)

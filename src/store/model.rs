@@ -2,7 +2,7 @@
 //! [`Secret`].
 
 use super::crypto::{CryptoError, Keyring};
-use crate::provider::ProviderKind;
+use crate::provider::{Passthrough, ProviderKind};
 use crate::secret::Secret;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -18,6 +18,11 @@ pub struct Provider {
     pub intercept_hosts: Vec<String>,
     pub enabled: bool,
     pub enforce_models: bool,
+    /// `forward` or `deny` (see [`crate::provider::Passthrough`]); an unknown value excludes
+    /// the provider.
+    pub passthrough: String,
+    /// Whether model calls through this provider have their prompt recorded.
+    pub record_prompts: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     /// Oldest first; the first is the one injected.
@@ -68,6 +73,8 @@ pub struct NewProvider {
     pub intercept_hosts: Vec<String>,
     pub enabled: bool,
     pub enforce_models: bool,
+    pub passthrough: Passthrough,
+    pub record_prompts: bool,
     pub api_keys: Vec<Secret<String>>,
 }
 
@@ -81,6 +88,8 @@ pub struct ProviderPatch {
     pub intercept_hosts: Option<Vec<String>>,
     pub enabled: Option<bool>,
     pub enforce_models: Option<bool>,
+    pub passthrough: Option<Passthrough>,
+    pub record_prompts: Option<bool>,
     pub api_keys: Option<Vec<Secret<String>>>,
 }
 
@@ -106,6 +115,8 @@ pub(super) struct ProviderRow {
     pub intercept_hosts: sqlx::types::Json<Vec<String>>,
     pub enabled: bool,
     pub enforce_models: bool,
+    pub passthrough: String,
+    pub record_prompts: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -128,6 +139,8 @@ impl ProviderRow {
             intercept_hosts: self.intercept_hosts.0,
             enabled: self.enabled,
             enforce_models: self.enforce_models,
+            passthrough: self.passthrough,
+            record_prompts: self.record_prompts,
             created_at: self.created_at,
             updated_at: self.updated_at,
             keys,
@@ -183,6 +196,30 @@ pub struct ModelPatch {
     pub is_default: Option<bool>,
 }
 
+/// The latest user turn's text of a model call, as recorded (bounded by `--max-prompt-bytes`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Prompt {
+    pub text: String,
+    /// The text was longer than the bound and was cut (on a UTF-8 boundary).
+    pub truncated: bool,
+}
+
+/// One tool invocation a model made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    pub call_id: Option<String>,
+    pub name: String,
+    /// The provider's own item type: `function`, `custom`, `function_call`, `custom_tool_call`,
+    /// `web_search_call`, `tool_use`, `server_tool_use`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The arguments as the model wrote them (JSON text for function tools), bounded by
+    /// `--max-tool-args-bytes`.
+    pub arguments: String,
+    /// The arguments were longer than the bound and were cut.
+    pub truncated: bool,
+}
+
 /// One bridged request (SPEC §4 interception record).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Interception {
@@ -206,4 +243,14 @@ pub struct Interception {
     pub duration_ms: i64,
     pub ttfb_ms: Option<i64>,
     pub error: Option<String>,
+    /// `model` (a model call) or `passthrough` (anything else sent to the provider).
+    pub route: String,
+    /// `http` or `websocket`.
+    pub transport: String,
+    /// Model calls only, when prompts are recorded; stored in `interception_prompts`.
+    #[sqlx(skip)]
+    pub prompt: Option<Prompt>,
+    /// In order; stored in `interception_tool_calls`.
+    #[sqlx(skip)]
+    pub tool_calls: Vec<ToolCall>,
 }

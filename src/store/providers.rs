@@ -66,6 +66,8 @@ struct Plan<'a> {
     hosts: Vec<String>,
     enabled: bool,
     enforce_models: bool,
+    passthrough: String,
+    record_prompts: bool,
     keys: KeyChange<'a>,
 }
 
@@ -120,6 +122,11 @@ fn plan_update<'a>(
         hosts,
         enabled: patch.enabled.unwrap_or(current.enabled),
         enforce_models: patch.enforce_models.unwrap_or(current.enforce_models),
+        passthrough: patch
+            .passthrough
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| current.passthrough.clone()),
+        record_prompts: patch.record_prompts.unwrap_or(current.record_prompts),
         keys,
     })
 }
@@ -153,7 +160,8 @@ impl Store {
             let (mut tx, counter) = begin_write!(pool, kind, Channel::Providers);
             sqlx::query(
                 "INSERT INTO ai_providers (id, name, kind, base_url, intercept_hosts, enabled, enforce_models, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                 passthrough, record_prompts, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
             )
             .bind(id)
             .bind(&new.name)
@@ -162,6 +170,8 @@ impl Store {
             .bind(sqlx::types::Json(&hosts))
             .bind(new.enabled)
             .bind(new.enforce_models)
+            .bind(new.passthrough.as_str())
+            .bind(new.record_prompts)
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -195,7 +205,7 @@ impl Store {
             // Decide from the row as it is now, under the write lock: a concurrent PATCH that
             // committed first is neither undone nor allowed to carry keys to a moved host.
             let current: Option<ProviderRow> = sqlx::query_as(
-                "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, created_at, updated_at \
+                "SELECT id, name, kind, base_url, intercept_hosts, enabled, enforce_models, passthrough, record_prompts, created_at, updated_at \
                  FROM ai_providers WHERE id = $1",
             )
             .bind(id)
@@ -216,11 +226,14 @@ impl Store {
                 hosts,
                 enabled,
                 enforce_models,
+                passthrough,
+                record_prompts,
                 keys,
             } = plan_update(&current, key_count > 0, &patch, &self.upstream_policy)?;
             let updated = sqlx::query(
                 "UPDATE ai_providers SET name = $2, kind = $3, base_url = $4, intercept_hosts = $5, \
-                 enabled = $6, enforce_models = $7, updated_at = $8 WHERE id = $1",
+                 enabled = $6, enforce_models = $7, passthrough = $8, record_prompts = $9, \
+                 updated_at = $10 WHERE id = $1",
             )
             .bind(id)
             .bind(&name)
@@ -229,6 +242,8 @@ impl Store {
             .bind(sqlx::types::Json(&hosts))
             .bind(enabled)
             .bind(enforce_models)
+            .bind(&passthrough)
+            .bind(record_prompts)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -9,6 +9,7 @@
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::marker::PhantomData;
 
@@ -33,6 +34,133 @@ pub(super) struct Doc<'a> {
     pub message: Option<Box<Doc<'a>>>,
     #[serde(deserialize_with = "presence")]
     pub error: Presence,
+
+    // Tool calls. Chat: `choices[]` (stream deltas and complete messages).
+    #[serde(borrow, deserialize_with = "object_list")]
+    pub choices: Option<Vec<Choice<'a>>>,
+    /// Responses: the item of `response.output_item.added` / `.done`.
+    #[serde(borrow, deserialize_with = "object")]
+    pub item: Option<Box<Item<'a>>>,
+    /// Responses: `output[]` of a complete response (a JSON body or a terminal event's).
+    #[serde(borrow, deserialize_with = "object_list")]
+    pub output: Option<Vec<Item<'a>>>,
+    #[serde(deserialize_with = "int")]
+    pub output_index: Option<i64>,
+    /// Responses `delta` (argument text) or Anthropic `delta` (an object).
+    #[serde(borrow, deserialize_with = "delta")]
+    pub delta: Option<Delta<'a>>,
+    /// Responses `response.function_call_arguments.done`: the whole arguments.
+    #[serde(borrow, deserialize_with = "text")]
+    pub arguments: Option<Cow<'a, str>>,
+    /// Responses `response.custom_tool_call_input.done`: the whole input.
+    #[serde(borrow, deserialize_with = "text")]
+    pub input: Option<Cow<'a, str>>,
+    /// Anthropic: the content block an event is about.
+    #[serde(deserialize_with = "int")]
+    pub index: Option<i64>,
+    #[serde(borrow, deserialize_with = "object")]
+    pub content_block: Option<Box<Block<'a>>>,
+    /// Anthropic: `content[]` of a complete message.
+    #[serde(borrow, deserialize_with = "object_list")]
+    pub content: Option<Vec<Block<'a>>>,
+}
+
+/// One chat completion choice: its stream delta or its complete message.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Choice<'a> {
+    #[serde(deserialize_with = "int")]
+    pub index: Option<i64>,
+    #[serde(borrow, deserialize_with = "object")]
+    pub delta: Option<ChatMessage<'a>>,
+    #[serde(borrow, deserialize_with = "object")]
+    pub message: Option<ChatMessage<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ChatMessage<'a> {
+    #[serde(borrow, deserialize_with = "object_list")]
+    pub tool_calls: Option<Vec<ChatToolCall<'a>>>,
+}
+
+/// A chat tool call, whole or one streamed piece of it (`index` ties the pieces together).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ChatToolCall<'a> {
+    #[serde(deserialize_with = "int")]
+    pub index: Option<i64>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, deserialize_with = "text")]
+    pub kind: Option<Cow<'a, str>>,
+    /// `function` tools: `{name, arguments}`; `custom` tools: `{name, input}`.
+    #[serde(borrow, deserialize_with = "object")]
+    pub function: Option<FunctionCall<'a>>,
+    #[serde(borrow, deserialize_with = "object")]
+    pub custom: Option<FunctionCall<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct FunctionCall<'a> {
+    #[serde(borrow, deserialize_with = "text")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub arguments: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub input: Option<Cow<'a, str>>,
+}
+
+/// A Responses output item (tool calls are the types ending in `_call`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Item<'a> {
+    #[serde(rename = "type", borrow, deserialize_with = "text")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub call_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub arguments: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub input: Option<Cow<'a, str>>,
+    /// Built-in tools (`web_search_call`, `computer_call`...) carry what they do here.
+    #[serde(borrow, deserialize_with = "raw")]
+    pub action: Option<&'a RawValue>,
+}
+
+/// An Anthropic content block (tool calls are the types ending in `tool_use`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct Block<'a> {
+    #[serde(rename = "type", borrow, deserialize_with = "text")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub name: Option<Cow<'a, str>>,
+    /// The tool input as the model wrote it (an object; `{}` at a stream's block start).
+    #[serde(borrow, deserialize_with = "raw")]
+    pub input: Option<&'a RawValue>,
+}
+
+/// A `delta` field: text (Responses argument pieces) or an object (Anthropic).
+pub(super) enum Delta<'a> {
+    Text(Cow<'a, str>),
+    Object(DeltaObject<'a>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct DeltaObject<'a> {
+    #[serde(rename = "type", borrow, deserialize_with = "text")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "text")]
+    pub partial_json: Option<Cow<'a, str>>,
 }
 
 /// Token counts as the three APIs name them.
@@ -195,6 +323,81 @@ fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
         Seen::Null => None,
         Seen::Map(t) => Some(t),
         _ => Some(T::default()),
+    })
+}
+
+/// An array, keeping the elements that are objects (others are skipped, as absent fields are).
+fn object_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    struct ListVisitor<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+        type Value = Option<Vec<T>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(element) = seq.next_element_seed(SeenSeed::<T>(PhantomData))? {
+                if let Seen::Map(t) = element {
+                    out.push(t);
+                }
+            }
+            Ok(Some(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(ListVisitor(PhantomData))
+}
+
+/// [`seen`] as a seed, for sequence elements.
+struct SeenSeed<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> de::DeserializeSeed<'de> for SeenSeed<T> {
+    type Value = Seen<'de, T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        seen(d)
+    }
+}
+
+/// The JSON text of a value exactly as it came; `None` where it cannot be borrowed (the
+/// duplicate-key fallback reads a `Value`, which has no text).
+fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    Ok(<&'de RawValue>::deserialize(d).ok())
+}
+
+fn delta<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Delta<'de>>, D::Error> {
+    Ok(match seen::<_, DeltaObject<'de>>(d)? {
+        Seen::Str(s) => Some(Delta::Text(s)),
+        Seen::Map(m) => Some(Delta::Object(m)),
+        _ => None,
     })
 }
 

@@ -6,17 +6,26 @@ use crate::metrics::{Metrics, RequestFinished};
 use crate::store::Interception;
 use std::time::Duration;
 
-/// Account one finished bridged request from its record.
-pub fn observe(metrics: &Metrics, r: &Interception) {
+/// The `tokens_total{model}` label of models the provider does not configure: the label set
+/// stays bounded whatever names traffic carries (the record keeps the real name).
+pub const OTHER_MODEL: &str = "other";
+
+/// Account one finished bridged request from its record. Tokens count for model calls only.
+pub fn observe(metrics: &Metrics, r: &Interception, model_label: Option<&str>) {
     let millis = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    let tokens = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let model_call = r.route == "model";
+    let tokens = |n: Option<i64>| {
+        n.filter(|_| model_call)
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
+    };
     metrics.request_finished(&RequestFinished {
         provider: &r.provider,
         status: u16::try_from(r.status).unwrap_or(0),
         duration: millis(r.duration_ms),
         ttfb: r.ttfb_ms.map(millis),
         upstream_failure: r.error.as_deref().filter(|e| is_upstream_failure(e)),
-        model: r.model.as_deref().unwrap_or("unknown"),
+        model: model_label.unwrap_or(OTHER_MODEL),
         tokens: [
             ("input", tokens(r.input_tokens)),
             ("output", tokens(r.output_tokens)),

@@ -71,13 +71,15 @@ impl Recorder {
             .inc();
     }
 
-    /// Account a finished request and queue its record without waiting.
-    pub fn record(&self, r: Interception) {
+    /// Account a finished request and queue its record without waiting. `model_label` is the
+    /// record's model if the provider configures it (metric labels come from that bounded set;
+    /// anything else counts as `other`).
+    pub fn record(&self, r: Interception, model_label: Option<&str>) {
         self.metrics
             .inflight_requests
             .with_label_values(&[r.provider.as_str()])
             .dec();
-        super::observe::observe(&self.metrics, &r);
+        super::observe::observe(&self.metrics, &r, model_label);
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -2,6 +2,7 @@
 //! (proptest) cut into arbitrary chunks: the result must never depend on how bytes arrived.
 
 use super::*;
+use crate::store::ToolCall;
 use proptest::prelude::*;
 
 const OPENAI_CHAT_SSE: &str = concat!(
@@ -67,6 +68,7 @@ fn usage(model: &str, input: i64, output: i64, read: i64, write: Option<i64>) ->
         cache_read_tokens: Some(read),
         cache_write_tokens: write,
         terminal: Some(TerminalKind::Completed),
+        tool_calls: Vec::new(),
     }
 }
 
@@ -207,6 +209,193 @@ fn apis_are_detected_from_kind_and_path() {
         Api::Other
     );
     assert_eq!(Api::detect(ProviderKind::Openai, "/v1/models"), Api::Other);
+}
+
+const CHAT_TOOLS_SSE: &str = concat!(
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"\"}}]}}]}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"{\\\"tz\\\":\\\"UTC\\\"}\"}}]}}]}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\" \\\"Paris\\\"}\"}}]}}]}\n\n",
+    "data: {\"id\":\"c1\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const CHAT_TOOLS_JSON: &str = r#"{"id":"c2","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_x","type":"function","function":{"name":"lookup","arguments":"{\"q\": \"a b\"}"}},{"id":"call_y","type":"custom","custom":{"name":"apply_patch","input":"*** Begin Patch"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
+
+const RESPONSES_TOOLS_SSE: &str = concat!(
+    "event: response.output_item.added\n",
+    "data: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"call_1\",\"name\":\"shell\",\"arguments\":\"\"}}\n\n",
+    "event: response.output_item.added\n",
+    "data: {\"type\":\"response.output_item.added\",\"output_index\":1,\"item\":{\"type\":\"function_call\",\"id\":\"fc_2\",\"call_id\":\"call_2\",\"name\":\"read_file\",\"arguments\":\"\"}}\n\n",
+    "event: response.function_call_arguments.delta\n",
+    "data: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":0,\"item_id\":\"fc_1\",\"delta\":\"{\\\"cmd\\\":\"}\n\n",
+    "event: response.function_call_arguments.delta\n",
+    "data: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":1,\"item_id\":\"fc_2\",\"delta\":\"{\\\"path\\\":\\\"a.rs\\\"}\"}\n\n",
+    "event: response.function_call_arguments.delta\n",
+    "data: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":0,\"item_id\":\"fc_1\",\"delta\":\"[\\\"ls\\\"]}\"}\n\n",
+    "event: response.function_call_arguments.done\n",
+    "data: {\"type\":\"response.function_call_arguments.done\",\"output_index\":0,\"item_id\":\"fc_1\",\"arguments\":\"{\\\"cmd\\\":[\\\"ls\\\"]}\"}\n\n",
+    "event: response.output_item.done\n",
+    "data: {\"type\":\"response.output_item.done\",\"output_index\":1,\"item\":{\"type\":\"function_call\",\"id\":\"fc_2\",\"call_id\":\"call_2\",\"name\":\"read_file\",\"arguments\":\"{\\\"path\\\":\\\"a.rs\\\"}\"}}\n\n",
+    "event: response.completed\n",
+    "data: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-5\",\"status\":\"completed\",\"output\":[{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"call_1\",\"name\":\"shell\",\"arguments\":\"{\\\"cmd\\\":[\\\"ls\\\"]}\"},{\"type\":\"function_call\",\"id\":\"fc_2\",\"call_id\":\"call_2\",\"name\":\"read_file\",\"arguments\":\"{\\\"path\\\":\\\"a.rs\\\"}\"}],\"usage\":{\"input_tokens\":10,\"output_tokens\":4}}}\n\n",
+);
+
+const RESPONSES_TOOLS_JSON: &str = r#"{"model":"gpt-5","status":"completed","output":[{"type":"reasoning","id":"rs_1"},{"type":"web_search_call","id":"ws_1","status":"completed","action":{"type":"search","query":"rust"}},{"type":"custom_tool_call","id":"ctc_1","call_id":"call_p","name":"apply_patch","input":"*** Begin Patch\n"},{"type":"function_call_output","call_id":"call_0","output":"x"}],"usage":{"input_tokens":3,"output_tokens":2}}"#;
+
+const ANTHROPIC_TOOLS_SSE: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me look.\"}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"location\\\":\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\" \\\"San Francisco\\\"}\"}}\n\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"no_args\",\"input\":{}}}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":30}}\n\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n\n",
+);
+
+const ANTHROPIC_TOOLS_JSON: &str = r#"{"model":"claude-opus-4","content":[{"type":"text","text":"ok"},{"type":"tool_use","id":"toolu_9","name":"edit","input":{"b": [2, 1], "a":"é"}},{"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{"query":"x"}}],"stop_reason":"tool_use","usage":{"input_tokens":4,"output_tokens":6}}"#;
+
+fn call(id: &str, name: &str, kind: &str, args: &str) -> ToolCall {
+    ToolCall {
+        call_id: Some(id.into()),
+        name: name.into(),
+        kind: kind.into(),
+        arguments: args.into(),
+        truncated: false,
+    }
+}
+
+fn tool_cases() -> Vec<(Api, Option<&'static str>, &'static str, Vec<ToolCall>)> {
+    vec![
+        (
+            Api::OpenaiChat,
+            SSE,
+            CHAT_TOOLS_SSE,
+            vec![
+                call("call_a", "get_weather", "function", r#"{"city": "Paris"}"#),
+                call("call_b", "get_time", "function", r#"{"tz":"UTC"}"#),
+            ],
+        ),
+        (
+            Api::OpenaiChat,
+            JSON,
+            CHAT_TOOLS_JSON,
+            vec![
+                call("call_x", "lookup", "function", r#"{"q": "a b"}"#),
+                call("call_y", "apply_patch", "custom", "*** Begin Patch"),
+            ],
+        ),
+        (
+            Api::OpenaiResponses,
+            SSE,
+            RESPONSES_TOOLS_SSE,
+            vec![
+                call("call_1", "shell", "function_call", r#"{"cmd":["ls"]}"#),
+                call("call_2", "read_file", "function_call", r#"{"path":"a.rs"}"#),
+            ],
+        ),
+        (
+            Api::OpenaiResponses,
+            JSON,
+            RESPONSES_TOOLS_JSON,
+            vec![
+                call(
+                    "ws_1",
+                    "web_search_call",
+                    "web_search_call",
+                    r#"{"type":"search","query":"rust"}"#,
+                ),
+                call(
+                    "call_p",
+                    "apply_patch",
+                    "custom_tool_call",
+                    "*** Begin Patch\n",
+                ),
+            ],
+        ),
+        (
+            Api::AnthropicMessages,
+            SSE,
+            ANTHROPIC_TOOLS_SSE,
+            vec![
+                call(
+                    "toolu_1",
+                    "get_weather",
+                    "tool_use",
+                    r#"{"location": "San Francisco"}"#,
+                ),
+                call("toolu_2", "no_args", "tool_use", "{}"),
+            ],
+        ),
+        (
+            Api::AnthropicMessages,
+            JSON,
+            ANTHROPIC_TOOLS_JSON,
+            vec![
+                call("toolu_9", "edit", "tool_use", r#"{"b": [2, 1], "a":"é"}"#),
+                call(
+                    "srvtoolu_1",
+                    "web_search",
+                    "server_tool_use",
+                    r#"{"query":"x"}"#,
+                ),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn tool_calls_whole_and_split_at_every_byte() {
+    for (api, ct, text, want) in tool_cases() {
+        let bytes = text.as_bytes();
+        let whole = run(api, ct, &[bytes]);
+        assert_eq!(whole.tool_calls, want, "{api:?} {ct:?} whole");
+        assert_eq!(whole.outcome(), Outcome::Completed, "{api:?} {ct:?}");
+        for i in 0..=bytes.len() {
+            let split = run(api, ct, &[&bytes[..i], &bytes[i..]]);
+            assert_eq!(split.tool_calls, want, "{api:?} {ct:?} split at {i}");
+        }
+    }
+}
+
+#[test]
+fn a_terminal_event_alone_still_yields_its_tool_calls() {
+    // A client (or a replay) may see only the terminal event of a Responses stream.
+    let from = RESPONSES_TOOLS_SSE
+        .find("event: response.completed")
+        .unwrap();
+    let u = run(
+        Api::OpenaiResponses,
+        SSE,
+        &[&RESPONSES_TOOLS_SSE.as_bytes()[from..]],
+    );
+    assert_eq!(u.tool_calls, tool_cases()[2].3);
+}
+
+#[test]
+fn tool_arguments_are_bounded() {
+    let mut tap = UsageTap::new(Api::AnthropicMessages, SSE).with_max_tool_args(10);
+    tap.feed(ANTHROPIC_TOOLS_SSE.as_bytes());
+    let u = tap.finish(true);
+    assert_eq!(u.tool_calls[0].arguments, r#"{"location"#);
+    assert!(u.tool_calls[0].truncated);
+    assert!(!u.tool_calls[1].truncated);
 }
 
 proptest! {

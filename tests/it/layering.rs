@@ -104,7 +104,7 @@ fn referenced_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
             || !(bytes[start - 1].is_ascii_alphanumeric()
                 || bytes[start - 1] == b'_'
                 || bytes[start - 1] == b':');
-        if !boundary {
+        if !boundary || !code.is_char_boundary(start) {
             continue;
         }
         let rest = &code[start..];

@@ -17,6 +17,7 @@ mod faults_db;
 mod faults_proxy;
 mod faults_upstream;
 mod fuzz_corpus;
+mod governance;
 mod layering;
 mod limits;
 mod mitm;

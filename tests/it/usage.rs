@@ -332,6 +332,14 @@ both_backends!(interceptions_and_usage_through_the_api, usage_api);
 #[tokio::test]
 async fn metrics_move_by_exactly_the_traffic_sent() {
     let proxy = Env::openai().await;
+    // Token series are labelled with configured models only (anything else is `other`).
+    let (status, _) = proxy
+        .admin_post(
+            "/api/v1/models",
+            serde_json::json!({"provider": "openai", "model": "gpt-4o-mini"}),
+        )
+        .await;
+    assert_eq!(status, 201);
     let scrape = || async {
         let (status, _) = proxy.admin_get("/healthz").await;
         assert_eq!(status, 200);

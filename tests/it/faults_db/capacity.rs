@@ -29,6 +29,10 @@ fn record(i: usize) -> Interception {
         duration_ms: 1,
         ttfb_ms: Some(1),
         error: None,
+        route: "model".into(),
+        transport: "http".into(),
+        prompt: None,
+        tool_calls: Vec::new(),
     }
 }
 
@@ -45,7 +49,7 @@ async fn f22_a_full_record_queue_counts_every_dropped_record() {
     let recorder = &proxy.app.recorder;
     for i in 0..sent {
         recorder.started("f22");
-        recorder.record(record(i));
+        recorder.record(record(i), None);
     }
     let stats = recorder.stats().clone();
     let dropped = stats.dropped.load(Ordering::SeqCst);

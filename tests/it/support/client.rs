@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 pub const CHAT: &str = "https://api.openai.com/v1/chat/completions";
 /// The model list an OpenAI SDK fetches (the mock upstream answers 404).
 pub const MODELS: &str = "https://api.openai.com/v1/models";
+/// The Responses URL Codex and the OpenAI SDKs call.
+pub const RESPONSES: &str = "https://api.openai.com/v1/responses";
 /// The messages URL an Anthropic SDK calls.
 pub const MESSAGES: &str = "https://api.anthropic.com/v1/messages";
 

@@ -30,6 +30,8 @@ pub fn new_provider(name: &str, base_url: &str, host: &str) -> NewProvider {
         intercept_hosts: vec![host.into()],
         enabled: true,
         enforce_models: false,
+        passthrough: Default::default(),
+        record_prompts: true,
         api_keys: vec![],
     }
 }

@@ -26,7 +26,7 @@ pub mod tls;
 pub mod upstream;
 
 pub use client::{
-    agent_client, paced_chat, plain_client, Call, Chat, Http, CHAT, MESSAGES, MODELS,
+    agent_client, paced_chat, plain_client, Call, Chat, Http, CHAT, MESSAGES, MODELS, RESPONSES,
 };
 pub(crate) use db::both_backends;
 pub use env::{Env, Setup};

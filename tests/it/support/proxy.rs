@@ -110,6 +110,8 @@ impl ProviderSpec {
             intercept_hosts: self.intercept_hosts.clone(),
             enabled: true,
             enforce_models: false,
+            passthrough: Default::default(),
+            record_prompts: true,
             api_keys: self
                 .key
                 .map(|k| Secret::new(k.to_string()))

@@ -4,7 +4,10 @@
 //! Routes: `/v1/chat/completions` (JSON), `/v1/messages` (JSON), `/v1/sse` (three SSE events;
 //! after the first it waits until the test calls [`MockUpstream::release`], which the test does
 //! only once its client holds the first event — a buffering proxy would deadlock there and be
-//! caught), `/echo` (echoes the body), anything else 404.
+//! caught), `/echo` (echoes the body), anything else 404. Headers ask for more:
+//! `x-mock-tools` (answers with tool calls, JSON or SSE), `x-mock-tail-ms` (a stream's body stays
+//! open that long after its last event), `x-mock-echo-model` (a chat answer naming the requested
+//! model), `x-mock-events`/`x-mock-gap-ms` (a paced chat stream).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -40,6 +43,37 @@ pub const MESSAGES_SSE: &str = concat!(
     "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
     "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
 );
+/// Chat stream (`x-mock-tools`): two parallel tool calls whose argument pieces interleave.
+pub const CHAT_TOOLS_SSE: &str = concat!(
+    "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"read_file\",\"arguments\":\"\"}},{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"list_dir\",\"arguments\":\"\"}}]}}]}\n\n",
+    "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"{\\\"dir\\\":\"}}]}}]}\n\n",
+    "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"path\\\":\"}}]}}]}\n\n",
+    "data: {\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"src/é.rs\\\"}\"}},{\"index\":1,\"function\":{\"arguments\":\"\\\".\\\"}\"}}]}}]}\n\n",
+    "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":20}}\n\n",
+    "data: [DONE]\n\n",
+);
+/// Responses stream (`x-mock-tools`): two function calls, arguments in pieces, then done.
+pub const RESPONSES_TOOLS_SSE: &str = concat!(
+    "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"call_1\",\"name\":\"shell\",\"arguments\":\"\"}}\n\n",
+    "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":1,\"item\":{\"type\":\"function_call\",\"id\":\"fc_2\",\"call_id\":\"call_2\",\"name\":\"apply\",\"arguments\":\"\"}}\n\n",
+    "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":0,\"delta\":\"{\\\"cmd\\\":\"}\n\n",
+    "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":1,\"delta\":\"{}\"}\n\n",
+    "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":0,\"delta\":\"\\\"ls\\\"}\"}\n\n",
+    "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-5\",\"status\":\"completed\",\"usage\":{\"input_tokens\":30,\"output_tokens\":12}}}\n\n",
+);
+/// Anthropic stream (`x-mock-tools`): text, then a tool_use block whose input comes in pieces.
+pub const MESSAGES_TOOLS_SSE: &str = concat!(
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"Bash\",\"input\":{}}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"command\\\":\"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\" \\\"ls\\\"}\"}}\n\n",
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n",
+    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+);
+pub const CHAT_TOOLS_JSON: &str = r#"{"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"call_j","type":"function","function":{"name":"grep","arguments":"{\"q\":\"x\"}"}}]}}],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#;
+pub const RESPONSES_TOOLS_JSON: &str = r#"{"model":"gpt-5","status":"completed","output":[{"type":"custom_tool_call","call_id":"call_c","name":"apply_patch","input":"*** Begin"}],"usage":{"input_tokens":5,"output_tokens":2}}"#;
+pub const MESSAGES_TOOLS_JSON: &str = r#"{"model":"claude-sonnet-4-5","content":[{"type":"tool_use","id":"toolu_j","name":"Read","input":{"file": "a.rs"}}],"usage":{"input_tokens":5,"output_tokens":2}}"#;
 pub const SSE_EVENTS: [&str; 3] = [
     "data: {\"choices\":[{\"delta\":{\"content\":\"one\"}}]}\n\n",
     "data: {\"choices\":[{\"delta\":{\"content\":\"two\"}}]}\n\n",
@@ -204,10 +238,25 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         return paced_stream(events, gap);
     }
     let streaming = String::from_utf8_lossy(&body).contains("\"stream\":true");
+    let tail = pause(&parts.headers, "x-mock-tail-ms");
+    let hold = pause(&parts.headers, "x-mock-hold-ms");
+    if parts.headers.contains_key("x-mock-tools") {
+        return match (parts.uri.path(), streaming) {
+            ("/v1/chat/completions", true) => held_transcript(CHAT_TOOLS_SSE, hold, tail),
+            ("/v1/responses", true) => held_transcript(RESPONSES_TOOLS_SSE, hold, tail),
+            ("/v1/messages", true) => held_transcript(MESSAGES_TOOLS_SSE, hold, tail),
+            ("/v1/chat/completions", false) => json(CHAT_TOOLS_JSON),
+            ("/v1/responses", false) => json(RESPONSES_TOOLS_JSON),
+            _ => json(MESSAGES_TOOLS_JSON),
+        };
+    }
+    if parts.headers.contains_key("x-mock-echo-model") {
+        return echo_model(&body);
+    }
     match parts.uri.path() {
-        "/v1/chat/completions" if streaming => sse_transcript(CHAT_SSE),
-        "/v1/responses" if streaming => sse_transcript(RESPONSES_SSE),
-        "/v1/messages" if streaming => sse_transcript(MESSAGES_SSE),
+        "/v1/chat/completions" if streaming => sse_transcript(CHAT_SSE, tail),
+        "/v1/responses" if streaming => sse_transcript(RESPONSES_SSE, tail),
+        "/v1/messages" if streaming => sse_transcript(MESSAGES_SSE, tail),
         "/v1/chat/completions" => json(CHAT_JSON),
         "/v1/responses" => json(RESPONSES_JSON),
         "/v1/messages" => json(MESSAGES_JSON),
@@ -239,16 +288,59 @@ fn sse(shared: &Shared) -> Response<Body> {
     })
 }
 
-/// A transcript as SSE, one event per frame with a short pause, as a provider streams it.
-fn sse_transcript(text: &'static str) -> Response<Body> {
-    event_stream(8, |tx| async move {
-        for event in text.split_inclusive("\n\n") {
-            if !send(&tx, event).await {
+/// A transcript as SSE, one event per frame with a short pause, as a provider streams it; the
+/// body then stays open for `tail` before it ends (a provider finishing its side).
+fn sse_transcript(text: &'static str, tail: std::time::Duration) -> Response<Body> {
+    held_transcript(text, std::time::Duration::ZERO, tail)
+}
+
+/// [`sse_transcript`], waiting `hold` before the last (terminal) event: a stream caught in the
+/// middle.
+fn held_transcript(
+    text: &'static str,
+    hold: std::time::Duration,
+    tail: std::time::Duration,
+) -> Response<Body> {
+    event_stream(8, move |tx| async move {
+        let events: Vec<&str> = text.split_inclusive("\n\n").collect();
+        for (i, event) in events.iter().enumerate() {
+            if i + 1 == events.len() {
+                tokio::time::sleep(hold).await;
+            }
+            if !send(&tx, *event).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
+        tokio::time::sleep(tail).await;
     })
+}
+
+/// A pause asked for in milliseconds by header `name` (`x-mock-tail-ms`: keep a stream's body
+/// open after its last event; `x-mock-hold-ms`: wait before a tool stream's terminal event).
+fn pause(headers: &http::HeaderMap, name: &str) -> std::time::Duration {
+    let ms = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_millis(ms)
+}
+
+/// A chat completion naming the model the request asked for (1 prompt, 1 completion token).
+fn echo_model(request: &[u8]) -> Response<Body> {
+    let model = serde_json::from_slice::<serde_json::Value>(request)
+        .ok()
+        .and_then(|v| v["model"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
 }
 
 /// `x-mock-events: N` and `x-mock-gap-ms: M` ask for a chat stream of N events M ms apart.
