@@ -46,6 +46,8 @@ pub const DEFAULT_RECORD_PROMPTS: bool = true;
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 32 * 1024;
 /// Largest recorded tool-call arguments, per call.
 pub const DEFAULT_MAX_TOOL_ARGS_BYTES: usize = 16 * 1024;
+/// Largest WebSocket message read for accounting; larger ones are relayed unread.
+pub const DEFAULT_MAX_WS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Interception records older than this are deleted (zero keeps everything).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// How often the retention job looks for old records (no flag; tests shorten it).
@@ -129,6 +131,8 @@ pub struct ProxyConfig {
     pub record_prompts: bool,
     pub max_prompt_bytes: usize,
     pub max_tool_args_bytes: usize,
+    /// `--max-ws-message-bytes`: a larger WebSocket message is relayed but not read.
+    pub max_ws_message_bytes: usize,
 }
 
 impl Default for ProxyConfig {
@@ -152,6 +156,7 @@ impl Default for ProxyConfig {
             record_prompts: DEFAULT_RECORD_PROMPTS,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             max_tool_args_bytes: DEFAULT_MAX_TOOL_ARGS_BYTES,
+            max_ws_message_bytes: DEFAULT_MAX_WS_MESSAGE_BYTES,
         }
     }
 }
@@ -244,6 +249,9 @@ impl AppConfig {
         }
         if self.proxy.max_tool_args_bytes > 16 * 1024 * 1024 {
             errors.push("--max-tool-args-bytes must be at most 16777216".to_string());
+        }
+        if !(1024..=1 << 30).contains(&self.proxy.max_ws_message_bytes) {
+            errors.push("--max-ws-message-bytes must be from 1024 to 1073741824".to_string());
         }
         if self.retention > MAX_DURATION * 10 {
             errors.push("--retention must be at most 3650d".to_string());

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub ttfb_seconds: HistogramVec,
     pub upstream_errors_total: IntCounterVec,
     pub tokens_total: IntCounterVec,
+    pub websocket_messages_total: IntCounterVec,
     pub cert_cache_hits_total: IntCounter,
     pub cert_cache_misses_total: IntCounter,
     pub cert_mint_seconds: HistogramVec,
@@ -134,6 +135,11 @@ impl Metrics {
                 "tokens_total",
                 "Tokens reported by upstreams",
                 &["provider", "model", "direction"],
+            )?,
+            websocket_messages_total: counter_vec(
+                "websocket_messages_total",
+                "WebSocket messages relayed on intercepted hosts",
+                &["provider", "direction"],
             )?,
             cert_cache_hits_total: counter("cert_cache_hits_total", "Leaf cache hits")?,
             cert_cache_misses_total: counter(

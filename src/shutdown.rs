@@ -70,6 +70,37 @@ impl Shutdown {
         })
     }
 
+    /// Spawn a task that is told of the cut instead of being dropped by it: work that must end
+    /// in words (a WebSocket's close frame, the records of what it was doing) gets the cut
+    /// token, and [`CUT_UNWIND`] after the cut to finish before it is dropped anyway.
+    pub fn spawn_until_cut<F, Fut>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let cut = self.cut.clone();
+        let panics = self.panics.clone();
+        let task = AssertUnwindSafe(task(cut.clone())).catch_unwind();
+        self.tracker.spawn(async move {
+            let deadline = async {
+                cut.cancelled().await;
+                tokio::time::sleep(CUT_UNWIND).await;
+            };
+            tokio::select! {
+                r = task => {
+                    if r.is_err() {
+                        tracing::error!("a task panicked (a bug); it was dropped alone");
+                        if let Some(c) = panics {
+                            c.inc();
+                        }
+                    }
+                }
+                _ = deadline => {}
+            }
+        })
+    }
+
     /// Resolves when shutdown has begun: listeners stop accepting and loops return.
     pub async fn cancelled(&self) {
         self.drain.cancelled().await

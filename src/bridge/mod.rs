@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod policy;
+pub mod websocket;
 
 pub use error::BridgeError;
 
@@ -74,7 +75,7 @@ impl RequestContext {
     }
 
     /// The prompt bound for a model call to `route`, or `None` when prompts are not recorded.
-    fn prompt_limit(&self, route: &ProviderRoute) -> Option<usize> {
+    pub fn prompt_limit(&self, route: &ProviderRoute) -> Option<usize> {
         (self.record_prompts && route.record_prompts).then_some(self.max_prompt_bytes)
     }
 }

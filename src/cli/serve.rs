@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Largest recorded arguments of one tool call, in bytes.
     #[arg(long, env = "AIBRIDGE_MAX_TOOL_ARGS_BYTES", default_value_t = config::DEFAULT_MAX_TOOL_ARGS_BYTES)]
     max_tool_args_bytes: usize,
+    /// Largest WebSocket message read for accounting; a larger one is relayed unread.
+    #[arg(long, env = "AIBRIDGE_MAX_WS_MESSAGE_BYTES", default_value_t = config::DEFAULT_MAX_WS_MESSAGE_BYTES)]
+    max_ws_message_bytes: usize,
     /// Delete interception records older than this (0 keeps everything).
     #[arg(long, env = "AIBRIDGE_RETENTION", default_value_t = config::DEFAULT_RETENTION.into())]
     retention: HumanDuration,
@@ -152,6 +155,7 @@ impl ServeArgs {
                 record_prompts: self.record_prompts,
                 max_prompt_bytes: self.max_prompt_bytes,
                 max_tool_args_bytes: self.max_tool_args_bytes,
+                max_ws_message_bytes: self.max_ws_message_bytes,
             },
         }
     }

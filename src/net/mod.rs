@@ -7,5 +7,6 @@
 //! connect to, this one decides whether and how.
 
 pub mod egress;
+pub mod idle;
 pub mod target;
 pub mod upstream;

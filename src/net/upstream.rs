@@ -88,6 +88,21 @@ impl UpstreamFactory {
         self.dialer.policy()
     }
 
+    /// A client speaking HTTP/1.1 only (ALPN `http/1.1`): the one a WebSocket upgrade needs,
+    /// since an h2 connection cannot carry the RFC 6455 handshake.
+    pub fn client_http1(&self) -> UpstreamClient {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(self.dialer.clone());
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector)
+    }
+
     /// A fresh client with its own connection pool.
     pub fn client(&self) -> UpstreamClient {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

@@ -74,11 +74,9 @@ async fn handle_connect(
                 key,
                 provider_id: route.id,
                 auth: who,
+                slot,
             };
-            state.shutdown.spawn(async move {
-                let _slot = slot;
-                session.serve(upgrade).await
-            });
+            state.shutdown.spawn(session.serve(upgrade));
             established()
         }
         Admission::Pass { who } => {

@@ -14,17 +14,16 @@ use super::admit::check_head;
 use super::respond::Refusal;
 use super::ProxyState;
 use crate::auth::Authenticated;
-use crate::bridge::{self, RequestContext};
+use crate::bridge::{self, websocket, RequestContext};
 use crate::net::target::{Host, Target};
 use crate::net::upstream::ProxyBody;
 use crate::router::ProviderRoute;
-use crate::shutdown::ShutdownExecutor;
+use crate::shutdown::{Shutdown, ShutdownExecutor};
 use http::{header, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio_rustls::LazyConfigAcceptor;
@@ -38,6 +37,9 @@ pub(super) struct Session {
     pub key: String,
     pub provider_id: Uuid,
     pub auth: Authenticated,
+    /// The client connection's place under `--max-connections`; a WebSocket opened on this
+    /// session holds it too, for as long as it is open.
+    pub slot: Option<super::ConnSlot>,
 }
 
 impl Session {
@@ -119,34 +121,9 @@ impl Session {
         self,
         tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
     ) {
-        let config = &self.state.config;
         // The protocol is fixed by ALPN: serve it directly, so no version sniffing phase (which
         // has no timer) can hold a silent connection open.
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        // HTTP/2 stream tasks join the shutdown scope, so a drain waits for them and a cut
-        // drops them (writing their records).
-        let mut builder = auto::Builder::new(ShutdownExecutor(self.state.shutdown.clone()));
-        builder = if h2 {
-            builder.http2_only()
-        } else {
-            builder.http1_only()
-        };
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes)
-            .max_headers(super::MAX_HEADER_FIELDS)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(config.max_header_bytes as u32)
-            .max_concurrent_streams(config.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(config.h2_max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
-            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
-            .keep_alive_timeout(std::time::Duration::from_secs(20));
         let shutdown = self.state.shutdown.clone();
         let session = Arc::new(self);
         let svc_session = session.clone();
@@ -154,17 +131,71 @@ impl Session {
             let session = svc_session.clone();
             async move { Ok::<_, Infallible>(session.handle(req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(tls), service);
+        let io = TokioIo::new(tls);
+        let result = if h2 {
+            session.serve_http2(io, service, &shutdown).await
+        } else {
+            session.serve_http1(io, service, &shutdown).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(target = %session.key, error = %e, "intercepted connection ended with an error");
+        }
+    }
+
+    /// HTTP/1.1 with upgrades: a WebSocket switches only after the upstream's `101`.
+    async fn serve_http1<I, S>(&self, io: I, service: S, shutdown: &Shutdown) -> hyper::Result<()>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
+        S::Error: Into<crate::BoxError>,
+    {
+        let config = &self.state.config;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes)
+            .max_headers(super::MAX_HEADER_FIELDS)
+            .keep_alive(true);
+        let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
-        let result = tokio::select! {
+        tokio::select! {
             r = conn.as_mut() => r,
             _ = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!(target = %session.key, error = %e, "intercepted connection ended with an error");
+        }
+    }
+
+    /// HTTP/2; its stream tasks join the shutdown scope, so a drain waits for them and a cut
+    /// drops them (writing their records).
+    async fn serve_http2<I, S>(&self, io: I, service: S, shutdown: &Shutdown) -> hyper::Result<()>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send,
+        S::Future: Send + 'static,
+        S::Error: Into<crate::BoxError>,
+    {
+        let config = &self.state.config;
+        let mut builder =
+            hyper::server::conn::http2::Builder::new(ShutdownExecutor(shutdown.clone()));
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes as u32)
+            .max_concurrent_streams(config.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(config.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     }
 
@@ -175,6 +206,18 @@ impl Session {
         }
         let ctx = RequestContext::new(&self.auth, &self.state.config);
         match self.admit(&req) {
+            Ok(route) if websocket::is_upgrade(&req) => {
+                let state = &self.state;
+                let env = websocket::SocketEnv {
+                    recorder: state.recorder.clone(),
+                    router: state.router.clone(),
+                    shutdown: state.shutdown.clone(),
+                    metrics: state.metrics.clone(),
+                    max_message: state.config.max_ws_message_bytes,
+                    hold: self.slot.clone(),
+                };
+                websocket::upgrade(route, req, &ctx, env).await
+            }
             Ok(route) => bridge::forward(&route, req, &ctx, &self.state.recorder).await,
             Err(r) => r.on_intercepted(&ctx.request_id, &self.key, req.version()),
         }

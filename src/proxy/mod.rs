@@ -8,7 +8,6 @@
 mod admit;
 mod connect;
 mod forward;
-mod idle;
 mod mitm;
 mod respond;
 mod tunnel;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::idle::{Activity, IdleIo};
+use crate::net::idle::{Activity, IdleIo};
 use std::time::Duration;
 
 /// Copy buffer per direction: large enough that a bulk transfer costs few syscalls.

@@ -66,6 +66,12 @@ impl Router {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Changes each time a snapshot is installed: long-lived work (an open WebSocket) re-checks
+    /// its token against the new snapshot.
+    pub fn installs(&self) -> watch::Receiver<i64> {
+        self.counter.subscribe()
+    }
+
     /// Whether a snapshot loaded from the store is serving (readiness).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

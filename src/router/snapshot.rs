@@ -40,6 +40,8 @@ pub struct ProviderRoute {
     /// Raw base URL, to tell whether the upstream client can be reused at the next reload.
     base_url: String,
     pub upstream: UpstreamClient,
+    /// HTTP/1.1 only, for WebSocket upgrades.
+    pub upstream_http1: UpstreamClient,
 }
 
 /// A provider's standing in this snapshot, for the API and logs.
@@ -194,9 +196,11 @@ impl Snapshot {
                 providers.push(state);
                 continue;
             }
-            let upstream = match reusable.get(&row.id) {
-                Some(prev) if prev.base_url == row.base_url => prev.upstream.clone(),
-                _ => upstreams.client(),
+            let (upstream, upstream_http1) = match reusable.get(&row.id) {
+                Some(prev) if prev.base_url == row.base_url => {
+                    (prev.upstream.clone(), prev.upstream_http1.clone())
+                }
+                _ => (upstreams.client(), upstreams.client_http1()),
             };
             let route = Arc::new(ProviderRoute {
                 id: row.id,
@@ -219,6 +223,7 @@ impl Snapshot {
                 record_prompts: row.record_prompts,
                 base_url: row.base_url.clone(),
                 upstream,
+                upstream_http1,
             });
             for k in keys {
                 owners.insert(k.clone(), row.name.clone());

@@ -178,7 +178,8 @@ pub(super) struct Tokens {
     pub input_tokens: Option<i64>,
     #[serde(deserialize_with = "int")]
     pub output_tokens: Option<i64>,
-    #[serde(deserialize_with = "object")]
+    /// (`input_token_details` in the Realtime API.)
+    #[serde(alias = "input_token_details", deserialize_with = "object")]
     pub input_tokens_details: Option<Details>,
     #[serde(deserialize_with = "int")]
     pub cache_read_input_tokens: Option<i64>,

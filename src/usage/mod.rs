@@ -20,6 +20,7 @@ pub mod request;
 pub mod retention;
 pub mod sse;
 pub mod tools;
+pub mod ws;
 
 use crate::provider::ProviderKind;
 use crate::store::ToolCall;
@@ -41,6 +42,9 @@ pub enum Api {
     OpenaiCompletions,
     OpenaiResponses,
     OpenaiEmbeddings,
+    /// The Realtime API (WebSocket only): Responses-shaped items, each response ending in
+    /// `response.done` with its status and usage.
+    OpenaiRealtime,
     AnthropicMessages,
     Other,
 }
@@ -183,6 +187,29 @@ impl UsageTap {
         }
     }
 
+    /// A tap fed whole messages instead of a byte stream (a WebSocket's text messages, each one
+    /// event): see [`UsageTap::feed_message`].
+    pub fn for_messages(api: Api) -> Self {
+        UsageTap {
+            api: api.family(),
+            mode: Mode::Off,
+            usage: Usage::default(),
+            tools: ToolCalls::new(crate::config::DEFAULT_MAX_TOOL_ARGS_BYTES),
+            skipped: 0,
+        }
+    }
+
+    /// One whole event (a WebSocket text message).
+    pub fn feed_message(&mut self, json: &[u8]) {
+        let (api, usage, tools) = (self.api, &mut self.usage, &mut self.tools);
+        doc::parse(json, |d| apply_event_doc(api, usage, tools, "", d));
+    }
+
+    /// What the messages said so far of the model and the tokens.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
     /// Keep at most `bytes` of each tool call's arguments (`--max-tool-args-bytes`).
     pub fn with_max_tool_args(mut self, bytes: usize) -> Self {
         self.tools = ToolCalls::new(bytes);
@@ -302,13 +329,16 @@ fn apply_event_doc(api: Api, usage: &mut Usage, tools: &mut ToolCalls, event: &s
             }
             chat_tool_calls(tools, v, true);
         }
-        Api::OpenaiResponses => {
+        Api::OpenaiResponses | Api::OpenaiRealtime => {
             let kind = v.kind.as_deref().unwrap_or(event);
             responses_tool_event(tools, kind, v);
             let terminal = match kind {
                 "response.completed" => Some(TerminalKind::Completed),
                 "response.incomplete" => Some(TerminalKind::Incomplete),
                 "response.failed" => Some(TerminalKind::Failed),
+                // Realtime: one terminal event, the status inside says how it ended (a
+                // response the client cancelled ended early: incomplete).
+                "response.done" => Some(realtime_status(v)),
                 _ => None,
             };
             if let Some(response) = &v.response {
@@ -353,6 +383,20 @@ fn apply_event_doc(api: Api, usage: &mut Usage, tools: &mut ToolCalls, event: &s
     }
 }
 
+/// How a Realtime `response.done` says its response ended.
+fn realtime_status(v: &Doc<'_>) -> TerminalKind {
+    let status = v
+        .response
+        .as_ref()
+        .and_then(|r| r.as_deref())
+        .and_then(|r| r.status.as_deref());
+    match status {
+        Some("incomplete" | "cancelled") => TerminalKind::Incomplete,
+        Some("failed") => TerminalKind::Failed,
+        _ => TerminalKind::Completed,
+    }
+}
+
 fn apply_json_body(api: Api, usage: &mut Usage, tools: &mut ToolCalls, v: &Doc<'_>) {
     match api {
         Api::OpenaiChat | Api::OpenaiCompletions | Api::OpenaiEmbeddings => {
@@ -367,7 +411,7 @@ fn apply_json_body(api: Api, usage: &mut Usage, tools: &mut ToolCalls, v: &Doc<'
                 TerminalKind::Completed
             });
         }
-        Api::OpenaiResponses => {
+        Api::OpenaiResponses | Api::OpenaiRealtime => {
             responses_output_items(tools, v, false);
             usage.model = model(v);
             if let Some(u) = &v.usage {

@@ -77,7 +77,8 @@ pub fn inspect(api: Api, body: &[u8], prompt_limit: Option<usize>) -> RequestFac
             // Completions' `prompt` and embeddings' `input`: a string, or the last of a list.
             Api::OpenaiCompletions => peek.prompt.and_then(last_string),
             Api::OpenaiEmbeddings => peek.input.and_then(last_string),
-            Api::Other => None,
+            // Realtime turns arrive as socket messages (`conversation.item.create`), not a body.
+            Api::OpenaiRealtime | Api::Other => None,
         }?;
         let keep = floor_char_boundary(&text, limit);
         Some(Prompt {

@@ -28,4 +28,5 @@ mod smuggling;
 mod store;
 mod tunnel;
 mod usage;
+mod websocket;
 mod wire_fuzz;

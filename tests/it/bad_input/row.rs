@@ -252,6 +252,17 @@ pub(super) fn body_is(expected: &'static [u8]) -> impl Fn(&Seen) -> Result<(), S
     }
 }
 
+/// No upgrade field reached the destination.
+pub(super) fn no_upgrade(seen: &Seen) -> Result<(), String> {
+    match ["upgrade", "connection", "http2-settings"]
+        .iter()
+        .find(|h| seen.headers.contains_key(**h))
+    {
+        Some(h) => Err(format!("{h} forwarded")),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn any_request(_: &Seen) -> Result<(), String> {
     Ok(())
 }

@@ -257,8 +257,24 @@ pub(super) fn rows(env: &Stage) -> Vec<Row> {
             .mock(only_key("authorization", OPENAI_KEY, &["proxy-authorization", "proxy-connection"])),
         mitm_to("C19", Deny, "api.anthropic.com:443", "api.anthropic.com", "GET /echo HTTP/1.1\r\nHost: api.anthropic.com\r\nConnection: x-api-key, x-custom\r\nX-Api-Key: sk-client\r\nX-Custom: 1\r\n\r\n")
             .status(200).keeps().mock(only_key("x-api-key", ANTHROPIC_KEY, &["x-custom", "connection"])),
-        mitm("C20", "GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            .status(200).keeps().mock(|s| if s.headers.contains_key("upgrade") { Err("upgrade forwarded".into()) } else { Ok(()) }),
+        // A WebSocket upgrade goes on with its fields (no extension offered); the mock answers
+        // 200, not 101, so the connection stays HTTP.
+        mitm("C20", "GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+            .status(200).keeps().mock(|s| match (s.headers.get("upgrade"), s.headers.contains_key("sec-websocket-extensions")) {
+                (Some(u), false) if u == "websocket" => Ok(()),
+                other => Err(format!("upgrade fields as forwarded: {other:?}")),
+            }),
+        // Not an upgrade (HTTP/1.0, no `Connection: upgrade`, another protocol): plain HTTP, the
+        // upgrade fields stay on their hop.
+        mitm("C20", "GET /echo HTTP/1.0\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .status(200).mock(no_upgrade),
+        mitm("C20", "GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .status(200).keeps().mock(no_upgrade),
+        mitm("C20", "GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+            .status(200).keeps().mock(no_upgrade),
+        // An upgrade without its key is the client's mistake: 400, nothing forwarded.
+        mitm("C20", "GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .status(400).keeps(),
         custom("C21", Deny, "Expect: 100-continue, Content-Length over --max-request-body, body never sent", "413 without 100 Continue, nothing forwarded", c21_too_large),
         custom("C21", Deny, "Expect: 100-continue, body naming a model not configured (enforce_models)", "100 Continue, then 403 after the body, nothing forwarded", c21_model),
         mitm_to("C22", Deny, "strict.example.com:443", "strict.example.com", strict(r#"{"model":"gpt-allowed","messages":[]}"#))

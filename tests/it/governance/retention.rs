@@ -151,6 +151,11 @@ async fn one_replica_at_a_time_runs_retention_on_postgres() {
         .unwrap()
         .is_some());
     // The other replica lets go: this one takes over.
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(0x6169_6272_6964_6765_i64)
+        .execute(&mut *held)
+        .await
+        .unwrap();
     drop(held);
     holder.close().await;
     let deadline = tokio::time::Instant::now() + WAIT;

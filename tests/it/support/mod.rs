@@ -24,6 +24,7 @@ pub mod relay;
 pub mod scripted;
 pub mod tls;
 pub mod upstream;
+pub mod ws;
 
 pub use client::{
     agent_client, paced_chat, plain_client, Call, Chat, Http, CHAT, MESSAGES, MODELS, RESPONSES,

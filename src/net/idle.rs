@@ -1,5 +1,5 @@
-//! Tunnel idle timeout (`--idle-timeout`): a tunnel on which no byte moved in either direction
-//! for the whole limit is closed.
+//! Idle timeout (`--idle-timeout`) for byte streams the proxy relays whole — tunnels and
+//! WebSockets: one on which no byte moved in either direction for the whole limit is closed.
 //!
 //! Intercepted connections do not use it: there the limit applies per request (a response body
 //! silent for the limit, a request body stalled for it), because a connection whose request
@@ -23,14 +23,20 @@ use tokio::time::Instant;
 /// When a connection last moved a byte (in milliseconds since it opened), and how many bytes
 /// it read and wrote.
 #[derive(Clone)]
-pub(crate) struct Activity {
+pub struct Activity {
     opened: Instant,
     last_ms: Arc<AtomicU64>,
     bytes: Arc<[AtomicU64; 2]>,
 }
 
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Activity {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Activity {
             opened: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
@@ -39,7 +45,7 @@ impl Activity {
     }
 
     /// Bytes read from and written to the wrapped I/O so far.
-    pub(crate) fn bytes(&self) -> (u64, u64) {
+    pub fn bytes(&self) -> (u64, u64) {
         (
             self.bytes[0].load(Ordering::Relaxed),
             self.bytes[1].load(Ordering::Relaxed),
@@ -47,7 +53,7 @@ impl Activity {
     }
 
     /// How long since the connection opened.
-    pub(crate) fn age(&self) -> Duration {
+    pub fn age(&self) -> Duration {
         self.opened.elapsed()
     }
 
@@ -66,7 +72,7 @@ impl Activity {
     }
 
     /// Resolves once nothing moved for `limit`.
-    pub(crate) async fn idle_for(&self, limit: Duration) {
+    pub async fn idle_for(&self, limit: Duration) {
         loop {
             let deadline = self.last() + limit;
             if Instant::now() >= deadline {
@@ -78,13 +84,13 @@ impl Activity {
 }
 
 /// An I/O object that records its activity.
-pub(crate) struct IdleIo<S> {
+pub struct IdleIo<S> {
     inner: S,
     activity: Activity,
 }
 
 impl<S> IdleIo<S> {
-    pub(crate) fn new(inner: S, activity: Activity) -> Self {
+    pub fn new(inner: S, activity: Activity) -> Self {
         IdleIo { inner, activity }
     }
 }
