@@ -178,7 +178,13 @@ pub fn parse() -> Cli {
 
 /// Run a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    telemetry::init(cli.log_format, &cli.log_level);
+    // A command's output is its answer: PostgreSQL's notices (`relation ... already exists,
+    // skipping` at every migration check) are not news there.
+    let level = match cli.command {
+        Command::Serve(_) => cli.log_level.clone(),
+        _ => format!("{},sqlx=warn", cli.log_level),
+    };
+    telemetry::init(cli.log_format, &level);
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Migrate(db) => migrate(db).await,

@@ -12,6 +12,7 @@ mod bridge_direct;
 mod ca;
 mod cancel_fuzz;
 mod cli;
+mod cli_data;
 mod egress;
 mod faults_db;
 mod faults_proxy;
