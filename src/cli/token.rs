@@ -7,6 +7,7 @@ use super::conn::ConnArgs;
 use super::exit::CliError;
 use super::output::{self, OutputArgs, Table};
 use clap::Subcommand;
+use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 #[derive(Debug, Subcommand)]
@@ -58,11 +59,26 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
             conn.close().await;
             let tokens = tokens?;
             output::list(out.output, &tokens, || {
-                let mut t =
-                    Table::new(&["ID", "USER", "STATUS", "CREATED", "LAST_USED", "REVOKED"]);
+                let mut t = Table::new(&[
+                    "ID",
+                    "USER",
+                    "STATUS",
+                    "CREATED",
+                    "LAST_USED",
+                    "REVOKED",
+                    "EXPIRES",
+                ]);
+                let now = time::OffsetDateTime::now_utc();
                 for tok in &tokens {
+                    // `expires_at` comes with token expiry in the API; read it when present.
+                    let expires = tok.rest.get("expires_at").and_then(|v| v.as_str());
+                    let expired = expires
+                        .and_then(|e| time::OffsetDateTime::parse(e, &Rfc3339).ok())
+                        .is_some_and(|e| e <= now);
                     let status = if tok.revoked_at.is_some() {
                         "revoked"
+                    } else if expired {
+                        "expired"
                     } else {
                         "active"
                     };
@@ -73,6 +89,7 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
                         output::time(&tok.created_at),
                         output::opt_time(tok.last_used_at.as_deref()),
                         output::opt_time(tok.revoked_at.as_deref()),
+                        output::opt_time(expires),
                     ]);
                 }
                 t
