@@ -1,10 +1,8 @@
 //! The `aibridge-proxy` binary: parse, run, exit. Everything else is in the library.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() {
-    let cli = aibridge_proxy::cli::Cli::parse();
+    let cli = aibridge_proxy::cli::parse();
     let code = aibridge_proxy::cli::run(cli).await;
     aibridge_proxy::telemetry::flush();
     std::process::exit(code);

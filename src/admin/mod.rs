@@ -10,6 +10,7 @@
 mod auth;
 pub mod bridge;
 mod error;
+pub mod keys;
 mod models;
 mod providers;
 mod tokens;
@@ -74,6 +75,7 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
                 .delete(providers::remove),
         )
         .route("/providers/{p}/keys", post(providers::add_key))
+        .route("/providers/{p}/keys/match", post(keys::matches))
         .route(
             "/providers/{p}/keys/{key_id}",
             delete(providers::remove_key),

@@ -25,6 +25,10 @@ pub struct ProviderView {
     pub kind: String,
     pub base_url: String,
     pub intercept_hosts: Vec<String>,
+    /// What the provider intercepts (or would, once enabled), each as `host:port`: the
+    /// `intercept_hosts`, or the base URL's own host and port when there are none. Empty when
+    /// the row does not parse (its status is then `error`).
+    pub hosts: Vec<String>,
     pub enabled: bool,
     pub enforce_models: bool,
     pub passthrough: String,
@@ -45,12 +49,14 @@ impl ProviderView {
             None if p.enabled => ("enabled", Vec::new()),
             None => ("disabled", Vec::new()),
         };
+        let hosts = effective_hosts(&p.intercept_hosts, &p.base_url);
         ProviderView {
             id: p.id,
             name: p.name,
             kind: p.kind,
             base_url: p.base_url,
             intercept_hosts: p.intercept_hosts,
+            hosts,
             enabled: p.enabled,
             enforce_models: p.enforce_models,
             passthrough: p.passthrough,
@@ -70,6 +76,15 @@ impl ProviderView {
             updated_at: rfc3339(p.updated_at),
         }
     }
+}
+
+/// The `host:port` keys a provider row claims, by the router's own rule
+/// ([`crate::provider::intercept_targets`]); empty for a row that does not parse.
+fn effective_hosts(intercept_hosts: &[String], base_url: &str) -> Vec<String> {
+    crate::provider::BaseUrl::parse(base_url)
+        .and_then(|base| crate::provider::intercept_targets(intercept_hosts, &base))
+        .map(|targets| targets.iter().map(|t| t.key()).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]

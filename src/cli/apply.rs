@@ -6,6 +6,10 @@
 //! alone unless `--prune` is given. Unknown keys in the file are errors (a typo must not quietly
 //! drop a provider).
 //!
+//! With `--admin URL` the same reconciliation runs through a proxy's admin API (keys compared
+//! by `POST /providers/{p}/keys/match`, never read back); base URLs are then checked by the
+//! proxy, under its own `--allow-private-upstreams`, as each is written.
+//!
 //! ```toml
 //! [[providers]]
 //! name = "openai"
@@ -24,10 +28,12 @@
 //! model = "gpt-4o"
 //! ```
 
-use super::{DbArgs, UpstreamArgs};
+use super::conn::{Conn, ConnArgs};
+use super::items::{ModelItem as Model, ProviderItem as Provider};
+use super::UpstreamArgs;
 use crate::provider::{normalize_intercept_hosts, BaseUrl, Passthrough, ProviderKind};
 use crate::secret::Secret;
-use crate::store::{Model, ModelPatch, NewModel, NewProvider, Provider, ProviderPatch, Store};
+use crate::store::{ModelPatch, NewModel, NewProvider, ProviderPatch};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
@@ -36,7 +42,7 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     #[command(flatten)]
-    db: DbArgs,
+    conn: ConnArgs,
     #[command(flatten)]
     upstreams: UpstreamArgs,
     /// The declarative file (TOML).
@@ -108,8 +114,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
     let desired: Desired = toml::from_str(&text)
         .with_context(|| format!("{} is not a valid apply file", args.file.display()))?;
     let store = args
-        .db
-        .connect()
+        .conn
+        .open()
         .await?
         .with_upstream_policy(args.upstreams.policy());
     let result = reconcile(&store, desired, args.prune, args.dry_run).await;
@@ -127,7 +133,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<i32> {
 
 /// Bring the store to `desired`; returns one line per change.
 async fn reconcile(
-    store: &Store,
+    store: &Conn,
     desired: Desired,
     prune: bool,
     dry_run: bool,
@@ -141,8 +147,11 @@ async fn reconcile(
             .iter()
             .any(|p| p.name == want.name && p.base_url == want.base_url);
         if !unchanged {
-            BaseUrl::parse_with_policy(&want.base_url, store.upstream_policy())
-                .with_context(|| format!("provider {}", want.name))?;
+            match store.upstream_policy() {
+                Some(policy) => BaseUrl::parse_with_policy(&want.base_url, policy).map(drop),
+                None => BaseUrl::parse(&want.base_url).map(drop),
+            }
+            .with_context(|| format!("provider {}", want.name))?;
         }
     }
     for want in &desired.providers {
@@ -167,7 +176,8 @@ async fn reconcile(
                 }
             }
             Some(have) => {
-                let patch = provider_patch(have, want, keys)?;
+                let same_keys = store.keys_match(&have.name, &keys).await?;
+                let patch = provider_patch(have, want, keys, same_keys)?;
                 if let Some((patch, fields)) = patch {
                     changes.push(format!(
                         "update provider {} ({})",
@@ -299,6 +309,7 @@ fn provider_patch(
     have: &Provider,
     want: &DesiredProvider,
     keys: Vec<Secret<String>>,
+    same_keys: bool,
 ) -> anyhow::Result<Option<(ProviderPatch, Vec<&'static str>)>> {
     let mut patch = ProviderPatch::default();
     let mut fields = Vec::new();
@@ -332,16 +343,8 @@ fn provider_patch(
         fields.push("record_prompts");
     }
     // A key that cannot be decrypted matches nothing, so the file's keys replace it.
-    let mut have_keys: Vec<Option<&str>> = have
-        .keys
-        .iter()
-        .map(|k| k.api_key.as_ref().ok().map(|k| k.expose().as_str()))
-        .collect();
-    let mut want_keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.expose().as_str())).collect();
-    have_keys.sort_unstable();
-    want_keys.sort_unstable();
     // A base URL change without keys would detach them: re-supply the file's keys with it.
-    if have_keys != want_keys || (patch.base_url.is_some() && !keys.is_empty()) {
+    if !same_keys || (patch.base_url.is_some() && !keys.is_empty()) {
         fields.push("keys");
         patch.api_keys = Some(keys);
     }

@@ -1,4 +1,7 @@
-//! `interceptions list`: export interception records as JSON, NDJSON or CSV.
+//! `interceptions list`: export interception records as JSON, NDJSON or CSV
+//! (`--output`, like every command; `--format` is its alias here). It reads the database only:
+//! the admin API's `GET /api/v1/interceptions` pages newest first, where this export streams
+//! oldest first.
 //!
 //! Rows are streamed from the database to stdout as they arrive (oldest first), so memory
 //! stays flat however many records match; the JSON shapes are the admin API's record, with the
@@ -42,7 +45,8 @@ pub enum InterceptionsCommand {
         /// At most this many records.
         #[arg(long)]
         limit: Option<u64>,
-        #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+        /// How to print the records (`--format` is an alias).
+        #[arg(short = 'o', long = "output", visible_alias = "format", value_enum, default_value_t = Format::Ndjson)]
         format: Format,
     },
 }

@@ -1,18 +1,30 @@
 //! The command line: one subcommand per file. Every flag also reads `AIBRIDGE_<FLAG>` from the
 //! environment; `--database-url` falls back to `DATABASE_URL`, then to the embedded SQLite file.
+//!
+//! The commands that manage data (`providers`, `models`, `token`, `usage`, `apply`) open the
+//! database, or with `--admin URL` talk to a running proxy's admin API ([`conn`]); both print
+//! the same thing ([`output`]) and exit with the same codes ([`exit`]).
 
 mod apply;
 mod ca;
+mod completions;
+mod conn;
+pub mod exit;
 mod interceptions;
+mod items;
+mod models;
+mod output;
 mod providers;
+mod remote;
 mod secrets;
 mod serve;
 mod token;
+mod usage;
 
 use crate::net::egress::EgressPolicy;
-use crate::store::StoreError;
 use crate::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
+use exit::CliError;
 use ipnet::IpNet;
 use std::path::PathBuf;
 
@@ -56,9 +68,14 @@ pub enum Command {
     /// Manage agent tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Manage providers.
+    /// Manage providers and their keys.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
+    /// Manage models and the default model.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+    /// Token totals per provider, model or user.
+    Usage(usage::UsageArgs),
     /// Reconcile providers, keys, models and the default model to a TOML file.
     Apply(apply::ApplyArgs),
     /// Manage the secrets key that encrypts provider keys at rest.
@@ -67,6 +84,10 @@ pub enum Command {
     /// Export interception records (JSON, NDJSON, CSV).
     #[command(subcommand)]
     Interceptions(interceptions::InterceptionsCommand),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one per subcommand into a directory.
+    Man(completions::ManArgs),
 }
 
 /// Where the database is, and the secrets keys its provider keys are sealed with.
@@ -93,20 +114,32 @@ impl DbArgs {
     }
 
     /// The keys from `--secrets-key-file` and `--previous-secrets-key-file`.
-    pub fn keyring(&self) -> anyhow::Result<crate::store::Keyring> {
+    pub fn keyring(&self) -> Result<crate::store::Keyring, CliError> {
         crate::store::Keyring::load(
             self.secrets_key_file.as_deref(),
             self.previous_secrets_key_file.as_deref(),
         )
-        .map_err(|e| anyhow::anyhow!("secrets key: {e}"))
+        .map_err(|e| CliError::Invalid(format!("secrets key: {e}")))
     }
 
-    pub async fn connect(&self) -> anyhow::Result<crate::store::Store> {
+    /// Open (and migrate) the database: a URL it cannot use exits 64, a database it cannot
+    /// open 69.
+    pub async fn connect(&self) -> Result<crate::store::Store, CliError> {
         let keyring = self.keyring()?;
         let url = self.url();
         let store = crate::store::Store::connect(&url)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+            .map_err(|e| match e {
+                crate::store::StoreError::Database(e) => {
+                    CliError::Unavailable(format!("cannot open the database: {e}"))
+                }
+                e => match CliError::from(e) {
+                    CliError::Failed(why) => {
+                        CliError::Failed(format!("cannot open the database: {why}"))
+                    }
+                    other => other,
+                },
+            })?;
         Ok(store.with_keyring(keyring))
     }
 }
@@ -129,42 +162,48 @@ impl UpstreamArgs {
 }
 
 /// Exit code for configuration errors and refused input (EX_USAGE).
-pub const EXIT_CONFIG: i32 = 64;
+pub const EXIT_CONFIG: i32 = exit::USAGE;
 
-/// Whether a command failed on its input (a field the store refused), not on the system.
-fn is_bad_input(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<StoreError>(),
-            Some(StoreError::Invalid(_) | StoreError::InvalidInput(_))
-        ) || cause
-            .downcast_ref::<crate::provider::ProviderError>()
-            .is_some()
-    })
+/// Parse the process's arguments; a usage error is reported on one line and exits 64
+/// (`--help` and `--version` exit 0).
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = exit::clap_exit(e);
+            std::process::exit(code)
+        }
+    }
 }
 
 /// Run a parsed command line. Returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    telemetry::init(cli.log_format, &cli.log_level);
+    // A command's output is its answer: PostgreSQL's notices (`relation ... already exists,
+    // skipping` at every migration check) are not news there.
+    let level = match cli.command {
+        Command::Serve(_) => cli.log_level.clone(),
+        _ => format!("{},sqlx=warn", cli.log_level),
+    };
+    telemetry::init(cli.log_format, &level);
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Migrate(db) => migrate(db).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Token(cmd) => token::run(cmd).await,
         Command::Providers(cmd) => providers::run(cmd).await,
+        Command::Models(cmd) => models::run(cmd).await,
+        Command::Usage(args) => usage::run(args).await,
         Command::Apply(args) => apply::run(args).await,
         Command::Secrets(cmd) => secrets::run(cmd).await,
         Command::Interceptions(cmd) => interceptions::run(cmd).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            if is_bad_input(&e) {
-                EXIT_CONFIG
-            } else {
-                1
-            }
+            eprintln!("error: {}", exit::one_line(&e));
+            exit::code_of(&e)
         }
     }
 }

@@ -1,7 +1,13 @@
 //! `token create --user NAME | list | revoke ID`.
+//!
+//! The clear token is shown once: alone on the last line of stdout (the table output), or as
+//! the `token` field of the JSON object (`--output json`). Lists never show tokens.
 
-use super::DbArgs;
+use super::conn::ConnArgs;
+use super::exit::CliError;
+use super::output::{self, OutputArgs, Table};
 use clap::Subcommand;
+use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 #[derive(Debug, Subcommand)]
@@ -9,7 +15,9 @@ pub enum TokenCommand {
     /// Create a token; the clear token is printed once, alone on the last line.
     Create {
         #[command(flatten)]
-        db: DbArgs,
+        conn: ConnArgs,
+        #[command(flatten)]
+        out: OutputArgs,
         /// The user label recorded with every request made with this token.
         #[arg(long)]
         user: String,
@@ -17,58 +25,86 @@ pub enum TokenCommand {
     /// List tokens (never the tokens themselves).
     List {
         #[command(flatten)]
-        db: DbArgs,
+        conn: ConnArgs,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Revoke a token by id.
     Revoke {
         #[command(flatten)]
-        db: DbArgs,
+        conn: ConnArgs,
         id: Uuid,
     },
 }
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
     match cmd {
-        TokenCommand::Create { db, user } => {
-            let store = db.connect().await?;
-            let (row, token) = store.create_token(&user).await?;
-            store.close().await;
-            eprintln!(
-                "created token {} for user {:?}; it is shown only now:",
-                row.id, row.user
-            );
-            println!("{}", token.expose());
-            Ok(0)
-        }
-        TokenCommand::List { db } => {
-            let store = db.connect().await?;
-            let tokens = store.list_tokens().await?;
-            store.close().await;
-            println!("{:<36}  {:<20}  {:<8}  created_at", "id", "user", "status");
-            for t in tokens {
-                let status = if t.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<36}  {:<20}  {:<8}  {}",
-                    t.id, t.user, status, t.created_at
+        TokenCommand::Create { conn, out, user } => {
+            let conn = conn.open().await?;
+            let created = conn.create_token(&user).await;
+            conn.close().await;
+            let created = created?;
+            if out.output == output::Output::Table {
+                eprintln!(
+                    "created token {} for user {:?}; it is shown only now:",
+                    created.id, created.user
                 );
             }
+            output::one(out.output, &created, || created.token.clone())?;
             Ok(0)
         }
-        TokenCommand::Revoke { db, id } => {
-            let store = db.connect().await?;
-            let revoked = store.revoke_token(id).await?;
-            store.close().await;
-            if revoked {
-                println!("revoked {id}");
-                Ok(0)
-            } else {
-                eprintln!("no active token with id {id}");
-                Ok(1)
+        TokenCommand::List { conn, out } => {
+            let conn = conn.open().await?;
+            let tokens = conn.tokens().await;
+            conn.close().await;
+            let tokens = tokens?;
+            output::list(out.output, &tokens, || {
+                let mut t = Table::new(&[
+                    "ID",
+                    "USER",
+                    "STATUS",
+                    "CREATED",
+                    "LAST_USED",
+                    "REVOKED",
+                    "EXPIRES",
+                ]);
+                let now = time::OffsetDateTime::now_utc();
+                for tok in &tokens {
+                    // `expires_at` comes with token expiry in the API; read it when present.
+                    let expires = tok.rest.get("expires_at").and_then(|v| v.as_str());
+                    let expired = expires
+                        .and_then(|e| time::OffsetDateTime::parse(e, &Rfc3339).ok())
+                        .is_some_and(|e| e <= now);
+                    let status = if tok.revoked_at.is_some() {
+                        "revoked"
+                    } else if expired {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    t.row(vec![
+                        tok.id.to_string(),
+                        tok.user.clone(),
+                        status.into(),
+                        output::time(&tok.created_at),
+                        output::opt_time(tok.last_used_at.as_deref()),
+                        output::opt_time(tok.revoked_at.as_deref()),
+                        output::opt_time(expires),
+                    ]);
+                }
+                t
+            })?;
+            Ok(0)
+        }
+        TokenCommand::Revoke { conn, id } => {
+            let conn = conn.open().await?;
+            let revoked = conn.revoke_token(id).await;
+            conn.close().await;
+            if !revoked? {
+                return Err(CliError::NotFound(format!("no active token with id {id}")).into());
             }
+            output::print(&format!("revoked {id}\n"))?;
+            Ok(0)
         }
     }
 }

@@ -182,7 +182,7 @@ fn tokens_and_providers_from_the_command_line() {
     assert!(upd.status.success(), "{}", stderr(&upd));
     let list = stdout(&run(d, &["providers", "list"]));
     assert!(
-        list.contains("false") && list.contains("api.openai.com"),
+        list.contains("disabled") && list.contains("api.openai.com:443"),
         "{list}"
     );
     assert!(run(d, &["providers", "delete", "openai"]).status.success());

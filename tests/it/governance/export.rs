@@ -155,7 +155,7 @@ async fn export_formats_and_filters() {
         ])
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(2), "clap refuses a bad value");
+    assert_eq!(bad.status.code(), Some(64), "a bad value is a usage error");
 }
 
 /// A `serve` with a token, refusing non-provider hosts or tunnelling to a local echo server.

@@ -90,7 +90,7 @@ async fn secrets_init_status_and_rotate_through_the_binary() {
     let neither = run(&format!("{rotate} --secrets-key-file keys/new.key"), &[]);
     assert_eq!(
         neither.status.code(),
-        Some(2),
+        Some(64),
         "--new-secrets-key-file or --to-plaintext"
     );
 

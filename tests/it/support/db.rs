@@ -166,3 +166,41 @@ fn database_names_are_swapped_in_urls() {
         "postgres://u@h/x?sslmode=disable"
     );
 }
+
+/// A model-call record written straight to the store (no request behind it), `age` ago, with
+/// `input` and `output` tokens: what `/usage` and `aibridge-proxy usage` sum.
+pub fn usage_record(
+    user: &str,
+    provider: &str,
+    model: &str,
+    input: i64,
+    output: i64,
+    age: std::time::Duration,
+) -> aibridge_proxy::store::Interception {
+    let id = uuid::Uuid::now_v7();
+    aibridge_proxy::store::Interception {
+        id,
+        request_id: id.to_string(),
+        token_id: None,
+        user: user.into(),
+        provider: provider.into(),
+        model: Some(model.into()),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        status: 200,
+        input_tokens: Some(input),
+        output_tokens: Some(output),
+        cache_read_tokens: Some(input / 10),
+        cache_write_tokens: None,
+        usage_source: "reported".into(),
+        outcome: "completed".into(),
+        started_at: time::OffsetDateTime::now_utc() - age,
+        duration_ms: 40,
+        ttfb_ms: Some(10),
+        error: None,
+        route: "model".into(),
+        transport: "http".into(),
+        prompt: None,
+        tool_calls: vec![],
+    }
+}

@@ -31,3 +31,29 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A TLS terminator on 127.0.0.1 in front of `target` (plain TCP): what an operator puts in
+/// front of the admin listener. Returns its address.
+pub async fn tls_front(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    target: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
