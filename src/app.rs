@@ -204,6 +204,7 @@ impl App {
                     proxy: config.proxy.clone(),
                     recorder: recorder.clone(),
                     shutdown: shutdown.clone(),
+                    sessions: Default::default(),
                 });
                 shutdown.spawn(admin::serve(listener, admin_state, shutdown.clone()));
                 Some(addr)

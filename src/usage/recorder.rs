@@ -14,7 +14,7 @@ use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 /// Records waiting for the database, at most.
@@ -40,7 +40,13 @@ pub struct Recorder {
     scope: Shutdown,
     stats: Arc<RecorderStats>,
     metrics: Arc<Metrics>,
+    /// Finished requests as they are queued (without prompt and tool calls), for the admin
+    /// console's live feed; costs nothing while nobody listens.
+    live: broadcast::Sender<Arc<Interception>>,
 }
+
+/// Finished requests the live feed holds for a slow listener before it reports a gap.
+const LIVE_BACKLOG: usize = 256;
 
 impl Recorder {
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
@@ -58,6 +64,7 @@ impl Recorder {
                 scope,
                 stats,
                 metrics,
+                live: broadcast::Sender::new(LIVE_BACKLOG),
             },
             task,
         )
@@ -74,12 +81,19 @@ impl Recorder {
     /// Account a finished request and queue its record without waiting. `model_label` is the
     /// record's model if the provider configures it (metric labels come from that bounded set;
     /// anything else counts as `other`).
-    pub fn record(&self, r: Interception, model_label: Option<&str>) {
+    pub fn record(&self, mut r: Interception, model_label: Option<&str>) {
         self.metrics
             .inflight_requests
             .with_label_values(&[r.provider.as_str()])
             .dec();
         super::observe::observe(&self.metrics, &r, model_label);
+        if self.live.receiver_count() > 0 {
+            // The summary is cloned without the (possibly large) prompt and tool calls.
+            let prompt = r.prompt.take();
+            let tool_calls = std::mem::take(&mut r.tool_calls);
+            let _ = self.live.send(Arc::new(r.clone()));
+            (r.prompt, r.tool_calls) = (prompt, tool_calls);
+        }
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -98,6 +112,11 @@ impl Recorder {
         } else {
             "client_cancelled"
         }
+    }
+
+    /// Follow finished requests as they are recorded (summaries: no prompt, no tool calls).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Interception>> {
+        self.live.subscribe()
     }
 
     pub fn stats(&self) -> &Arc<RecorderStats> {
