@@ -63,7 +63,11 @@ impl Sessions {
         let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, s| s.expires_at > now);
         if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires_at).map(|(k, _)| *k) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires_at)
+                .map(|(k, _)| *k)
+            {
                 map.remove(&oldest);
             }
         }
@@ -187,8 +191,9 @@ fn random_token() -> Result<String, ApiError> {
 
 fn set_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    let cookie =
-        format!("{COOKIE}={value}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let cookie = format!(
+        "{COOKIE}={value}; Path=/api; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    );
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -268,10 +273,9 @@ pub async fn sign_out(
         state.sessions.close(&found);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie("", 0, over_tls(&headers)),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie("", 0, over_tls(&headers)));
     Ok(response)
 }
 
@@ -289,10 +293,22 @@ mod tests {
 
     #[test]
     fn origin_must_name_the_host() {
-        assert!(same_origin(&headers(&[("origin", "http://127.0.0.1:8889"), ("host", "127.0.0.1:8889")])));
-        assert!(same_origin(&headers(&[("origin", "https://Admin.example"), ("host", "admin.example")])));
-        assert!(!same_origin(&headers(&[("origin", "http://evil.example"), ("host", "127.0.0.1:8889")])));
-        assert!(!same_origin(&headers(&[("origin", "null"), ("host", "127.0.0.1:8889")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:8889"),
+            ("host", "127.0.0.1:8889")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("origin", "https://Admin.example"),
+            ("host", "admin.example")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:8889")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "null"),
+            ("host", "127.0.0.1:8889")
+        ])));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8889")])));
     }
 
@@ -300,9 +316,15 @@ mod tests {
     fn one_session_cookie_is_read_among_others() {
         let h = headers(&[("cookie", "a=1; aibridge_session=abc; b=2")]);
         assert_eq!(cookie_value(&h), Some("abc"));
-        let twice = headers(&[("cookie", "aibridge_session=abc"), ("cookie", "aibridge_session=def")]);
+        let twice = headers(&[
+            ("cookie", "aibridge_session=abc"),
+            ("cookie", "aibridge_session=def"),
+        ]);
         assert_eq!(cookie_value(&twice), None);
-        assert_eq!(cookie_value(&headers(&[("cookie", "aibridge_session=")])), None);
+        assert_eq!(
+            cookie_value(&headers(&[("cookie", "aibridge_session=")])),
+            None
+        );
     }
 
     #[test]
@@ -317,9 +339,19 @@ mod tests {
         assert!(csrf_refusal(&Method::POST, &headers(&base), &found).is_some());
         let with_origin = [base[0], base[1], ("origin", "http://h:1")];
         assert!(csrf_refusal(&Method::POST, &headers(&with_origin), &found).is_some());
-        let full = [with_origin[0], with_origin[1], with_origin[2], ("x-csrf-token", found.csrf.as_str())];
+        let full = [
+            with_origin[0],
+            with_origin[1],
+            with_origin[2],
+            ("x-csrf-token", found.csrf.as_str()),
+        ];
         assert!(csrf_refusal(&Method::DELETE, &headers(&full), &found).is_none());
-        let wrong = [with_origin[0], with_origin[1], with_origin[2], ("x-csrf-token", "nope")];
+        let wrong = [
+            with_origin[0],
+            with_origin[1],
+            with_origin[2],
+            ("x-csrf-token", "nope"),
+        ];
         assert!(csrf_refusal(&Method::PATCH, &headers(&wrong), &found).is_some());
         sessions.close(&found);
         assert!(sessions.find(&headers(&base)).is_none());

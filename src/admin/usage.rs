@@ -158,7 +158,12 @@ fn bucket_range(
     until: Option<OffsetDateTime>,
 ) -> Result<(Bucket, &'static str, OffsetDateTime, OffsetDateTime), ApiError> {
     let (bucket, name, default_span, max_span) = match bucket {
-        "hour" => (Bucket::Hour, "hour", time::Duration::days(1), MAX_HOUR_RANGE),
+        "hour" => (
+            Bucket::Hour,
+            "hour",
+            time::Duration::days(1),
+            MAX_HOUR_RANGE,
+        ),
         "day" => (Bucket::Day, "day", time::Duration::days(30), MAX_DAY_RANGE),
         _ => return Err(invalid("bucket must be hour or day")),
     };

@@ -16,6 +16,7 @@ mod cli_data;
 mod cli_keys;
 mod cli_models;
 mod cli_output;
+mod console;
 mod egress;
 mod faults_db;
 mod faults_proxy;
