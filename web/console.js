@@ -586,7 +586,7 @@ function drawChart(buckets, since, until, step, metric) {
     const key = shown.includes(b.key ?? "(none)") ? b.key ?? "(none)" : "other";
     stacks[i].set(key, (stacks[i].get(key) || 0) + value(b));
   }
-  const max = Math.max(1, ...stacks.map((s) => [...s.values()].reduce((a, v) => a + v, 0)));
+  const max = niceTop(Math.max(1, ...stacks.map((s) => [...s.values()].reduce((a, v) => a + v, 0))));
   const W = 800, H = 260, L = 56, B = 28, T = 10, R = 8;
   const plotW = W - L - R, plotH = H - T - B;
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "usage-caption", class: "bars" });
@@ -625,6 +625,14 @@ function drawChart(buckets, since, until, step, metric) {
       return li;
     }),
   );
+}
+
+/** The smallest 4 × (1, 2 or 5 × 10^k) at or above `v`, so the axis reads in round steps. */
+function niceTop(v) {
+  const raw = v / 4;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw) || raw;
+  return Math.max(4, step * 4);
 }
 
 function compact(v) {
@@ -697,13 +705,14 @@ async function openDetail(id) {
     $("detail-tools").replaceChildren(
       ...r.tool_calls.map((c) => {
         const li = el("li");
-        li.append(el("strong", c.name), el("span", ` (${c.kind}${c.call_id ? `, ${c.call_id}` : ""})`), el("pre", c.arguments, { class: "text" }));
+        li.append(el("strong", c.name), el("span", ` (${c.type}${c.call_id ? `, ${c.call_id}` : ""})`), el("pre", c.arguments, { class: "text" }));
         return li;
       }),
     );
     if (!r.tool_calls.length) $("detail-tools").append(el("li", "(none)"));
     $("detail").hidden = false;
     $("detail-title").focus();
+    $("detail").scrollIntoView({ block: "start" });
   });
 }
 

@@ -69,7 +69,10 @@ async fn every_page_and_answer_carries_the_security_headers() {
     assert!(html.contains(r#"<script src="/console.js" defer></script>"#));
     assert!(!html.contains("<style") && !html.contains("style="));
     let handler = html.split(" on").skip(1).find(|rest| {
-        let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase())
+            .collect();
         !name.is_empty() && rest[name.len()..].starts_with('=')
     });
     assert!(handler.is_none(), "an inline event handler: on{handler:?}");
