@@ -232,7 +232,11 @@ function noteRecord(r) {
 
 function renderReloads() {
   $("ov-reloads").replaceChildren(
-    ...state.reloads.slice(0, 10).map((r) => el("li", `generation ${r.generation} loaded ${when(r.loaded_at)}`)),
+    ...state.reloads.slice(0, 10).map((r) =>
+      r.failed
+        ? el("li", `${r.failed} reload(s) failed by ${when(r.at)}; the previous router keeps serving`, { class: "warning" })
+        : el("li", `generation ${r.generation} loaded ${when(r.loaded_at)}`),
+    ),
   );
 }
 
@@ -723,10 +727,23 @@ function connectEvents() {
   const es = new EventSource("/api/v1/events");
   state.events = es;
   es.addEventListener("open", () => setLive(true));
-  es.addEventListener("error", () => setLive(false)); // EventSource reconnects by itself
+  es.addEventListener("error", () => {
+    setLive(false); // EventSource reconnects by itself, unless the server refused it
+    if (es.readyState === EventSource.CLOSED) {
+      state.events = null;
+      checkSession();
+    }
+  });
   es.addEventListener("status", (e) => {
     const s = JSON.parse(e.data);
-    if (state.page === "overview") renderStatus(s);
+    if (state.lastReloadErrors !== undefined && s.reloads.error > state.lastReloadErrors) {
+      state.reloads.unshift({ failed: s.reloads.error - state.lastReloadErrors, at: new Date().toISOString() });
+    }
+    state.lastReloadErrors = s.reloads.error;
+    if (state.page === "overview") {
+      renderStatus(s);
+      renderReloads();
+    }
   });
   es.addEventListener("reload", (e) => {
     const r = JSON.parse(e.data);

@@ -54,8 +54,9 @@ async fn an_operator_runs_the_proxy_from_the_console() {
         "return document.getElementById('signin-error').textContent.includes('not the admin token')",
     )
     .await;
-    b.type_into("#signin-token", &env.admin_token).await;
-    b.click("#signin-form button[type=submit]").await;
+    // From the keyboard: the token, then Enter.
+    b.type_into("#signin-token", &format!("{}\u{E007}", env.admin_token))
+        .await;
     b.wait_visible("#page-overview").await;
     b.wait_until(
         "the status",
@@ -76,8 +77,30 @@ async fn an_operator_runs_the_proxy_from_the_console() {
         "{leaks}"
     );
 
-    // A provider with a key; the key is never shown again, only masked.
+    // A base URL on a private address is refused, and the page says what the API says.
     open(&b, "providers").await;
+    let private = json!({"name": "lan", "kind": "openai", "base_url": "https://10.1.2.3",
+                         "intercept_hosts": [], "enabled": true, "enforce_models": false});
+    let (status, refusal) = env.admin_post("/api/v1/providers", private).await;
+    assert_eq!(status, 422, "{refusal}");
+    b.type_into("#provider-name", "lan").await;
+    b.type_into("#provider-base-url", "https://10.1.2.3").await;
+    b.click("#provider-submit").await;
+    let shown = format!(
+        "{}: {}",
+        refusal["error"].as_str().unwrap(),
+        refusal["detail"].as_str().unwrap()
+    );
+    b.wait_until(
+        "the refusal",
+        &format!(
+            "return document.getElementById('provider-error').textContent === {}",
+            json!(shown)
+        ),
+    )
+    .await;
+
+    // A provider with a key; the key is never shown again, only masked.
     b.type_into("#provider-name", "openai").await;
     b.type_into("#provider-base-url", &env.upstream.base_url())
         .await;
@@ -105,6 +128,22 @@ async fn an_operator_runs_the_proxy_from_the_console() {
         .unwrap()
         .to_string();
     assert!(b.text("#providers-table tbody").await.contains(&masked));
+    // Disable it and enable it again.
+    for (button, status) in [("Disable", "disabled"), ("Enable", "enabled")] {
+        let script = format!(
+            "[...document.querySelectorAll('#providers-table button')].find(b => b.textContent === {}).click()",
+            json!(button)
+        );
+        b.js(&script, vec![]).await;
+        b.wait_until(
+            status,
+            &format!(
+                "return document.querySelector('#providers-table tbody .badge').textContent === {}",
+                json!(status)
+            ),
+        )
+        .await;
+    }
     b.screenshot("providers").await;
 
     // Two models; the first is the default, then the second is made the default with a click.
