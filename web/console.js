@@ -401,7 +401,7 @@ async function loadModels() {
       enabled.checked = m.enabled;
       enabled.addEventListener("change", () => patchModel(m, { enabled: enabled.checked }));
       const actions = el("div", null, { class: "rowactions" });
-      actions.append(button("Remove", () => removeModel(m), "small danger"));
+      actions.append(button("Edit", () => editModel(m), "small"), button("Remove", () => removeModel(m), "small danger"));
       return row([radio, m.model, names.get(m.provider_id) || m.provider_id, m.display_name || "", enabled, actions]);
     }),
   );
@@ -410,13 +410,18 @@ async function loadModels() {
 async function setDefault(m) {
   const out = $("default-error");
   out.textContent = "";
+  $("models-table").setAttribute("aria-busy", "true");
   try {
     await api("PUT", "/api/v1/default-model", { model_id: m.id });
   } catch (e) {
     out.textContent = e.message;
   }
   // Whatever happened, show the server's truth: exactly one default when models exist.
-  await loadModels();
+  try {
+    await loadModels();
+  } finally {
+    $("models-table").removeAttribute("aria-busy");
+  }
 }
 
 async function patchModel(m, patch) {
@@ -440,15 +445,42 @@ async function patchGuard(fn) {
   await loadModels();
 }
 
+function editModel(m) {
+  $("model-id").value = m.id;
+  $("model-name").value = m.model;
+  $("model-display").value = m.display_name || "";
+  $("model-provider").disabled = true; // a model stays with its provider
+  $("model-form-title").textContent = `Edit ${m.model}`;
+  $("model-submit").textContent = "Save changes";
+  $("model-cancel").hidden = false;
+  $("model-error").textContent = "";
+  $("model-name").focus();
+}
+
+function modelFormReset() {
+  $("model-id").value = "";
+  $("model-name").value = "";
+  $("model-display").value = "";
+  $("model-provider").disabled = false;
+  $("model-form-title").textContent = "Add a model";
+  $("model-submit").textContent = "Add model";
+  $("model-cancel").hidden = true;
+}
+
 async function submitModel(ev) {
   ev.preventDefault();
   await guarded("model-error", async () => {
-    const body = { provider: $("model-provider").value, model: $("model-name").value.trim() };
+    const id = $("model-id").value;
+    const model = $("model-name").value.trim();
     const display = $("model-display").value.trim();
-    if (display) body.display_name = display;
-    await api("POST", "/api/v1/models", body);
-    $("model-name").value = "";
-    $("model-display").value = "";
+    if (id) {
+      await api("PATCH", `/api/v1/models/${encodeURIComponent(id)}`, { model, display_name: display || null });
+    } else {
+      const body = { provider: $("model-provider").value, model };
+      if (display) body.display_name = display;
+      await api("POST", "/api/v1/models", body);
+    }
+    modelFormReset();
     await loadModels();
   });
 }
@@ -784,6 +816,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("key-form").addEventListener("submit", submitKey);
   $("key-cancel").addEventListener("click", () => ($("key-form").hidden = true));
   $("model-form").addEventListener("submit", submitModel);
+  $("model-cancel").addEventListener("click", () => {
+    modelFormReset();
+    $("model-error").textContent = "";
+  });
   $("token-form").addEventListener("submit", submitToken);
   $("token-copy").addEventListener("click", () => copyText($("token-value").textContent, "token-copied"));
   $("token-done").addEventListener("click", hideCreatedToken);

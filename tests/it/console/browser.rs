@@ -169,8 +169,27 @@ async fn an_operator_runs_the_proxy_from_the_console() {
     b.wait_until(
         "the new default",
         &format!(
-            "const c = (() => {{ {checked} }})(); return c.length === 1 && c[0] === 'gpt-4o-mini'"
+            "const c = (() => {{ {checked} }})(); return c.length === 1 && c[0] === 'gpt-4o-mini' \
+             && !document.getElementById('models-table').hasAttribute('aria-busy')"
         ),
+    )
+    .await;
+    // An edit the server refuses (a name the provider already has) shows its reason.
+    b.click("#models-table tbody tr:nth-child(2) button").await; // Edit gpt-4o-mini
+    b.type_into("#model-name", "gpt-4o").await;
+    b.click("#model-submit").await;
+    b.wait_until(
+        "the refusal",
+        "return document.getElementById('model-error').textContent.startsWith('conflict: ')",
+    )
+    .await;
+    // An edit it accepts.
+    b.type_into("#model-name", "gpt-4o-mini").await;
+    b.type_into("#model-display", "Mini").await;
+    b.click("#model-submit").await;
+    b.wait_until(
+        "the display name",
+        "return [...document.querySelectorAll('#models-table tbody tr')].some(r => r.cells[3].textContent === 'Mini')",
     )
     .await;
     let (_, default) = env.admin_get("/api/v1/default-model").await;
