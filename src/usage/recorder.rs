@@ -9,6 +9,7 @@
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
 use crate::metrics::Metrics;
+use crate::otlp::Tracer;
 use crate::shutdown::Shutdown;
 use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,12 +44,25 @@ pub struct Recorder {
     /// Finished requests as they are queued (without prompt and tool calls), for the admin
     /// console's live feed; costs nothing while nobody listens.
     live: broadcast::Sender<Arc<Interception>>,
+    /// Where finished requests' spans go (`--otlp-endpoint`).
+    tracer: Option<Tracer>,
 }
 
 /// Finished requests the live feed holds for a slow listener before it reports a gap.
 const LIVE_BACKLOG: usize = 256;
 
 impl Recorder {
+    /// Export a span for every finished request that carries a trace context.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The span exporter, when traces are exported.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
+    }
+
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
     pub fn start(
         store: Store,
@@ -65,6 +79,7 @@ impl Recorder {
                 stats,
                 metrics,
                 live: broadcast::Sender::new(LIVE_BACKLOG),
+                tracer: None,
             },
             task,
         )
@@ -93,6 +108,9 @@ impl Recorder {
             let tool_calls = std::mem::take(&mut r.tool_calls);
             let _ = self.live.send(Arc::new(r.clone()));
             (r.prompt, r.tool_calls) = (prompt, tool_calls);
+        }
+        if let (Some(tracer), Some(_)) = (&self.tracer, &r.trace) {
+            tracer.emit(super::observe::span(&r));
         }
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();

@@ -26,6 +26,7 @@ mod governance;
 mod layering;
 mod limits;
 mod mitm;
+mod otlp;
 mod reload;
 mod secrets;
 mod shutdown;

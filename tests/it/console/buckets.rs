@@ -43,6 +43,7 @@ fn record(
         transport: "http".into(),
         prompt: None,
         tool_calls: Vec::new(),
+        trace: None,
     }
 }
 
