@@ -1,8 +1,8 @@
 // aibridge-proxy admin console. Plain JavaScript, no dependencies, no build step.
 //
 // Rules this file keeps: everything that comes from the API is put on the page as text
-// (textContent, never innerHTML); the admin token is sent once to /api/session and never kept;
-// the CSRF token lives only in this page's memory; nothing goes to localStorage or the URL.
+// (textContent, never parsed as HTML); the admin token is sent once to /api/session and never kept;
+// the CSRF token lives only in this page's memory; nothing goes to web storage or the URL.
 "use strict";
 
 const state = {

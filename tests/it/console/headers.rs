@@ -255,3 +255,26 @@ where
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// The console's script puts data on the page only as text: none of the DOM calls that parse
+/// HTML (or run strings as code) appear in it. The browser test checks the behaviour; this keeps
+/// a later edit from reaching for them.
+#[test]
+fn the_console_script_never_parses_html_or_code() {
+    let script = include_str!("../../../web/console.js");
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "createContextualFragment",
+        "DOMParser",
+        "eval(",
+        "new Function",
+        "setAttribute(\"on",
+        "localStorage",
+        "sessionStorage",
+    ] {
+        assert!(!script.contains(sink), "web/console.js uses {sink}");
+    }
+}
