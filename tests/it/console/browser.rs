@@ -294,6 +294,61 @@ async fn an_operator_runs_the_proxy_from_the_console() {
     assert_eq!(ran, json!([true, 0]), "the prompt ran or became elements");
     b.screenshot("interception-detail").await;
 
+    // Filters and pages: 60 older records of another user, 50 to a page.
+    let template = env.wait_rows(1).await[0].clone();
+    let bulk: Vec<_> = (0..60)
+        .map(|i| {
+            let id = uuid::Uuid::now_v7();
+            aibridge_proxy::store::Interception {
+                id,
+                request_id: id.to_string(),
+                user: "bulk".into(),
+                started_at: time::OffsetDateTime::now_utc() - time::Duration::minutes(10 + i),
+                ..template.clone()
+            }
+        })
+        .collect();
+    env.app.store.insert_interceptions(&bulk).await.unwrap();
+    let rows = "return document.querySelectorAll('#interceptions-table tbody tr').length";
+    b.type_into("#f-user", "bulk").await;
+    b.click("#filter-form button[type=submit]").await;
+    b.wait_until(
+        "a full page",
+        &format!("return (() => {{ {rows} }})() === 50"),
+    )
+    .await;
+    b.click("#page-older").await;
+    b.wait_until(
+        "the last 10",
+        &format!("return (() => {{ {rows} }})() === 10"),
+    )
+    .await;
+    assert_eq!(
+        b.js(
+            "return document.getElementById('page-older').disabled",
+            vec![]
+        )
+        .await,
+        true
+    );
+    b.click("#page-newest").await;
+    b.wait_until(
+        "the first page again",
+        &format!("return (() => {{ {rows} }})() === 50"),
+    )
+    .await;
+    b.type_into("#f-user", "nobody").await;
+    b.click("#filter-form button[type=submit]").await;
+    b.wait_until("no rows", &format!("return (() => {{ {rows} }})() === 0"))
+        .await;
+    b.type_into("#f-user", "").await;
+    b.click("#filter-form button[type=submit]").await;
+    b.wait_until(
+        "every user",
+        &format!("return (() => {{ {rows} }})() === 50"),
+    )
+    .await;
+
     // A write from the page without the CSRF token is refused (and creates nothing).
     let status = b
         .client
