@@ -122,12 +122,15 @@ impl App {
         metrics
             .max_connections
             .set(i64::try_from(config.proxy.max_connections).unwrap_or(i64::MAX));
-        let leaves = Arc::new(LeafCache::new(
-            Arc::new(ca),
-            config.cert_cache_size,
-            config.leaf_validity,
-            crypto.clone(),
-        ));
+        let leaves = Arc::new(
+            LeafCache::new(
+                Arc::new(ca),
+                config.cert_cache_size,
+                config.leaf_validity,
+                crypto.clone(),
+            )
+            .with_mint_histogram(metrics.cert_mint_seconds.with_label_values::<&str>(&[])),
+        );
         let (admin_token_hash, admin_token_generated) =
             admin::load_or_create_admin_token(&config.admin_token_file)?;
 
