@@ -553,3 +553,80 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
         }
     }
 }
+
+// --- release -----------------------------------------------------------------------------
+
+#[test]
+fn the_release_tarball_holds_everything_and_its_sums_check() {
+    let out = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/release.sh");
+    let run = Command::new("bash")
+        .arg(&script)
+        .env("AIBRIDGE_BIN", env!("CARGO_BIN_EXE_aibridge-proxy"))
+        .env("OUT_DIR", out.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let tarball = PathBuf::from(stdout(&run).trim());
+    assert!(tarball.exists(), "{}", tarball.display());
+    let unpacked = tempfile::tempdir().unwrap();
+    let untar = Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(unpacked.path())
+        .output()
+        .unwrap();
+    assert!(untar.status.success(), "{}", stderr(&untar));
+    let root = std::fs::read_dir(unpacked.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for file in [
+        "bin/aibridge-proxy",
+        "man/aibridge-proxy-serve.1",
+        "completions/aibridge-proxy.bash",
+        "deploy/systemd/aibridge-proxy.service",
+        "deploy/systemd/aibridge-proxy.sysusers",
+        "deploy/container/Containerfile",
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/kustomization.yaml",
+        "deploy/grafana/aibridge-proxy.json",
+        "deploy/prometheus/aibridge-proxy.rules.yaml",
+        "aibridge-proxy.toml.sample",
+        "README.md",
+        "SHA256SUMS",
+    ] {
+        assert!(root.join(file).is_file(), "{file} missing from the tarball");
+    }
+    // Every file is listed, and every sum checks.
+    let sums = std::fs::read_to_string(root.join("SHA256SUMS")).unwrap();
+    assert!(sums.lines().count() >= 20, "{sums}");
+    let check = Command::new("sha256sum")
+        .args(["-c", "--quiet", "SHA256SUMS"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    let version = Command::new(root.join("bin/aibridge-proxy"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&version).starts_with("aibridge-proxy "),
+        "{}",
+        stdout(&version)
+    );
+    // The sample config is one `serve --config` accepts.
+    assert_valid_config(
+        &std::fs::read_to_string(root.join("aibridge-proxy.toml.sample")).unwrap(),
+        "the sample config",
+    );
+}
