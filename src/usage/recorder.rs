@@ -9,6 +9,7 @@
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
 use crate::metrics::Metrics;
+use crate::otlp::Tracer;
 use crate::shutdown::Shutdown;
 use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,9 +41,22 @@ pub struct Recorder {
     scope: Shutdown,
     stats: Arc<RecorderStats>,
     metrics: Arc<Metrics>,
+    /// Where finished requests' spans go (`--otlp-endpoint`).
+    tracer: Option<Tracer>,
 }
 
 impl Recorder {
+    /// Export a span for every finished request that carries a trace context.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The span exporter, when traces are exported.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
+    }
+
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
     pub fn start(
         store: Store,
@@ -58,6 +72,7 @@ impl Recorder {
                 scope,
                 stats,
                 metrics,
+                tracer: None,
             },
             task,
         )
@@ -80,6 +95,9 @@ impl Recorder {
             .with_label_values(&[r.provider.as_str()])
             .dec();
         super::observe::observe(&self.metrics, &r, model_label);
+        if let (Some(tracer), Some(_)) = (&self.tracer, &r.trace) {
+            tracer.emit(super::observe::span(&r));
+        }
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -27,6 +27,7 @@ mod health;
 mod layering;
 mod limits;
 mod mitm;
+mod otlp;
 mod reload;
 mod secrets;
 mod shutdown;
