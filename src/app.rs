@@ -23,7 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{Keyring, SecretsKeyError, Store, StoreError};
 use crate::usage::recorder::Recorder;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -61,6 +61,12 @@ pub struct Seams {
     /// Panic while handling a decrypted request whose path is this (fault F24: one connection
     /// task dies, is counted, and the process keeps serving).
     pub panic_on_path: Option<String>,
+    /// While set, every router reload panics: the reloader dies, is restarted with backoff
+    /// (`task_restarts_total`) and `/readyz` answers 503 until a reload completes again.
+    pub reload_panic: Option<Arc<AtomicBool>>,
+    /// While set, the proxy's accept loop panics at its next connection: the process can no
+    /// longer serve and `/healthz` answers 503.
+    pub accept_panic: Option<Arc<AtomicBool>>,
 }
 
 /// A running proxy.
@@ -105,18 +111,28 @@ impl App {
             key: config.ca_key.clone(),
         };
         let (ca, ca_generated) = CertificateAuthority::load_or_generate(&paths)?;
+        let ca_not_after = ca.not_after();
         if ca_generated {
             tracing::info!(cert = %paths.cert.display(), key = %paths.key.display(), "generated a new CA; agents must trust the certificate (see certs/README.md)");
         }
         let ca_pem = ca.cert_pem().to_string();
         let metrics =
             Arc::new(Metrics::new().map_err(|e| AppError::Config(vec![format!("metrics: {e}")]))?);
-        let leaves = Arc::new(LeafCache::new(
-            Arc::new(ca),
-            config.cert_cache_size,
-            config.leaf_validity,
-            crypto.clone(),
-        ));
+        metrics
+            .ca_expiry_timestamp_seconds
+            .set(ca_not_after.unix_timestamp() as f64);
+        metrics
+            .max_connections
+            .set(i64::try_from(config.proxy.max_connections).unwrap_or(i64::MAX));
+        let leaves = Arc::new(
+            LeafCache::new(
+                Arc::new(ca),
+                config.cert_cache_size,
+                config.leaf_validity,
+                crypto.clone(),
+            )
+            .with_mint_histogram(metrics.cert_mint_seconds.with_label_values::<&str>(&[])),
+        );
         let (admin_token_hash, admin_token_generated) =
             admin::load_or_create_admin_token(&config.admin_token_file)?;
 
@@ -137,9 +153,20 @@ impl App {
         let subscription = Subscription::new(&store).await;
         let subscription_live = subscription.live();
         let wake = Arc::new(Notify::new());
-        let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams)
-            .with_timeout(config.reload_timeout);
-        let reload_stats = reloader.stats();
+        // Counters and health outlive any one reloader: a restarted one reports through them.
+        let reload_stats = Arc::new(ReloadStats::default());
+        let new_reloader = {
+            let (store, router, upstreams) = (store.clone(), router.clone(), upstreams.clone());
+            let (timeout, seam) = (config.reload_timeout, seams.reload_panic.clone());
+            let stats = reload_stats.clone();
+            move || {
+                Reloader::new(store.clone(), router.clone(), upstreams.clone())
+                    .with_timeout(timeout)
+                    .with_stats(stats.clone())
+                    .with_panic_seam(seam.clone())
+            }
+        };
+        let mut reloader = new_reloader();
         if subscription_live.load(Ordering::Acquire) {
             match reloader.reload().await {
                 Ok(_) => warn_about_clear_keys(&store).await,
@@ -157,8 +184,19 @@ impl App {
             );
             wake.notify_one();
         }
-        shutdown.spawn(subscription.run(router.clone(), wake.clone(), shutdown.clone()));
-        shutdown.spawn(reloader.run(wake, shutdown.clone()));
+        spawn_background(
+            &shutdown,
+            &metrics,
+            Background {
+                subscription,
+                reloader,
+                new_reloader,
+                store: store.clone(),
+                router: router.clone(),
+                wake,
+                live: subscription_live.clone(),
+            },
+        );
 
         let proxy_addr = proxy_listener.local_addr()?;
         let (recorder, recorder_task) =
@@ -193,7 +231,9 @@ impl App {
             recorder.clone(),
             metrics.clone(),
         )
-        .with_panic_on_path(seams.panic_on_path);
+        .with_panic_on_path(seams.panic_on_path)
+        .with_accept_panic(seams.accept_panic);
+        let serving = state.serving.clone();
         let state = Arc::new(state);
         shutdown.spawn(proxy::serve(state, proxy_listener));
         if !config.retention.is_zero() {
@@ -218,6 +258,8 @@ impl App {
                     metrics: metrics.clone(),
                     leaves: leaves.clone(),
                     reload_stats: reload_stats.clone(),
+                    reload_stale_after: config.reload_stale_after,
+                    serving,
                     proxy: config.proxy.clone(),
                     recorder: recorder.clone(),
                     shutdown: shutdown.clone(),
@@ -271,6 +313,70 @@ impl App {
         self.store.close().await;
         cut
     }
+}
+
+/// What the two supervised background loops are built from.
+struct Background<F> {
+    subscription: Subscription,
+    reloader: Reloader,
+    /// Builds a reloader after the first one panicked (same store, router, timeout, seam).
+    new_reloader: F,
+    store: Store,
+    router: Arc<Router>,
+    wake: Arc<Notify>,
+    /// The readiness flag the subscription reports through, kept across restarts.
+    live: Arc<AtomicBool>,
+}
+
+/// Spawn the change subscription and the reloader, each restarted with backoff if it panics
+/// (counted in `task_restarts_total`). A restarted loop asks for a full reload at once: the
+/// wake-up the dead one swallowed must not be lost.
+fn spawn_background<F>(shutdown: &Shutdown, metrics: &Metrics, bg: Background<F>)
+where
+    F: Fn() -> Reloader + Send + 'static,
+{
+    let restarts = |task: &str| metrics.task_restarts_total.with_label_values(&[task]);
+    let mut first = Some(bg.subscription);
+    let (store, router, wake, live, scope) = (
+        bg.store,
+        bg.router,
+        bg.wake.clone(),
+        bg.live,
+        shutdown.clone(),
+    );
+    shutdown.spawn_supervised("subscription", restarts("subscription"), move |_| {
+        let first = first.take();
+        let (store, router, wake, live, scope) = (
+            store.clone(),
+            router.clone(),
+            wake.clone(),
+            live.clone(),
+            scope.clone(),
+        );
+        async move {
+            let subscription = match first {
+                Some(s) => s,
+                None => {
+                    let s = Subscription::new(&store).await.with_live(live);
+                    wake.notify_one();
+                    s
+                }
+            };
+            subscription.run(router, wake, scope).await
+        }
+    });
+    let mut first = Some(bg.reloader);
+    let (new_reloader, wake, scope) = (bg.new_reloader, bg.wake, shutdown.clone());
+    shutdown.spawn_supervised("reloader", restarts("reloader"), move |_| {
+        let reloader = match first.take() {
+            Some(r) => r,
+            None => {
+                wake.notify_one();
+                new_reloader()
+            }
+        };
+        reloader.run(wake.clone(), scope.clone())
+    });
 }
 
 /// Say once, at start (after a successful first load), when provider keys sit in the database

@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// Longest a router reload may take before it counts as failed (no flag: tests shorten it).
 /// It is also the PostgreSQL `statement_timeout` of the reload's read.
 pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// `/readyz` turns 503 once every reload has failed for this long: the router no longer
+/// follows the store (no flag; tests shorten it).
+pub const DEFAULT_RELOAD_STALE_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Longest silence on a response body, a request body or a tunnel. A per-read bound, never a
 /// total one: an SSE stream may run for an hour as long as it keeps talking.
@@ -185,6 +188,8 @@ pub struct AppConfig {
     pub shutdown_grace: Duration,
     /// Longest a router reload may take before it counts as failed (no flag; tests shorten it).
     pub reload_timeout: Duration,
+    /// Readiness fails once reloads have failed for this long (no flag; tests shorten it).
+    pub reload_stale_after: Duration,
     /// `--retention`: records older than this are deleted; zero keeps everything.
     pub retention: Duration,
     /// How often the retention job runs (no flag; tests shorten it).
@@ -216,6 +221,7 @@ impl AppConfig {
             allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
+            reload_stale_after: DEFAULT_RELOAD_STALE_AFTER,
             retention: DEFAULT_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             otlp_endpoint: None,

@@ -58,6 +58,14 @@ pub struct Metrics {
     pub otlp_spans_dropped_total: IntCounter,
     pub retention_runs_total: IntCounterVec,
     pub task_panics_total: IntCounter,
+    /// Background loops (reloader, change subscription) restarted after a panic.
+    pub task_restarts_total: IntCounterVec,
+    /// When the CA certificate expires (the alert on "within 30 days" reads it).
+    pub ca_expiry_timestamp_seconds: Gauge,
+    /// `--max-connections`, so "near the limit" is a ratio of two series.
+    pub max_connections: IntGauge,
+    /// Intercepted HTTP/2 connections closed with GOAWAY after `--idle-timeout` without a stream.
+    pub h2_idle_closed_total: IntCounter,
     pub tls_handshake_failures_total: IntCounterVec,
 }
 
@@ -195,6 +203,31 @@ impl Metrics {
             task_panics_total: counter(
                 "task_panics_total",
                 "Connection tasks that panicked (each died alone)",
+            )?,
+            task_restarts_total: counter_vec(
+                "task_restarts_total",
+                "Background loops restarted after a panic",
+                &["task"],
+            )?,
+            ca_expiry_timestamp_seconds: {
+                let g = Gauge::with_opts(opts(
+                    "ca_expiry_timestamp_seconds",
+                    "When the CA certificate expires (Unix time)",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            max_connections: {
+                let g = IntGauge::with_opts(opts(
+                    "max_connections",
+                    "Client connections served at once before new ones are refused",
+                ))?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            h2_idle_closed_total: counter(
+                "h2_idle_closed_total",
+                "Intercepted HTTP/2 connections closed (GOAWAY) after the idle timeout with no open stream",
             )?,
             tls_handshake_failures_total: counter_vec(
                 "tls_handshake_failures_total",

@@ -24,6 +24,11 @@ use tokio_util::task::TaskTracker;
 
 /// How long cut tasks get to unwind (drop their state, queue their records).
 const CUT_UNWIND: Duration = Duration::from_secs(2);
+/// First and longest pause before a panicked background loop is started again.
+const RESTART_MIN: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(10);
+/// A loop that ran this long before panicking starts again from the shortest pause.
+const RESTART_RESET: Duration = Duration::from_secs(60);
 
 /// Cancellation signals plus the set of live tasks.
 #[derive(Clone, Default)]
@@ -97,6 +102,47 @@ impl Shutdown {
                     }
                 }
                 _ = deadline => {}
+            }
+        })
+    }
+
+    /// Run a background loop for the life of the scope, building a fresh one with `make` after
+    /// each panic (with backoff, counted in `restarts`): a loop that died must not leave the
+    /// process frozen — the router never reloaded again — while it keeps answering probes.
+    /// `make` gets the restart number (0 first), so a restarted loop can catch up on what the
+    /// dead one may have swallowed. A loop that returns is done.
+    pub fn spawn_supervised<F, Fut>(
+        &self,
+        name: &'static str,
+        restarts: prometheus::IntCounter,
+        mut make: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut(u64) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let scope = self.clone();
+        self.spawn(async move {
+            let mut backoff = RESTART_MIN;
+            for restart in 0u64.. {
+                let started = tokio::time::Instant::now();
+                // Unwind safety: the dead loop's state is dropped; the next one is built anew.
+                if AssertUnwindSafe(make(restart)).catch_unwind().await.is_ok() {
+                    return;
+                }
+                if let Some(c) = &scope.panics {
+                    c.inc();
+                }
+                if started.elapsed() > RESTART_RESET {
+                    backoff = RESTART_MIN;
+                }
+                tracing::error!(task = name, retry_in = ?backoff, "a background loop panicked (a bug); restarting it");
+                tokio::select! {
+                    _ = scope.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                restarts.inc();
+                backoff = (backoff * 2).min(RESTART_MAX);
             }
         })
     }
@@ -201,6 +247,28 @@ mod tests {
 
     fn counter_is_zero() -> bool {
         true
+    }
+
+    #[tokio::test]
+    async fn a_supervised_loop_is_restarted_after_a_panic() {
+        let restarts = prometheus::IntCounter::new("r", "r").unwrap();
+        let s = Shutdown::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<u64>();
+        let mut tx = Some(tx);
+        s.spawn_supervised("test", restarts.clone(), move |n| {
+            let tx = if n >= 2 { tx.take() } else { None };
+            async move {
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(n);
+                    }
+                    None => panic!("injected"),
+                }
+            }
+        });
+        assert_eq!(rx.await.unwrap(), 2, "two panics, then the third loop runs");
+        assert_eq!(restarts.get(), 2);
+        assert_eq!(s.shutdown(Duration::from_secs(1)).await, 0);
     }
 
     #[tokio::test]

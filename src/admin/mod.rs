@@ -52,6 +52,10 @@ pub struct AdminState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub leaves: Arc<crate::ca::LeafCache>,
     pub reload_stats: Arc<crate::router::reload::ReloadStats>,
+    /// `/readyz` fails once every reload has failed for this long.
+    pub reload_stale_after: Duration,
+    /// Whether the proxy's accept loop runs (`/healthz`).
+    pub serving: Arc<AtomicBool>,
     /// For the direct bridge: auth mode, limits and timeouts, where records go, the shutdown.
     pub proxy: crate::config::ProxyConfig,
     pub recorder: crate::usage::recorder::Recorder,
@@ -146,23 +150,37 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Shut
     }
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Alive unless the process cannot serve at all (its proxy accept loop is gone): what a
+/// liveness probe restarts for. A database outage or a stale router is readiness, not this.
+async fn healthz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.serving.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+    } else {
+        let body = json!({ "status": "down", "reason": "the proxy listener is not accepting" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
-/// Ready once a snapshot loaded from the store is serving and notifications flow.
+/// Ready once a snapshot loaded from the store is serving, notifications flow, the reloader
+/// is alive and reloads have not been failing for longer than `reload_stale_after`: a router
+/// that can no longer follow the store is taken out of the load balancer.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    use crate::router::reload::Stale;
     let loaded = state.router.is_ready();
     let subscribed = state.subscription_live.load(Ordering::Acquire);
-    let status = if loaded && subscribed {
+    let fresh = state.reload_stats.freshness(state.reload_stale_after);
+    let ready = loaded && subscribed && fresh.is_ok();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({
-        "ready": loaded && subscribed,
+        "ready": ready,
         "router_loaded": loaded,
         "subscribed": subscribed,
+        "reloader_alive": fresh != Err(Stale::ReloaderDown),
+        "reloads_failing_seconds": state.reload_stats.failing_for().map(|d| d.as_secs()),
         "generation": state.router.load().generation,
     });
     (status, Json(body)).into_response()

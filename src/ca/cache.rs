@@ -40,6 +40,8 @@ pub struct LeafCache {
     margin: Duration,
     crypto: Arc<CryptoProvider>,
     stats: CacheStats,
+    /// `cert_mint_seconds`, when the proxy exports metrics (the leaf-mint latency alert).
+    mint_seconds: Option<prometheus::Histogram>,
 }
 
 impl LeafCache {
@@ -61,7 +63,14 @@ impl LeafCache {
             margin,
             crypto,
             stats: CacheStats::default(),
+            mint_seconds: None,
         }
+    }
+
+    /// Observe every mint's duration in `histogram`.
+    pub fn with_mint_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.mint_seconds = Some(histogram);
+        self
     }
 
     /// The server configuration for `host`, minting its leaf on first use.
@@ -119,9 +128,13 @@ impl LeafCache {
             &self.stats.mint_errors
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
         self.stats
             .mint_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if let Some(h) = &self.mint_seconds {
+            h.observe(took.as_secs_f64());
+        }
         if let Err(e) = &result {
             tracing::error!(host = %host, error = %e, "leaf mint failed");
         }

@@ -7,9 +7,12 @@
 
 mod apply;
 mod ca;
+mod check;
 mod completions;
+pub mod config_file;
 mod conn;
 pub mod exit;
+mod healthcheck;
 mod interceptions;
 mod items;
 mod models;
@@ -60,6 +63,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Serve(Box<serve::ServeArgs>),
+    /// Exit 0 when a running proxy's /readyz says ready (for container and probe checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Apply pending database migrations and exit.
     Migrate(DbArgs),
     /// Manage the certificate authority.
@@ -166,12 +171,18 @@ pub const EXIT_CONFIG: i32 = exit::USAGE;
 
 /// Parse the process's arguments; a usage error is reported on one line and exits 64
 /// (`--help` and `--version` exit 0).
+/// A config file (`serve --config`) with unknown keys or bad values reports every one of them
+/// and exits 64 too.
 pub fn parse() -> Cli {
-    match Cli::try_parse() {
+    match config_file::parse_from(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(config_file::ParseError::Flags(e)) => {
             let code = exit::clap_exit(e);
             std::process::exit(code)
+        }
+        Err(config_file::ParseError::File { path, errors }) => {
+            config_file::report(&path, &errors);
+            std::process::exit(EXIT_CONFIG)
         }
     }
 }
@@ -187,6 +198,7 @@ pub async fn run(cli: Cli) -> i32 {
     telemetry::init(cli.log_format, &level);
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Migrate(db) => migrate(db).await,
         Command::Ca(cmd) => ca::run(cmd),
         Command::Token(cmd) => token::run(cmd).await,

@@ -155,14 +155,25 @@ impl AdminClient {
         expect_ok(answer).map(|_| true)
     }
 
-    /// One request; an answer whatever its status, or why none came.
+    /// One request under `/api/v1`; an answer whatever its status, or why none came.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Secret<Vec<u8>>>,
     ) -> Result<Answer, CliError> {
-        let uri: Uri = format!("{}/api/v1{path}", self.base)
+        self.call_path(method, &format!("/api/v1{path}"), body)
+            .await
+    }
+
+    /// One request to `path` from the admin listener's root (`/readyz`, `/metrics`).
+    pub async fn call_path(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Secret<Vec<u8>>>,
+    ) -> Result<Answer, CliError> {
+        let uri: Uri = format!("{}{path}", self.base)
             .parse()
             .map_err(|_| CliError::Invalid(format!("cannot build a request URL for {path}")))?;
         let mut builder = Request::builder()

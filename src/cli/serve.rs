@@ -17,6 +17,15 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file holding any of these settings under the flag's name (`listen = "..."`);
+    /// flags and AIBRIDGE_* variables override it. Secrets as { env = "VAR" } or
+    /// { file = "PATH" }, never in the file.
+    #[arg(long, env = "AIBRIDGE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration, the database, the CA and the listen addresses, print one line
+    /// per check and exit (0 ok, 64 configuration, 69 a dependency down) without serving.
+    #[arg(long)]
+    check: bool,
     /// Address of the proxy listener.
     #[arg(long, env = "AIBRIDGE_LISTEN", default_value_t = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -137,6 +146,7 @@ impl ServeArgs {
             allow_private_upstreams: self.upstreams.allow_private_upstreams,
             shutdown_grace: self.shutdown_grace.into(),
             reload_timeout: config::DEFAULT_RELOAD_TIMEOUT,
+            reload_stale_after: config::DEFAULT_RELOAD_STALE_AFTER,
             retention: self.retention.into(),
             retention_interval: config::DEFAULT_RETENTION_INTERVAL,
             otlp_endpoint: self.otlp_endpoint,
@@ -166,7 +176,11 @@ impl ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let (check, file) = (args.check, args.config.clone());
     let config = args.into_config();
+    if check {
+        return Ok(super::check::run(&config, file.as_deref()).await);
+    }
     if let Err(errors) = config.validate() {
         for e in errors {
             eprintln!("error: {e}");

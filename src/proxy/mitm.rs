@@ -11,6 +11,7 @@
 //! other than the one it was accepted for.
 
 use super::admit::check_head;
+use super::h2idle::{self, OpenStreams};
 use super::respond::Refusal;
 use super::ProxyState;
 use crate::auth::Authenticated;
@@ -30,6 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_rustls::LazyConfigAcceptor;
 use uuid::Uuid;
+
+/// Longest an idle HTTP/2 connection's GOAWAY exchange may take before it is dropped.
+const GOAWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One intercepted CONNECT.
 pub(super) struct Session {
@@ -161,14 +165,24 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         let session = Arc::new(self);
         let svc_session = session.clone();
-        let service = service_fn(move |req| {
-            let session = svc_session.clone();
-            async move { Ok::<_, Infallible>(session.handle(req).await) }
-        });
         let io = TokioIo::new(tls);
         let result = if h2 {
-            session.serve_http2(io, service, &shutdown).await
+            let streams = OpenStreams::new();
+            let svc_streams = streams.clone();
+            let service = service_fn(move |req| {
+                let session = svc_session.clone();
+                let stream = svc_streams.open();
+                async move {
+                    let response = session.handle(req).await;
+                    Ok::<_, Infallible>(response.map(|body| h2idle::hold(body, stream)))
+                }
+            });
+            session.serve_http2(io, service, &shutdown, &streams).await
         } else {
+            let service = service_fn(move |req| {
+                let session = svc_session.clone();
+                async move { Ok::<_, Infallible>(session.handle(req).await) }
+            });
             session.serve_http1(io, service, &shutdown).await
         };
         if let Err(e) = result {
@@ -204,8 +218,15 @@ impl Session {
     }
 
     /// HTTP/2; its stream tasks join the shutdown scope, so a drain waits for them and a cut
-    /// drops them (writing their records).
-    async fn serve_http2<I, S>(&self, io: I, service: S, shutdown: &Shutdown) -> hyper::Result<()>
+    /// drops them (writing their records). With no stream open for `--idle-timeout` the
+    /// connection gets a GOAWAY and closes ([`h2idle`]).
+    async fn serve_http2<I, S>(
+        &self,
+        io: I,
+        service: S,
+        shutdown: &Shutdown,
+        streams: &OpenStreams,
+    ) -> hyper::Result<()>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send,
@@ -230,6 +251,14 @@ impl Session {
             _ = shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
+            }
+            _ = streams.idle_for(config.idle_timeout) => {
+                tracing::debug!(target = %self.key, "idle HTTP/2 connection: GOAWAY");
+                self.state.metrics.h2_idle_closed_total.inc();
+                conn.as_mut().graceful_shutdown();
+                // The GOAWAY exchange waits for the client's PING answer: bounded, in case it
+                // never comes.
+                tokio::time::timeout(GOAWAY_WAIT, conn).await.unwrap_or(Ok(()))
             }
         }
     }

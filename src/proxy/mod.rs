@@ -8,6 +8,7 @@
 mod admit;
 mod connect;
 mod forward;
+mod h2idle;
 mod mitm;
 mod respond;
 mod tunnel;
@@ -23,6 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,6 +54,11 @@ pub struct ProxyState {
     /// Fault injection (F24, a test seam with no flag): a decrypted request with this path
     /// panics its connection task.
     panic_on_path: Option<String>,
+    /// Whether the accept loop runs: `/healthz` answers 503 once it does not.
+    pub serving: Arc<AtomicBool>,
+    /// Fault injection (a test seam with no flag): while set, the accept loop panics at its
+    /// next connection, leaving a process that cannot serve.
+    accept_panic: Option<Arc<AtomicBool>>,
 }
 
 /// Counts one open intercepted or tunnelled connection for as long as it lives.
@@ -96,6 +103,8 @@ impl ProxyState {
             recorder,
             metrics,
             panic_on_path: None,
+            serving: Arc::default(),
+            accept_panic: None,
         }
     }
 
@@ -105,6 +114,35 @@ impl ProxyState {
         self.panic_on_path = path;
         self
     }
+
+    /// The accept loop panics while `flag` is set (fault injection; see [`crate::app::Seams`]).
+    #[doc(hidden)]
+    pub fn with_accept_panic(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
+        self.accept_panic = flag;
+        self
+    }
+}
+
+/// Marks the accept loop as running for as long as it lives (a return or an unwind clears it).
+struct ServingGuard(Arc<AtomicBool>);
+
+impl ServingGuard {
+    fn new(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        ServingGuard(flag.clone())
+    }
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Fault injection for tests: the accept loop dies.
+#[allow(clippy::panic)]
+fn injected_accept_panic() -> ! {
+    panic!("injected fault: accept loop panic")
 }
 
 /// Most header fields a request may carry (hyper answers 431 beyond it).
@@ -125,11 +163,19 @@ the proxy is at its connection limit\n";
 pub async fn serve(state: Arc<ProxyState>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let _serving = ServingGuard::new(&state.serving);
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
+        if state
+            .accept_panic
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+        {
+            injected_accept_panic();
+        }
         match accepted {
             Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
                 Ok(permit) => {

@@ -82,8 +82,18 @@ impl Subscription {
         self.live.clone()
     }
 
-    /// Wake `wake` on every change until shutdown.
+    /// Report through `live`, the flag readiness already watches: a subscription started again
+    /// after its loop panicked takes over the dead one's flag.
+    pub fn with_live(mut self, live: Arc<AtomicBool>) -> Subscription {
+        live.store(self.live.load(Ordering::Acquire), Ordering::Release);
+        self.live = live;
+        self
+    }
+
+    /// Wake `wake` on every change until shutdown. If the loop panics, `live` turns false
+    /// (readiness drops) until a new subscription takes over.
     pub async fn run(self, router: Arc<Router>, wake: Arc<Notify>, shutdown: Shutdown) {
+        let _watch = DeathWatch(self.live.clone());
         match self.source {
             Source::Local { rx, store } => run_local(rx, store, router, wake, shutdown).await,
             Source::Postgres {
@@ -91,6 +101,17 @@ impl Subscription {
                 pool,
                 store,
             } => run_postgres(listener, pool, store, router, self.live, wake, shutdown).await,
+        }
+    }
+}
+
+/// Clears the live flag when the subscription loop unwinds.
+struct DeathWatch(Arc<AtomicBool>);
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(false, Ordering::Release);
         }
     }
 }

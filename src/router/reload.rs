@@ -9,7 +9,7 @@ use super::{Router, Snapshot};
 use crate::net::upstream::UpstreamFactory;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -17,11 +17,80 @@ use tokio::sync::Notify;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Counters for tests and metrics.
+/// Counters for tests and metrics, and what readiness needs to know about the reloader.
 #[derive(Debug, Default)]
 pub struct ReloadStats {
     pub ok: AtomicU64,
     pub errors: AtomicU64,
+    /// A reload panicked and no reload has completed since: nothing can change the router.
+    dead: AtomicBool,
+    /// Since when (Unix milliseconds) every reload has failed; 0 while the last one succeeded.
+    failing_since_ms: AtomicU64,
+}
+
+/// Why the router cannot be trusted to follow the store, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// The reloader died (panicked) and its restart has not completed a reload yet.
+    ReloaderDown,
+    /// Reloads have been failing for longer than allowed.
+    FailingTooLong,
+}
+
+impl ReloadStats {
+    /// Whether reloads can happen and the last good one is recent enough: `Err` while the
+    /// reloader is dead, or while every reload for `stale_after` has failed.
+    pub fn freshness(&self, stale_after: Duration) -> Result<(), Stale> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(Stale::ReloaderDown);
+        }
+        match self.failing_for() {
+            Some(d) if d > stale_after => Err(Stale::FailingTooLong),
+            _ => Ok(()),
+        }
+    }
+
+    /// How long reloads have been failing, if they are.
+    pub fn failing_for(&self) -> Option<Duration> {
+        match self.failing_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
+        }
+    }
+
+    fn completed(&self, ok: bool) {
+        self.dead.store(false, Ordering::Release);
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            self.failing_since_ms.store(0, Ordering::Release);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = self.failing_since_ms.compare_exchange(
+                0,
+                now_ms().max(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Marks the reloader dead if a reload unwinds (it is dropped while panicking).
+struct DeathWatch<'a>(&'a ReloadStats);
+
+impl Drop for DeathWatch<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.dead.store(true, Ordering::Release);
+        }
+    }
 }
 
 pub struct Reloader {
@@ -32,19 +101,36 @@ pub struct Reloader {
     migrated: bool,
     stats: Arc<ReloadStats>,
     timeout: Duration,
+    /// Test seam: while set, every reload panics (fault injection, no flag).
+    panic_seam: Option<Arc<AtomicBool>>,
 }
 
 impl Reloader {
+    /// Generations continue from the router's: a reloader restarted after a panic never hands
+    /// out a generation already served.
     pub fn new(store: Store, router: Arc<Router>, upstreams: UpstreamFactory) -> Self {
         Reloader {
             store,
+            generation: router.load().generation,
             router,
             upstreams,
-            generation: 0,
             migrated: false,
             stats: Arc::default(),
             timeout: crate::config::DEFAULT_RELOAD_TIMEOUT,
+            panic_seam: None,
         }
+    }
+
+    /// Share counters and health with an earlier reloader (a restart after a panic).
+    pub fn with_stats(mut self, stats: Arc<ReloadStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Test seam: every reload panics while `flag` is set.
+    pub fn with_panic_seam(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
+        self.panic_seam = flag;
+        self
     }
 
     /// Count a reload that takes longer than `timeout` as failed (default [`crate::config::DEFAULT_RELOAD_TIMEOUT`]).
@@ -59,17 +145,21 @@ impl Reloader {
 
     /// Read the store and install a new snapshot. On error the previous snapshot stays.
     pub async fn reload(&mut self) -> Result<u64, StoreError> {
+        let stats = self.stats.clone();
+        let _watch = DeathWatch(&stats);
+        if self
+            .panic_seam
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+        {
+            injected_panic();
+        }
         // A hung query must not stall the only writer of the router forever.
         let result = match tokio::time::timeout(self.timeout, self.try_reload()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
         };
-        let counter = if result.is_ok() {
-            &self.stats.ok
-        } else {
-            &self.stats.errors
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        stats.completed(result.is_ok());
         result
     }
 
@@ -111,4 +201,10 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Fault injection for tests (a reloader that dies); the seam has no flag.
+#[allow(clippy::panic)]
+fn injected_panic() -> ! {
+    panic!("injected fault: reload panic")
 }

@@ -260,6 +260,37 @@ impl Store {
     }
 
     /// The backend's name, for logs.
+    /// How many of the embedded migrations this database has not applied yet, read without
+    /// writing anything (`serve --check` must not change what it checks).
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        let (migrator, exists_sql) = match self.backend {
+            Backend::Sqlite(_) => (
+                &SQLITE_MIGRATIONS,
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            ),
+            Backend::Postgres(_) => (
+                &POSTGRES_MIGRATIONS,
+                "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()",
+            ),
+        };
+        let exists: i64 = with_pool!(self, |pool, kind| sqlx::query_scalar(exists_sql)
+            .fetch_one(pool)
+            .await?);
+        let applied: Vec<i64> = if exists > 0 {
+            with_pool!(self, |pool, kind| sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success"
+            )
+            .fetch_all(pool)
+            .await?)
+        } else {
+            Vec::new()
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .count())
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",

@@ -333,3 +333,44 @@ async fn d8_settings_and_ping_floods_are_bounded() {
     }
     served(&env, Http::Two).await;
 }
+
+/// An intercepted HTTP/2 connection with no stream open for `--idle-timeout` gets a GOAWAY
+/// (NO_ERROR) and closes, so an idle agent gives its `--max-connections` place back; one whose
+/// stream stays open longer than the limit (a paced SSE answer, never silent for the limit) is
+/// not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_gets_goaway_and_a_busy_one_does_not() {
+    let limit = LIMIT * 2;
+    let env = start(move |c| c.proxy.idle_timeout = limit).await;
+    let client = env.client(Http::Two);
+    // Eight events 200 ms apart: the stream is open for 1.6 s, longer than the limit.
+    let resp = paced_chat(&client, 8, 200).call().await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert_eq!(
+        env.metric("aibridge_proxy_h2_idle_closed_total", &[]).await,
+        0.0,
+        "a connection with an open stream is not idle"
+    );
+
+    let started = Instant::now();
+    let mut h2 = open_h2(&env).await;
+    let (gone, _) = h2.gone(limit + MARGIN * 2).await;
+    assert_eq!(gone, Gone::GoAway(0), "an idle connection is sent away");
+    assert!(started.elapsed() >= limit, "not before the limit");
+    drop(h2);
+    // The agent client's connection, idle since its stream ended, went the same way.
+    env.wait_metric("aibridge_proxy_h2_idle_closed_total", &[], 2.0)
+        .await;
+    env.wait_metric(
+        "aibridge_proxy_active_connections",
+        &[("kind", "mitm")],
+        0.0,
+    )
+    .await;
+    // And the client simply reconnects for its next request.
+    let resp = client.post(CHAT).body("{}").call().await;
+    assert_eq!(resp.status(), 200);
+}

@@ -299,6 +299,18 @@ impl Setup {
         self
     }
 
+    /// Router reloads panic while `flag` is set (fault injection, no flag).
+    pub fn reload_panic(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Setup {
+        self.opts.reload_panic = Some(flag);
+        self
+    }
+
+    /// The accept loop panics at its next connection once `flag` is set (fault injection).
+    pub fn accept_panic(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Setup {
+        self.opts.accept_panic = Some(flag);
+        self
+    }
+
     /// A last change to the configuration (timeouts, limits); tweaks apply in order.
     pub fn tweak(mut self, tweak: impl FnOnce(&mut AppConfig) + Send + 'static) -> Setup {
         let before = self.opts.tweak.take();

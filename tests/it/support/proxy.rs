@@ -16,6 +16,8 @@ use aibridge_proxy::secret::Secret;
 use aibridge_proxy::store::{AgentToken, Keyring, NewProvider, RoutingData, Store};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// An upstream policy allowing these private ranges (as `--allow-private-upstreams` does).
@@ -154,6 +156,9 @@ pub struct TestProxyOptions {
     pub previous_secrets_key_file: Option<PathBuf>,
     /// Requests for this path panic inside their connection task (a test seam).
     pub panic_on_path: Option<String>,
+    /// While set, router reloads panic / the accept loop panics (test seams).
+    pub reload_panic: Option<Arc<AtomicBool>>,
+    pub accept_panic: Option<Arc<AtomicBool>>,
     /// Last word on the configuration (timeouts, limits).
     pub tweak: Option<Tweak>,
 }
@@ -175,6 +180,8 @@ impl Default for TestProxyOptions {
             secrets_key_file: None,
             previous_secrets_key_file: None,
             panic_on_path: None,
+            reload_panic: None,
+            accept_panic: None,
             tweak: None,
         }
     }
@@ -256,6 +263,8 @@ async fn seed(db_url: &str, opts: &TestProxyOptions) -> (uuid::Uuid, String) {
 fn seams(opts: &TestProxyOptions) -> Seams {
     let mut seams = Seams {
         panic_on_path: opts.panic_on_path.clone(),
+        reload_panic: opts.reload_panic.clone(),
+        accept_panic: opts.accept_panic.clone(),
         ..Seams::default()
     };
     if !opts.hosts.is_empty() {
