@@ -33,6 +33,9 @@ impl std::fmt::Display for LogFormat {
 }
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Held while lines are written to stderr (taken before [`BUFFER`], never after), so writes keep
+/// their order while [`BUFFER`] itself is only ever held to append or swap.
+static WRITING: Mutex<()> = Mutex::new(());
 static FLUSHER: OnceLock<()> = OnceLock::new();
 
 /// Install the global subscriber. `RUST_LOG` overrides `level`.
@@ -65,10 +68,17 @@ pub fn init(format: LogFormat, level: &str) {
 
 static UNBUFFERED: OnceLock<()> = OnceLock::new();
 
-/// Write out everything buffered.
+/// Write out everything buffered. The lines are swapped out under the buffer's lock and written
+/// after it is released, so a request logging a line never waits for the `write(2)`.
 pub fn flush() {
+    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = std::mem::take(&mut *lock());
+    write_out(&mut out);
+    // Hand the emptied allocation back when nothing was logged meanwhile.
     let mut buf = lock();
-    write_out(&mut buf);
+    if buf.is_empty() {
+        *buf = out;
+    }
 }
 
 fn lock() -> MutexGuard<'static, Vec<u8>> {
@@ -93,10 +103,21 @@ pub struct LineWriter {
 
 impl Write for LineWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut buf = lock();
-        buf.extend_from_slice(line);
-        if self.urgent || buf.len() >= FLUSH_AT || UNBUFFERED.get().is_some() {
-            write_out(&mut buf);
+        if self.urgent || UNBUFFERED.get().is_some() {
+            // After whatever was buffered before it: order is kept.
+            let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = std::mem::take(&mut *lock());
+            out.extend_from_slice(line);
+            write_out(&mut out);
+            return Ok(line.len());
+        }
+        let full = {
+            let mut buf = lock();
+            buf.extend_from_slice(line);
+            buf.len() >= FLUSH_AT
+        };
+        if full {
+            flush();
         }
         Ok(line.len())
     }

@@ -24,7 +24,11 @@ pub enum Path {
     Direct,
     /// The minimal relay (the floor).
     Relay,
+    /// hudsucker, a MITM proxy crate, with a pass-through handler (the peer).
+    Hudsucker,
     Proxy,
+    /// A second proxy process, started with `--record-prompts false`.
+    ProxyNoPrompts,
 }
 
 impl Path {
@@ -32,7 +36,9 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Relay => "relay",
+            Path::Hudsucker => "hudsucker",
             Path::Proxy => "proxy",
+            Path::ProxyNoPrompts => "proxy-np",
         }
     }
 }
@@ -50,6 +56,13 @@ pub struct Endpoints {
     pub tls_proxy: TlsConnector,
     /// The minimal relay and its CA, when started.
     pub relay: Option<(SocketAddr, TlsConnector)>,
+    /// hudsucker and its CA, when built and started.
+    pub hudsucker: Option<(SocketAddr, TlsConnector)>,
+    /// The proxy started with `--record-prompts false` (same CA and token as the proxy).
+    pub proxy_np: Option<(SocketAddr, String, TlsConnector)>,
+    /// The same trust as the connectors above, with TLS resumption on (one session store per
+    /// path, shared by its connections): `[direct, relay, hudsucker, proxy]`.
+    pub resuming: [Option<TlsConnector>; 4],
 }
 
 impl Endpoints {
@@ -77,11 +90,36 @@ impl Endpoints {
             tls_direct: cfg(upstream_ca),
             tls_proxy: cfg(proxy_ca),
             relay: None,
+            hudsucker: None,
+            proxy_np: None,
+            resuming: [
+                Some(resuming(upstream_ca)),
+                None,
+                None,
+                Some(resuming(proxy_ca)),
+            ],
         }
     }
 
     pub fn with_relay(mut self, addr: SocketAddr, ca: &str) -> Self {
         self.relay = Some((addr, cfg(ca)));
+        self.resuming[1] = Some(resuming(ca));
+        self
+    }
+
+    pub fn with_hudsucker(mut self, addr: SocketAddr, ca: &str) -> Self {
+        self.hudsucker = Some((addr, cfg(ca)));
+        self.resuming[2] = Some(resuming(ca));
+        self
+    }
+
+    pub fn with_proxy_np(mut self, addr: SocketAddr, token: &str, ca: &str) -> Self {
+        use base64::Engine;
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("agent:{token}"))
+        );
+        self.proxy_np = Some((addr, auth, cfg(ca)));
         self
     }
 
@@ -89,7 +127,7 @@ impl Endpoints {
     pub fn host(&self, path: Path) -> String {
         match path {
             Path::Direct => format!("localhost:{}", self.upstream.port()),
-            Path::Relay | Path::Proxy => "api.openai.com".to_string(),
+            _ => "api.openai.com".to_string(),
         }
     }
 
@@ -99,11 +137,14 @@ impl Endpoints {
     }
 
     async fn connect_via(&self, proxy: SocketAddr, target: &str) -> TcpStream {
+        self.connect_auth(proxy, target, &self.proxy_auth).await
+    }
+
+    async fn connect_auth(&self, proxy: SocketAddr, target: &str, auth: &str) -> TcpStream {
         let mut tcp = TcpStream::connect(proxy).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let head = format!(
-            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
-            self.proxy_auth
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
         );
         tcp.write_all(head.as_bytes()).await.unwrap();
         // Read exactly the response head: byte by byte, so no tunnel byte is consumed.
@@ -124,6 +165,17 @@ impl Endpoints {
 
     /// A new HTTP/1.1 connection over TLS on `path`.
     pub async fn open(&self, path: Path) -> SendRequest<Full<Bytes>> {
+        handshake(self.tls(path, false).await).await
+    }
+
+    /// [`Endpoints::open`] with TLS resumption allowed (a resumed handshake once this path's
+    /// session store holds a session).
+    pub async fn open_resuming(&self, path: Path) -> SendRequest<Full<Bytes>> {
+        handshake(self.tls(path, true).await).await
+    }
+
+    /// A TLS stream to the upstream's name on `path` (ALPN http/1.1).
+    pub async fn tls(&self, path: Path, resume: bool) -> Tls {
         let (tcp, tls, name) = match path {
             Path::Direct => {
                 let tcp = TcpStream::connect(self.upstream).await.unwrap();
@@ -135,25 +187,57 @@ impl Endpoints {
                 &self.tls_proxy,
                 "api.openai.com",
             ),
-            Path::Relay => {
-                let (addr, tls) = self.relay.as_ref().expect("relay started");
+            Path::Relay | Path::Hudsucker => {
+                let (addr, tls) = match path {
+                    Path::Relay => self.relay.as_ref().expect("relay started"),
+                    _ => self.hudsucker.as_ref().expect("hudsucker started"),
+                };
                 (
                     self.connect_via(*addr, "api.openai.com:443").await,
                     tls,
                     "api.openai.com",
                 )
             }
+            Path::ProxyNoPrompts => {
+                let (addr, auth, tls) = self.proxy_np.as_ref().expect("second proxy started");
+                (
+                    self.connect_auth(*addr, "api.openai.com:443", auth).await,
+                    tls,
+                    "api.openai.com",
+                )
+            }
+        };
+        let slot = match path {
+            Path::Direct => 0,
+            Path::Relay => 1,
+            Path::Hudsucker => 2,
+            Path::Proxy | Path::ProxyNoPrompts => 3,
+        };
+        // The second proxy has its own CA: no resuming connector for it.
+        let tls = match (resume && path != Path::ProxyNoPrompts, &self.resuming[slot]) {
+            (true, Some(r)) => r,
+            _ => tls,
         };
         let name = ServerName::try_from(name.to_string()).unwrap();
-        let stream = tls.connect(name, tcp).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender
+        tls.connect(name, tcp).await.unwrap()
     }
+}
+
+pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(stream: Tls) -> SendRequest<Full<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// A connector trusting `pem` that resumes TLS sessions (rustls' default in-memory store).
+fn resuming(pem: &str) -> TlsConnector {
+    TlsConnector::from(Arc::new(crate::tls::client_config(&[pem], &[b"http/1.1"])))
 }
 
 fn cfg(pem: &str) -> TlsConnector {
@@ -168,6 +252,14 @@ pub fn request(
     body: &'static str,
     extra: &[(&'static str, String)],
 ) -> Request<Full<Bytes>> {
+    request_bytes(host, Bytes::from_static(body.as_bytes()), extra)
+}
+
+pub fn request_bytes(
+    host: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Request<Full<Bytes>> {
     let mut b = Request::post("/v1/chat/completions")
         .header("host", host)
         .header("content-type", "application/json")
@@ -175,16 +267,20 @@ pub fn request(
     for (k, v) in extra {
         b = b.header(*k, v.as_str());
     }
-    b.body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
+    b.body(Full::new(body)).unwrap()
 }
 
 /// One small JSON call on an open connection; returns whether it got a 200 and a full body.
 pub async fn call(sender: &mut SendRequest<Full<Bytes>>, host: &str) -> bool {
+    call_with(sender, host, Bytes::from_static(CHAT_BODY.as_bytes())).await
+}
+
+/// [`call`] with this request body.
+pub async fn call_with(sender: &mut SendRequest<Full<Bytes>>, host: &str, body: Bytes) -> bool {
     if sender.ready().await.is_err() {
         return false;
     }
-    let Ok(resp) = sender.send_request(request(host, CHAT_BODY, &[])).await else {
+    let Ok(resp) = sender.send_request(request_bytes(host, body, &[])).await else {
         return false;
     };
     let ok = resp.status() == 200;

@@ -8,6 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aibridge-proxy");
+
+/// The proxy binary: this build's, or `AIBRIDGE_BENCH_PROXY_BIN` (e.g. an older build, to show
+/// a change before and after in one run).
+fn bin() -> String {
+    std::env::var("AIBRIDGE_BENCH_PROXY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 /// The provider key the proxy injects (the bench upstream ignores it).
 const KEY: &str = "sk-bench-provider-key-0123456789";
 
@@ -28,6 +34,8 @@ pub struct Setup<'a> {
     pub bulk_port: u16,
     /// Pin the proxy (and its one tokio worker) to this CPU.
     pub pin: Option<usize>,
+    /// More `serve` flags (before those of `AIBRIDGE_BENCH_SERVE_ARGS`).
+    pub extra: &'a [&'a str],
 }
 
 fn free_port() -> SocketAddr {
@@ -37,7 +45,7 @@ fn free_port() -> SocketAddr {
 
 fn cli(dir: &Path, args: &[&str]) -> String {
     let db = format!("sqlite://{}", dir.join("aibridge.db").display());
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .args(["--database-url", &db])
         .env("BENCH_PROVIDER_KEY", KEY)
@@ -88,12 +96,12 @@ impl ProxyProcess {
         let mut cmd = match setup.pin {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), BIN]);
+                c.args(["-c", &cpu.to_string(), &bin()]);
                 // One worker thread per CPU it may use.
                 c.env("TOKIO_WORKER_THREADS", "1");
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(bin()),
         };
         let path = |f: &str| d.join(f).display().to_string();
         cmd.args(["serve", "--listen", &addr.to_string()])
@@ -115,6 +123,7 @@ impl ProxyProcess {
             .args(["--allow-private-upstreams", "127.0.0.0/8"])
             // The idle scenario holds 10 000 connections and still probes with more.
             .args(["--max-connections", "30000"])
+            .args(setup.extra)
             .args(extra_serve_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -156,6 +156,10 @@ impl RelayProcess {
     pub fn cpu(&self) -> Duration {
         crate::proxy::process_cpu(self.child.id())
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for RelayProcess {

@@ -5,11 +5,16 @@
 //! reach this cache, so clients cannot grow it by connecting to arbitrary names. Entries expire
 //! an hour before their leaf does (at most half its life before), including a leaf cut short by
 //! the CA's own expiry.
+//!
+//! Agents reconnect often, so every leaf configuration resumes TLS sessions: stateless tickets
+//! (one ticket key set for all hosts, rotated by rustls every six hours, no memory per session)
+//! and rustls' bounded in-memory session-ID cache for clients that do not take tickets.
 
 use super::{CaError, CertificateAuthority};
 use crate::net::target::Host;
 use moka::future::Cache;
 use rustls::crypto::CryptoProvider;
+use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,10 +44,15 @@ pub struct LeafCache {
     /// How long before its leaf's expiry an entry stops being served.
     margin: Duration,
     crypto: Arc<CryptoProvider>,
+    /// Shared by every leaf configuration; `None` if the ticket key could not be made.
+    ticketer: Option<Arc<dyn ProducesTickets>>,
     stats: CacheStats,
     /// `cert_mint_seconds`, when the proxy exports metrics (the leaf-mint latency alert).
     mint_seconds: Option<prometheus::Histogram>,
 }
+
+/// Session IDs remembered per intercepted host for resumption without a ticket.
+const SESSION_IDS_PER_HOST: usize = 256;
 
 impl LeafCache {
     pub fn new(
@@ -56,12 +66,17 @@ impl LeafCache {
             .max_capacity(capacity)
             .time_to_live(validity - margin)
             .build();
+        // Making a ticket key fails only if the OS has no randomness; full handshakes still work.
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .inspect_err(|e| tracing::warn!(error = %e, "TLS session tickets off"))
+            .ok();
         LeafCache {
             ca,
             cache,
             validity,
             margin,
             crypto,
+            ticketer,
             stats: CacheStats::default(),
             mint_seconds: None,
         }
@@ -117,6 +132,11 @@ impl LeafCache {
                 .with_no_client_auth()
                 .with_single_cert(leaf.chain, leaf.key)?;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            config.session_storage =
+                rustls::server::ServerSessionMemoryCache::new(SESSION_IDS_PER_HOST);
+            if let Some(t) = &self.ticketer {
+                config.ticketer = t.clone();
+            }
             Ok(CachedLeaf {
                 config: Arc::new(config),
                 serve_until,

@@ -252,3 +252,54 @@ async fn a_token_revoked_while_a_connection_is_open_stops_working_on_it() {
         );
     }
 }
+
+/// Agents reconnect often: a second connection to an intercepted host resumes the TLS session
+/// (TLS 1.3 ticket, and TLS 1.2 too) instead of a full handshake, and works like the first.
+#[tokio::test]
+async fn tls_sessions_resume_on_intercepted_hosts() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::openai().await;
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client config (and so one session store) for both connections, resumption on.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(
+            rustls_pki_types::CertificateDer::pem_slice_iter(env.ca_pem.as_bytes()).flatten(),
+        );
+        let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[versions])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = raw::connect(env.addr, "api.openai.com:443", &env.token).await;
+            let name = rustls_pki_types::ServerName::try_from("api.openai.com").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+            tls.write_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
+                .await
+                .unwrap()
+                .ok();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200"), "{versions:?}: {text}");
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ],
+            "{versions:?}"
+        );
+    }
+    assert_eq!(env.mints(), 1, "one leaf serves both versions' sessions");
+}
