@@ -16,7 +16,7 @@ use crate::net::egress::{Dialer, EgressPolicy, Resolver};
 use crate::net::upstream::{UpstreamFactory, UpstreamTlsError};
 use crate::proxy::{self, ProxyState};
 use crate::pubsub::Subscription;
-use crate::router::reload::{ReloadStats, Reloader};
+use crate::router::reload::{ReloadStats, Reloader, Wake};
 use crate::router::Router;
 use crate::secret::files::FileError;
 use crate::shutdown::Shutdown;
@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 /// How long shutdown waits for interception records to be written.
 const RECORDER_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -134,7 +133,7 @@ impl App {
 
         let subscription = Subscription::new(&store).await;
         let subscription_live = subscription.live();
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::new());
         let mut reloader = Reloader::new(store.clone(), router.clone(), upstreams)
             .with_timeout(config.reload_timeout);
         let reload_stats = reloader.stats();
@@ -143,7 +142,7 @@ impl App {
                 Ok(_) => warn_about_clear_keys(&store).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
-                    wake.notify_one();
+                    wake.full();
                 }
             }
         } else {
@@ -153,7 +152,7 @@ impl App {
             tracing::warn!(
                 "database unreachable at start; serving with an empty router and retrying"
             );
-            wake.notify_one();
+            wake.full();
         }
         shutdown.spawn(subscription.run(router.clone(), wake.clone(), shutdown.clone()));
         shutdown.spawn(reloader.run(wake, shutdown.clone()));

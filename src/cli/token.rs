@@ -1,4 +1,4 @@
-//! `token create --user NAME | list | revoke ID`.
+//! `token create --user NAME [--expires 30d|RFC3339] | list | revoke ID`.
 //!
 //! The clear token is shown once: alone on the last line of stdout (the table output), or as
 //! the `token` field of the JSON object (`--output json`). Lists never show tokens.
@@ -8,7 +8,29 @@ use super::exit::CliError;
 use super::output::{self, OutputArgs, Table};
 use clap::Subcommand;
 use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// `--expires`: a duration from now or an RFC 3339 time, in the future either way (a usage
+/// error, exit 64, otherwise; clap names the flag).
+fn parse_expiry(s: &str) -> Result<OffsetDateTime, String> {
+    let now = OffsetDateTime::now_utc();
+    let at = match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(s).map_err(|_| {
+                format!("{s:?} is neither a duration such as 30d nor an RFC 3339 time")
+            })?;
+            let d = time::Duration::try_from(d).map_err(|_| format!("{s:?} is too long"))?;
+            now.checked_add(d)
+                .ok_or_else(|| format!("{s:?} is too long"))?
+        }
+    };
+    if at <= now {
+        return Err(format!("{s:?} is not in the future"));
+    }
+    Ok(at)
+}
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -21,6 +43,9 @@ pub enum TokenCommand {
         /// The user label recorded with every request made with this token.
         #[arg(long)]
         user: String,
+        /// Refuse the token after this: a duration from now (`30d`, `12h`) or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|TIME", value_parser = parse_expiry)]
+        expires: Option<OffsetDateTime>,
     },
     /// List tokens (never the tokens themselves).
     List {
@@ -39,9 +64,14 @@ pub enum TokenCommand {
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
     match cmd {
-        TokenCommand::Create { conn, out, user } => {
+        TokenCommand::Create {
+            conn,
+            out,
+            user,
+            expires,
+        } => {
             let conn = conn.open().await?;
-            let created = conn.create_token(&user).await;
+            let created = conn.create_token(&user, expires).await;
             conn.close().await;
             let created = created?;
             if out.output == output::Output::Table {
