@@ -13,7 +13,7 @@ mod error;
 pub mod keys;
 mod models;
 mod providers;
-mod tokens;
+pub mod tokens;
 mod usage;
 pub mod views;
 

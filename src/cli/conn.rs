@@ -411,6 +411,49 @@ impl Conn {
         }
     }
 
+    /// Create one token per user in one transaction (remote: `POST /tokens:batch`, in requests
+    /// of at most 10 000), all refused after `expires_at` when given.
+    pub async fn create_tokens(
+        &self,
+        users: &[String],
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<Vec<CreatedToken>, CliError> {
+        match self {
+            Conn::Local(store) => {
+                let batch: Vec<crate::store::NewToken> = users
+                    .iter()
+                    .map(|user| crate::store::NewToken {
+                        user: user.clone(),
+                        expires_at,
+                    })
+                    .collect();
+                let created = store.create_tokens(&batch).await?;
+                Ok(created
+                    .into_iter()
+                    .map(|(row, token)| created_item(row, &token))
+                    .collect())
+            }
+            Conn::Remote(api) => {
+                let expires = expires_at.map(crate::admin::views::rfc3339);
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks(crate::admin::tokens::MAX_BATCH_REQUEST) {
+                    let tokens: Vec<Value> = chunk
+                        .iter()
+                        .map(|user| match &expires {
+                            Some(at) => json!({ "user": user, "expires_at": at }),
+                            None => json!({ "user": user }),
+                        })
+                        .collect();
+                    let list: List<CreatedToken> = api
+                        .send(Method::POST, "/tokens:batch", &json!({ "tokens": tokens }))
+                        .await?;
+                    out.extend(list.items);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// `false` when there is no active token with this id.
     pub async fn revoke_token(&self, id: Uuid) -> Result<bool, CliError> {
         match self {

@@ -34,15 +34,17 @@ fn parse_expiry(s: &str) -> Result<OffsetDateTime, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; the clear token is printed once, alone on the last line.
+    /// Create a token; the clear token is printed once, alone on the last line. With several
+    /// `--user`, one token each, written in one transaction (a table of USER and TOKEN).
     Create {
         #[command(flatten)]
         conn: ConnArgs,
         #[command(flatten)]
         out: OutputArgs,
-        /// The user label recorded with every request made with this token.
-        #[arg(long)]
-        user: String,
+        /// The user label recorded with every request made with this token (repeat it to
+        /// create many at once).
+        #[arg(long, required = true)]
+        user: Vec<String>,
         /// Refuse the token after this: a duration from now (`30d`, `12h`) or an RFC 3339 time.
         #[arg(long, value_name = "DURATION|TIME", value_parser = parse_expiry)]
         expires: Option<OffsetDateTime>,
@@ -71,6 +73,29 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
             expires,
         } => {
             let conn = conn.open().await?;
+            if user.len() > 1 {
+                let created = conn.create_tokens(&user, expires).await;
+                conn.close().await;
+                let created = created?;
+                if out.output == output::Output::Table {
+                    eprintln!("created {} tokens; they are shown only now:", created.len());
+                }
+                return output::list(out.output, &created, || {
+                    let mut t = Table::new(&["ID", "USER", "EXPIRES", "TOKEN"]);
+                    for c in &created {
+                        let expires = c.rest.get("expires_at").and_then(|v| v.as_str());
+                        t.row(vec![
+                            c.id.to_string(),
+                            c.user.clone(),
+                            output::opt_time(expires),
+                            c.token.clone(),
+                        ]);
+                    }
+                    t
+                })
+                .map(|()| 0);
+            }
+            let user = user.concat();
             let created = conn.create_token(&user, expires).await;
             conn.close().await;
             let created = created?;

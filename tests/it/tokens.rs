@@ -164,12 +164,45 @@ async fn token_create_expires_local_and_remote() {
             .unwrap()
             .clone();
         assert_eq!(parse(&listed["expires_at"]), expires);
+        // Many users: one batch, a list back with every clear token once.
+        let many = target
+            .json(&[
+                "token",
+                "create",
+                "--user",
+                "m1",
+                "--user",
+                "m2",
+                "--user",
+                "m3",
+                "--expires",
+                "1h",
+                "--output",
+                "json",
+            ])
+            .await;
+        let many = many.as_array().unwrap();
+        assert_eq!(many.len(), 3);
+        assert_eq!(many[2]["user"], "m3");
+        assert!(many
+            .iter()
+            .all(|t| t["token"].as_str().unwrap().len() > 20 && !t["expires_at"].is_null()));
         let table = target.expect(0, &["token", "list"]).await;
         assert!(
             table.contains("EXPIRES") && table.contains("2099-01-01"),
             "{table}"
         );
     }
+    // The remote batch is served by the proxy.
+    let (_, list) = env.admin_get("/api/v1/tokens").await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["user"] == "m2"),
+        "{list}"
+    );
     // The remote one is served by the proxy with its expiry.
     let (_, list) = env.admin_get("/api/v1/tokens").await;
     assert!(
