@@ -101,7 +101,10 @@ impl<K: Slot + Clone + PartialEq> Trie<K> {
                 }
                 let node = leaves
                     .into_iter()
-                    .map(|leaf| (!leaf.is_empty()).then(|| Arc::new(leaf)))
+                    .map(|mut leaf| {
+                        leaf.shrink_to_fit();
+                        (!leaf.is_empty()).then(|| Arc::new(leaf))
+                    })
                     .collect();
                 Some(Arc::new(node))
             })
@@ -138,6 +141,8 @@ impl<K: Slot + Clone + PartialEq> Trie<K> {
         match (had, entry) {
             (Some(i), Some(e)) => leaf[i].1 = e,
             (None, Some(e)) => {
+                // Exact: a leaf holds a handful, and Vec's first growth would reserve four.
+                leaf.reserve_exact(1);
                 leaf.push((key.clone(), e));
                 self.len += 1;
             }
