@@ -5,7 +5,7 @@
 //! every token. A batch ([`Store::create_tokens`]) is one transaction, one counter and one
 //! notification, however many tokens it holds.
 
-use super::{now, Channel, Kind, Store, StoreError};
+use super::{now, Channel, Store, StoreError};
 use super::{AgentToken, Changes, NewToken, TokenChange};
 use crate::secret::Secret;
 use time::OffsetDateTime;
@@ -48,9 +48,11 @@ pub const MAX_DELTA_ROWS: i64 = 20_000;
 /// One logged change row joined with its token as committed (columns null when it is gone).
 #[derive(sqlx::FromRow)]
 struct LogRow {
-    counter: i64,
-    kind: String,
-    ref_id: Uuid,
+    /// The change counter at the time of the read.
+    head: i64,
+    counter: Option<i64>,
+    kind: Option<String>,
+    ref_id: Option<Uuid>,
     user_label: Option<String>,
     token_hash: Option<Vec<u8>>,
     created_at: Option<OffsetDateTime>,
@@ -60,10 +62,10 @@ struct LogRow {
 }
 
 impl LogRow {
-    fn into_change(self) -> TokenChange {
+    fn into_change(self, id: Uuid) -> TokenChange {
         let row = match (self.user_label, self.token_hash, self.created_at) {
             (Some(user), Some(token_hash), Some(created_at)) => Some(AgentToken {
-                id: self.ref_id,
+                id,
                 user,
                 token_hash,
                 created_at,
@@ -73,10 +75,7 @@ impl LogRow {
             }),
             _ => None,
         };
-        TokenChange {
-            id: self.ref_id,
-            row,
-        }
+        TokenChange { id, row }
     }
 }
 
@@ -233,56 +232,61 @@ impl Store {
     /// [`Changes::Gap`] (the caller reloads in full). Costs one small query when nothing
     /// changed, and time in the number of changed tokens otherwise — never in the number stored.
     pub async fn changes_since(&self, after: i64) -> Result<Changes, StoreError> {
-        with_pool!(self, |pool, kind| {
-            let mut tx = pool.begin().await?;
-            if kind == Kind::Postgres {
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let counter: i64 =
-                sqlx::query_scalar("SELECT counter FROM aibridge_changes WHERE id = 1")
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if counter == after {
-                tx.commit().await?;
-                return Ok(Changes::None);
-            }
-            if counter < after {
-                // The counter went back (a restored database): nothing logged can be trusted.
-                tx.commit().await?;
-                return Ok(Changes::Gap);
-            }
-            let rows: Vec<LogRow> = sqlx::query_as(
-                "SELECT l.counter, l.kind, l.ref_id, t.user_label, t.token_hash, t.created_at, \
-                 t.last_used_at, t.revoked_at, t.expires_at \
-                 FROM aibridge_change_log l LEFT JOIN agent_tokens t ON t.id = l.ref_id \
-                 WHERE l.counter > $1 AND l.counter <= $2 ORDER BY l.counter LIMIT $3",
+        // One statement is one consistent read on both backends (no transaction needed): the
+        // counter and the log rows up to it, each joined with its token as committed.
+        let rows: Vec<LogRow> = with_pool!(self, |pool, kind| {
+            sqlx::query_as(
+                "SELECT c.counter AS head, l.counter, l.kind, l.ref_id, t.user_label, t.token_hash, \
+                 t.created_at, t.last_used_at, t.revoked_at, t.expires_at \
+                 FROM aibridge_changes c \
+                 LEFT JOIN aibridge_change_log l ON l.counter > $1 AND l.counter <= c.counter \
+                 LEFT JOIN agent_tokens t ON t.id = l.ref_id \
+                 WHERE c.id = 1 ORDER BY l.counter LIMIT $2",
             )
             .bind(after)
-            .bind(counter)
             .bind(MAX_DELTA_ROWS + 1)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(logged_changes(rows, after, counter))
-        })
+            .fetch_all(pool)
+            .await?
+        });
+        let Some(head) = rows.first().map(|r| r.head) else {
+            return Err(StoreError::NotFound("change counter"));
+        };
+        Ok(logged_changes(rows, after, head))
     }
 }
 
 /// Turn log rows for `(after, counter]` into a delta, or a gap when they do not cover every
 /// counter in that range with token changes (or are too many to be worth a delta).
 fn logged_changes(rows: Vec<LogRow>, after: i64, counter: i64) -> Changes {
-    if rows.len() as i64 > MAX_DELTA_ROWS || rows.iter().any(|r| r.kind != "token") {
+    if counter == after {
+        return Changes::None;
+    }
+    if counter < after {
+        // The counter went back (a restored database): nothing logged can be trusted.
+        return Changes::Gap;
+    }
+    // With no log row the one row read carries only the counter.
+    let rows: Vec<(i64, Uuid, LogRow)> = rows
+        .into_iter()
+        .filter_map(|r| match (r.counter, r.ref_id, r.kind.as_deref()) {
+            (Some(c), Some(id), Some(_)) => Some((c, id, r)),
+            _ => None,
+        })
+        .collect();
+    if rows.len() as i64 > MAX_DELTA_ROWS
+        || rows
+            .iter()
+            .any(|(_, _, r)| r.kind.as_deref() != Some("token"))
+    {
         return Changes::Gap;
     }
     // Rows come ordered by counter: count the distinct ones.
     let mut distinct = 0i64;
     let mut last = None;
-    for r in &rows {
-        if last != Some(r.counter) {
+    for (c, _, _) in &rows {
+        if last != Some(*c) {
             distinct += 1;
-            last = Some(r.counter);
+            last = Some(*c);
         }
     }
     if distinct != counter - after {
@@ -290,6 +294,9 @@ fn logged_changes(rows: Vec<LogRow>, after: i64, counter: i64) -> Changes {
     }
     Changes::Tokens {
         counter,
-        tokens: rows.into_iter().map(LogRow::into_change).collect(),
+        tokens: rows
+            .into_iter()
+            .map(|(_, id, r)| r.into_change(id))
+            .collect(),
     }
 }
