@@ -279,7 +279,12 @@ async fn cell(db: &TestDb, size: usize, providers: usize, ops: usize) -> Vec<(St
         format!("{} ms ({} ms read)", ms(full), ms(read)),
     ));
 
-    let b = a.another(|o| o.database(&db.url)).await;
+    // A second replica is watched on PostgreSQL only: SQLite is one proxy per file, and another
+    // process's writes reach it by the 500 ms counter poll.
+    let b = match db.backend {
+        "postgres" => Some(a.another(|o| o.database(&db.url)).await),
+        _ => None,
+    };
     let admin = Admin::new(&a);
     // Bulk creation through the API: one request of 10 000.
     let batch: Vec<Value> = (0..10_000)
@@ -320,8 +325,10 @@ async fn cell(db: &TestDb, size: usize, providers: usize, ops: usize) -> Vec<(St
             .await;
         create.push(started.elapsed());
         let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
-        replica_has(&b, id, true).await;
-        create_b.push(started.elapsed());
+        if let Some(b) = &b {
+            replica_has(b, id, true).await;
+            create_b.push(started.elapsed());
+        }
         ids.push(id);
     }
     for id in &ids {
@@ -330,25 +337,31 @@ async fn cell(db: &TestDb, size: usize, providers: usize, ops: usize) -> Vec<(St
             .call(reqwest::Method::DELETE, &format!("/tokens/{id}"), None)
             .await;
         revoke.push(started.elapsed());
-        replica_has(&b, *id, false).await;
-        revoke_b.push(started.elapsed());
+        if let Some(b) = &b {
+            replica_has(b, *id, false).await;
+            revoke_b.push(started.elapsed());
+        }
     }
     let cpu = cpu_time() - cpu_before;
     out.push((
         "create via A, A answered (min/p50/p99/max)".into(),
         stats(create).to_string(),
     ));
-    out.push((
-        "create via A, applied by B".into(),
-        stats(create_b).to_string(),
-    ));
+    if !create_b.is_empty() {
+        out.push((
+            "create via A, applied by B".into(),
+            stats(create_b).to_string(),
+        ));
+    }
     out.push(("revoke via A, A answered".into(), stats(revoke).to_string()));
+    if !revoke_b.is_empty() {
+        out.push((
+            "revoke via A, applied by B".into(),
+            stats(revoke_b).to_string(),
+        ));
+    }
     out.push((
-        "revoke via A, applied by B".into(),
-        stats(revoke_b).to_string(),
-    ));
-    out.push((
-        "process CPU per change (A + B + client)".into(),
+        "process CPU per change (A, B if any, client)".into(),
         format!("{} µs", us(cpu / (2 * ops as u32))),
     ));
 

@@ -5,7 +5,7 @@
 //! every token. A batch ([`Store::create_tokens`]) is one transaction, one counter and one
 //! notification, however many tokens it holds.
 
-use super::{now, Channel, Store, StoreError};
+use super::{now, Channel, Kind, Store, StoreError};
 use super::{AgentToken, Changes, NewToken, TokenChange};
 use crate::secret::Secret;
 use time::OffsetDateTime;
@@ -44,6 +44,25 @@ macro_rules! prune_log {
 
 /// More logged rows than this after a replica's counter are cheaper to read as a full reload.
 pub const MAX_DELTA_ROWS: i64 = 20_000;
+
+/// The counter and the log rows after `$1` (at most `$2`) with their tokens, SQLite.
+const CHANGES_SQLITE: &str =
+    "SELECT c.counter AS head, l.counter, l.kind, l.ref_id, t.user_label, t.token_hash, \
+     t.created_at, t.last_used_at, t.revoked_at, t.expires_at \
+     FROM aibridge_changes c \
+     LEFT JOIN aibridge_change_log l ON l.counter > $1 AND l.counter <= c.counter \
+     LEFT JOIN agent_tokens t ON t.id = l.ref_id \
+     WHERE c.id = 1 ORDER BY l.counter LIMIT $2";
+
+/// The same read on PostgreSQL: an index range on the log, index probes into the tokens.
+const CHANGES_POSTGRES: &str = "SELECT c.counter AS head, x.* FROM aibridge_changes c \
+     LEFT JOIN LATERAL ( \
+       SELECT l.counter, l.kind, l.ref_id, t.user_label, t.token_hash, t.created_at, \
+              t.last_used_at, t.revoked_at, t.expires_at \
+       FROM aibridge_change_log l LEFT JOIN agent_tokens t ON t.id = l.ref_id \
+       WHERE l.counter > $1 AND l.counter <= c.counter ORDER BY l.counter LIMIT $2 \
+     ) x ON true \
+     WHERE c.id = 1";
 
 /// One logged change row joined with its token as committed (columns null when it is gone).
 #[derive(sqlx::FromRow)]
@@ -235,18 +254,18 @@ impl Store {
         // One statement is one consistent read on both backends (no transaction needed): the
         // counter and the log rows up to it, each joined with its token as committed.
         let rows: Vec<LogRow> = with_pool!(self, |pool, kind| {
-            sqlx::query_as(
-                "SELECT c.counter AS head, l.counter, l.kind, l.ref_id, t.user_label, t.token_hash, \
-                 t.created_at, t.last_used_at, t.revoked_at, t.expires_at \
-                 FROM aibridge_changes c \
-                 LEFT JOIN aibridge_change_log l ON l.counter > $1 AND l.counter <= c.counter \
-                 LEFT JOIN agent_tokens t ON t.id = l.ref_id \
-                 WHERE c.id = 1 ORDER BY l.counter LIMIT $2",
-            )
-            .bind(after)
-            .bind(MAX_DELTA_ROWS + 1)
-            .fetch_all(pool)
-            .await?
+            let sql = match kind {
+                // SQLite's planner walks the log's primary key and probes tokens by id.
+                Kind::Sqlite => CHANGES_SQLITE,
+                // PostgreSQL may pick a hash join over both whole tables (O(N) per change)
+                // unless the log range is a lateral subquery on the one counter row.
+                Kind::Postgres => CHANGES_POSTGRES,
+            };
+            sqlx::query_as(sql)
+                .bind(after)
+                .bind(MAX_DELTA_ROWS + 1)
+                .fetch_all(pool)
+                .await?
         });
         let Some(head) = rows.first().map(|r| r.head) else {
             return Err(StoreError::NotFound("change counter"));
