@@ -79,6 +79,8 @@ pub struct App {
     /// Interception records (queue handle and counters).
     pub recorder: Recorder,
     recorder_task: tokio::task::JoinHandle<()>,
+    /// The OTLP exporter, which flushes once the last recorder is gone.
+    tracer_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -160,6 +162,21 @@ impl App {
         let proxy_addr = proxy_listener.local_addr()?;
         let (recorder, recorder_task) =
             Recorder::start(store.clone(), metrics.clone(), shutdown.clone());
+        let (tracer, tracer_task) = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let counters = crate::otlp::Counters {
+                    exported: metrics.otlp_spans_exported_total.clone(),
+                    dropped: metrics.otlp_spans_dropped_total.clone(),
+                };
+                let instance = uuid::Uuid::new_v4().to_string();
+                let (tracer, task) = crate::otlp::Tracer::start(endpoint, instance, counters)
+                    .map_err(|e| AppError::Config(vec![format!("--otlp-endpoint: {e}")]))?;
+                tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+                (Some(tracer), Some(task))
+            }
+            None => (None, None),
+        };
+        let recorder = recorder.with_tracer(tracer);
         // Tunnels and plain forwards: public destinations plus --allow-private-cidrs.
         let tunnel_dialer = Dialer::new(
             EgressPolicy::public_only(config.proxy.allow_private_cidrs.clone()),
@@ -203,6 +220,7 @@ impl App {
                     proxy: config.proxy.clone(),
                     recorder: recorder.clone(),
                     shutdown: shutdown.clone(),
+                    sessions: Default::default(),
                 });
                 shutdown.spawn(admin::serve(listener, admin_state, shutdown.clone()));
                 Some(addr)
@@ -223,6 +241,7 @@ impl App {
             metrics,
             recorder,
             recorder_task,
+            tracer_task,
         })
     }
 
@@ -239,6 +258,14 @@ impl App {
             .is_err()
         {
             tracing::warn!("interception records not flushed before exit");
+        }
+        if let Some(task) = self.tracer_task {
+            if tokio::time::timeout(RECORDER_FLUSH_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("spans not exported before exit");
+            }
         }
         self.store.close().await;
         cut

@@ -189,6 +189,8 @@ pub struct AppConfig {
     pub retention: Duration,
     /// How often the retention job runs (no flag; tests shorten it).
     pub retention_interval: Duration,
+    /// `--otlp-endpoint`: where spans go (OTLP over HTTP); none exports nothing.
+    pub otlp_endpoint: Option<String>,
     pub proxy: ProxyConfig,
 }
 
@@ -216,6 +218,7 @@ impl AppConfig {
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
             retention: DEFAULT_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            otlp_endpoint: None,
             proxy: ProxyConfig::default(),
         }
     }
@@ -255,6 +258,14 @@ impl AppConfig {
         }
         if self.retention > MAX_DURATION * 10 {
             errors.push("--retention must be at most 3650d".to_string());
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let ok = endpoint.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                errors.push("--otlp-endpoint must be an http:// or https:// URL".to_string());
+            }
         }
         if self.cert_cache_size == 0 {
             errors.push("--cert-cache-size must be at least 1".to_string());

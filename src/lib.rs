@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod net;
+pub mod otlp;
 pub mod provider;
 pub mod proxy;
 pub mod pubsub;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub provider_info: IntGaugeVec,
     pub interceptions_dropped_total: IntCounter,
     pub interceptions_deleted_total: IntCounter,
+    pub otlp_spans_exported_total: IntCounter,
+    pub otlp_spans_dropped_total: IntCounter,
     pub retention_runs_total: IntCounterVec,
     pub task_panics_total: IntCounter,
     pub tls_handshake_failures_total: IntCounterVec,
@@ -176,6 +178,14 @@ impl Metrics {
             interceptions_deleted_total: counter(
                 "interceptions_deleted_total",
                 "Interception records deleted by retention",
+            )?,
+            otlp_spans_exported_total: counter(
+                "otlp_spans_exported_total",
+                "Spans the OTLP collector accepted",
+            )?,
+            otlp_spans_dropped_total: counter(
+                "otlp_spans_dropped_total",
+                "Spans dropped: queue full or the collector did not take them",
             )?,
             retention_runs_total: counter_vec(
                 "retention_runs_total",

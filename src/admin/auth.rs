@@ -1,5 +1,6 @@
 //! The admin bearer token: read from a 0600 file (generated on first start), held only as its
-//! SHA-256, compared in constant time. A missing or wrong token gets a bare 401.
+//! SHA-256, compared in constant time. A missing or wrong token gets a bare 401. The console's
+//! session cookie is the other way in (see [`super::session`]).
 
 use super::error::ApiError;
 use super::AdminState;
@@ -48,12 +49,28 @@ fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Middleware: require `Authorization: Bearer <admin token>`.
+/// Middleware: require `Authorization: Bearer <admin token>`, or (no `Authorization` at all)
+/// a console session cookie, whose writes must also pass the CSRF check
+/// ([`super::session::csrf_refusal`]).
 pub async fn require_token(
     State(state): State<Arc<AdminState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if !req.headers().contains_key(AUTHORIZATION) {
+        let Some(found) = state.sessions.find(req.headers()) else {
+            return Err(ApiError::unauthorized());
+        };
+        if let Some(reason) = super::session::csrf_refusal(req.method(), req.headers(), &found) {
+            tracing::warn!(method = %req.method(), path = req.uri().path(), reason, "console write refused");
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                reason,
+            ));
+        }
+        return Ok(next.run(req).await);
+    }
     let mut values = req.headers().get_all(AUTHORIZATION).iter();
     let presented = match (values.next(), values.next()) {
         (Some(v), None) => v

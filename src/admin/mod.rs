@@ -1,6 +1,7 @@
-//! The admin listener: the REST API under `/api/v1` (bearer token), plus `/healthz` and
-//! `/ca.pem` (open), `/readyz` (token, like the API) and the direct bridge under `/bridge/`
-//! (agent tokens; see [`bridge`]).
+//! The admin listener: the REST API under `/api/v1` (bearer token, or the console's session
+//! cookie), plus `/healthz` and `/ca.pem` (open), `/readyz` (token, like the API), the browser
+//! console at `/` ([`console`], sign-in at `/api/session`, live feed at `/api/v1/events`) and
+//! the direct bridge under `/bridge/` (agent tokens; see [`bridge`]).
 //!
 //! Writes go to the store, which publishes them; the handler then waits (briefly, bounded) until
 //! this proxy's router serves the change, so a `2xx` means "this replica routes accordingly".
@@ -9,10 +10,13 @@
 
 mod auth;
 pub mod bridge;
+pub mod console;
 mod error;
 pub mod keys;
+mod live;
 mod models;
 mod providers;
+pub mod session;
 pub mod tokens;
 mod usage;
 pub mod views;
@@ -52,6 +56,8 @@ pub struct AdminState {
     pub proxy: crate::config::ProxyConfig,
     pub recorder: crate::usage::recorder::Recorder,
     pub shutdown: Shutdown,
+    /// The console's signed-in sessions.
+    pub sessions: session::Sessions,
 }
 
 impl AdminState {
@@ -97,7 +103,9 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
         .route("/router", get(router_view))
         .route("/interceptions", get(usage::list))
         .route("/interceptions/{id}", get(usage::get))
-        .route("/usage", get(usage::usage));
+        .route("/usage", get(usage::usage))
+        .route("/status", get(live::get_status))
+        .route("/events", get(live::events));
     let protected = axum::Router::new()
         .nest("/api/v1", api)
         .route("/readyz", get(readyz))
@@ -106,13 +114,24 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
             state.clone(),
             auth::require_token,
         ));
-    axum::Router::new()
+    let own = axum::Router::new()
         .merge(protected)
+        .merge(console::routes())
+        .route(
+            "/api/session",
+            get(session::current)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
         .route("/healthz", get(healthz))
         .route("/ca.pem", get(ca_pem))
-        // The direct bridge authenticates agents itself (their token as the API key).
-        .route("/bridge/{*rest}", any(bridge::handle))
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn(console::security_headers));
+    axum::Router::new()
+        .merge(own)
+        // The direct bridge authenticates agents itself (their token as the API key); its
+        // answers are the provider's, without the console's headers.
+        .route("/bridge/{*rest}", any(bridge::handle))
         .with_state(state)
 }
 

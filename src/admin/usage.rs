@@ -4,7 +4,7 @@
 use super::error::{ApiError, ApiPath};
 use super::views::{InterceptionView, List};
 use super::AdminState;
-use crate::store::interceptions::{GroupBy, InterceptionFilter, UsageTotal};
+use crate::store::interceptions::{Bucket, GroupBy, InterceptionFilter, UsageBucket, UsageTotal};
 use crate::store::Interception;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -41,6 +41,8 @@ pub struct UsageQuery {
     until: Option<String>,
     /// `passthrough` counts non-model calls too.
     include: Option<String>,
+    /// `hour` or `day`: totals per time bucket as well (see [`bucket_range`]).
+    bucket: Option<String>,
 }
 
 fn invalid(detail: &str) -> ApiError {
@@ -133,6 +135,51 @@ pub async fn get(
 pub struct UsageView {
     group_by: &'static str,
     items: Vec<UsageTotal>,
+    /// With `bucket`: the bucket width, the range the buckets cover, and the non-empty buckets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buckets: Option<Vec<UsageBucket>>,
+}
+
+/// Longest range per bucket width, so one answer stays a few thousand rows at most.
+const MAX_HOUR_RANGE: time::Duration = time::Duration::days(31);
+const MAX_DAY_RANGE: time::Duration = time::Duration::days(400);
+
+/// The bucket width and the range `[since, until)` a bucketed query covers: `until` defaults to
+/// now, `since` to one day (hours) or thirty days (days) before `until`.
+fn bucket_range(
+    bucket: &str,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+) -> Result<(Bucket, &'static str, OffsetDateTime, OffsetDateTime), ApiError> {
+    let (bucket, name, default_span, max_span) = match bucket {
+        "hour" => (
+            Bucket::Hour,
+            "hour",
+            time::Duration::days(1),
+            MAX_HOUR_RANGE,
+        ),
+        "day" => (Bucket::Day, "day", time::Duration::days(30), MAX_DAY_RANGE),
+        _ => return Err(invalid("bucket must be hour or day")),
+    };
+    let until = until.unwrap_or_else(OffsetDateTime::now_utc);
+    let since = since.unwrap_or(until - default_span);
+    if since >= until {
+        return Err(invalid("since must be before until"));
+    }
+    if until - since > max_span {
+        return Err(invalid(if name == "hour" {
+            "hour buckets cover at most 31 days"
+        } else {
+            "day buckets cover at most 400 days"
+        }));
+    }
+    Ok((bucket, name, since, until))
 }
 
 pub async fn usage(
@@ -150,17 +197,31 @@ pub async fn usage(
         Some("passthrough") => true,
         Some(_) => return Err(invalid("include must be passthrough")),
     };
+    let mut since = time_param("since", &q.since)?;
+    let mut until = time_param("until", &q.until)?;
+    let over_time = match q.bucket.as_deref() {
+        Some(b) => {
+            let (bucket, bucket_name, from, to) = bucket_range(b, since, until)?;
+            (since, until) = (Some(from), Some(to));
+            let rows = state
+                .store
+                .usage_buckets(bucket, group_by, from, to, include_passthrough)
+                .await?;
+            Some((bucket_name, rows))
+        }
+        None => None,
+    };
     let items = state
         .store
-        .usage_totals(
-            group_by,
-            time_param("since", &q.since)?,
-            time_param("until", &q.until)?,
-            include_passthrough,
-        )
+        .usage_totals(group_by, since, until, include_passthrough)
         .await?;
+    let (bucket, buckets) = over_time.map_or((None, None), |(n, rows)| (Some(n), Some(rows)));
     Ok(Json(UsageView {
         group_by: name,
         items,
+        since: bucket.and(since.map(super::views::rfc3339)),
+        until: bucket.and(until.map(super::views::rfc3339)),
+        bucket,
+        buckets,
     }))
 }

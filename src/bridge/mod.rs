@@ -16,7 +16,8 @@ pub use error::BridgeError;
 
 use crate::config::ProxyConfig;
 use crate::net::upstream::ProxyBody;
-use crate::provider::Passthrough;
+use crate::otlp::{SpanContext, TraceInfo};
+use crate::provider::{Passthrough, ProviderKind};
 use crate::router::ProviderRoute;
 use crate::store::Interception;
 use crate::usage::recorder::Recorder;
@@ -32,6 +33,8 @@ use std::time::{Duration, Instant};
 /// `x-upstream-request-id`, because provider support asks for theirs.
 pub const REQUEST_ID: &str = "x-request-id";
 pub const UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
+/// W3C trace context: taken from the client, replaced by our span's on the way upstream.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// Who is asking, and the limits their request is read under.
 #[derive(Debug, Clone)]
@@ -53,6 +56,9 @@ pub struct RequestContext {
     pub record_prompts: bool,
     pub max_prompt_bytes: usize,
     pub max_tool_args_bytes: usize,
+    /// The span this request's span hangs under when the client sent no `traceparent` (the
+    /// intercepted session's).
+    pub trace_parent: Option<SpanContext>,
 }
 
 impl RequestContext {
@@ -71,7 +77,35 @@ impl RequestContext {
             record_prompts: config.record_prompts,
             max_prompt_bytes: config.max_prompt_bytes,
             max_tool_args_bytes: config.max_tool_args_bytes,
+            trace_parent: None,
         }
+    }
+
+    /// This request's span, when traces are exported: under the client's `traceparent` if it
+    /// sent one, else under [`RequestContext::trace_parent`], else a new trace.
+    pub fn trace(
+        &self,
+        recorder: &Recorder,
+        headers: &http::HeaderMap,
+        kind: ProviderKind,
+    ) -> Option<TraceInfo> {
+        recorder.tracer()?;
+        let context = headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(SpanContext::child_of_traceparent)
+            .unwrap_or_else(|| {
+                self.trace_parent
+                    .map_or_else(SpanContext::root, |parent| parent.child())
+            });
+        Some(TraceInfo {
+            context,
+            system: match kind {
+                ProviderKind::Anthropic => "anthropic",
+                ProviderKind::Openai | ProviderKind::OpenaiCompatible => "openai",
+            },
+            requested_model: None,
+        })
     }
 
     /// The prompt bound for a model call to `route`, or `None` when prompts are not recorded.
@@ -119,6 +153,7 @@ where
         transport: "http".into(),
         prompt: None,
         tool_calls: Vec::new(),
+        trace: ctx.trace(recorder, req.headers(), route.kind),
     };
     recorder.started(&route.name);
     // Until an answer takes the record over, dropping this future (the client went away while
@@ -128,7 +163,12 @@ where
         started,
         record: Some(record),
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if let Some(t) = unanswered.record.as_ref().and_then(|r| r.trace.as_ref()) {
+        if let Ok(v) = HeaderValue::from_str(&t.context.traceparent()) {
+            parts.headers.insert(TRACEPARENT, v);
+        }
+    }
     let body_failure = Arc::new(OnceLock::new());
     let body = body::IdleBody::new(body, ctx.idle_timeout, body_failure.clone());
     let admitted = if model_call {
@@ -265,6 +305,9 @@ impl Unanswered<'_> {
 
     fn set_request(&mut self, facts: RequestFacts) {
         if let Some(r) = self.record.as_mut() {
+            if let Some(t) = r.trace.as_mut() {
+                t.requested_model.clone_from(&facts.model);
+            }
             r.model = facts.model;
             r.prompt = facts.prompt;
         }

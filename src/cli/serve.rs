@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Largest WebSocket message read for accounting; a larger one is relayed unread.
     #[arg(long, env = "AIBRIDGE_MAX_WS_MESSAGE_BYTES", default_value_t = config::DEFAULT_MAX_WS_MESSAGE_BYTES)]
     max_ws_message_bytes: usize,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318).
+    #[arg(long, env = "AIBRIDGE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Delete interception records older than this (0 keeps everything).
     #[arg(long, env = "AIBRIDGE_RETENTION", default_value_t = config::DEFAULT_RETENTION.into())]
     retention: HumanDuration,
@@ -136,6 +139,7 @@ impl ServeArgs {
             reload_timeout: config::DEFAULT_RELOAD_TIMEOUT,
             retention: self.retention.into(),
             retention_interval: config::DEFAULT_RETENTION_INTERVAL,
+            otlp_endpoint: self.otlp_endpoint,
             proxy: ProxyConfig {
                 connect_ports: self.connect_ports,
                 auth: self.auth,

@@ -12,9 +12,11 @@ use super::{forward, mitm, tunnel, ConnSlot, ProxyState};
 use crate::config::AuthMode;
 use crate::net::target::{Target, TargetError};
 use crate::net::upstream::ProxyBody;
+use crate::otlp::SpanContext;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Route one request that arrived on the proxy listener.
@@ -75,6 +77,9 @@ async fn handle_connect(
                 provider_id: route.id,
                 auth: who,
                 slot,
+                trace: state.recorder.tracer().map(|_| SpanContext::root()),
+                provider: route.name.clone(),
+                requests: AtomicU64::new(0),
             };
             state.shutdown.spawn(session.serve(upgrade));
             established()

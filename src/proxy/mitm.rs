@@ -17,6 +17,7 @@ use crate::auth::Authenticated;
 use crate::bridge::{self, websocket, RequestContext};
 use crate::net::target::{Host, Target};
 use crate::net::upstream::ProxyBody;
+use crate::otlp::{SpanContext, SpanData, Value};
 use crate::router::ProviderRoute;
 use crate::shutdown::{Shutdown, ShutdownExecutor};
 use http::{header, Request, Response};
@@ -25,6 +26,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_rustls::LazyConfigAcceptor;
 use uuid::Uuid;
@@ -40,6 +42,12 @@ pub(super) struct Session {
     /// The client connection's place under `--max-connections`; a WebSocket opened on this
     /// session holds it too, for as long as it is open.
     pub slot: Option<super::ConnSlot>,
+    /// The provider's name, for the session's span.
+    pub provider: String,
+    /// The session's span, when traces are exported: its requests' spans hang under it.
+    pub trace: Option<SpanContext>,
+    /// Requests served on this session.
+    pub requests: AtomicU64,
 }
 
 impl Session {
@@ -96,7 +104,9 @@ impl Session {
                 return;
             }
         };
-        self.serve_decrypted(tls).await;
+        let started = std::time::SystemTime::now();
+        let session = self.serve_decrypted(tls).await;
+        session.emit_span(started);
     }
 
     /// Count a handshake with the agent that did not complete (`tls_handshake_failures_total`).
@@ -117,10 +127,34 @@ impl Session {
             .inc();
     }
 
+    /// The session's span (server side: one CONNECT's decrypted connection), when it ends.
+    fn emit_span(&self, started: std::time::SystemTime) {
+        let (Some(tracer), Some(context)) = (self.state.recorder.tracer(), self.trace) else {
+            return;
+        };
+        let requests = i64::try_from(self.requests.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        tracer.emit(SpanData {
+            context,
+            name: format!("CONNECT {}", self.key),
+            server: true,
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("server.address", Value::Str(self.target.host.to_string())),
+                ("server.port", Value::Int(i64::from(self.target.port))),
+                ("enduser.id", Value::Str(self.auth.user().to_string())),
+                ("aibridge.provider", Value::Str(self.provider.clone())),
+                ("aibridge.requests", Value::Int(requests)),
+            ],
+            error: None,
+        });
+    }
+
+    /// Serve the decrypted connection; hands the session back for its span.
     async fn serve_decrypted(
         self,
         tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
-    ) {
+    ) -> Arc<Self> {
         // The protocol is fixed by ALPN: serve it directly, so no version sniffing phase (which
         // has no timer) can hold a silent connection open.
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -140,6 +174,7 @@ impl Session {
         if let Err(e) = result {
             tracing::debug!(target = %session.key, error = %e, "intercepted connection ended with an error");
         }
+        session
     }
 
     /// HTTP/1.1 with upgrades: a WebSocket switches only after the upstream's `101`.
@@ -204,7 +239,9 @@ impl Session {
         if self.state.panic_on_path.as_deref() == Some(req.uri().path()) {
             injected_panic();
         }
-        let ctx = RequestContext::new(&self.auth, &self.state.config);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut ctx = RequestContext::new(&self.auth, &self.state.config);
+        ctx.trace_parent = self.trace;
         match self.admit(&req) {
             Ok(route) if websocket::is_upgrade(&req) => {
                 let state = &self.state;

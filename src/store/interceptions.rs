@@ -313,6 +313,80 @@ impl Store {
     }
 }
 
+/// The width of one usage bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    /// The SQL expression naming the UTC bucket a record's `started_at` falls in, as RFC 3339
+    /// text (`2026-12-03T14:00:00Z`), so both backends return the same strings and order them
+    /// the same way.
+    fn sql(self, kind: super::Kind) -> &'static str {
+        match (kind, self) {
+            (super::Kind::Sqlite, Bucket::Hour) => "strftime('%Y-%m-%dT%H:00:00Z', started_at)",
+            (super::Kind::Sqlite, Bucket::Day) => "strftime('%Y-%m-%dT00:00:00Z', started_at)",
+            (super::Kind::Postgres, Bucket::Hour) => {
+                "to_char(date_trunc('hour', started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24\":00:00Z\"')"
+            }
+            (super::Kind::Postgres, Bucket::Day) => {
+                "to_char(date_trunc('day', started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T00:00:00Z\"')"
+            }
+        }
+    }
+}
+
+/// Token totals for one group in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct UsageBucket {
+    /// The bucket's start, RFC 3339 UTC.
+    pub bucket: String,
+    pub key: Option<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+impl Store {
+    /// Token totals per UTC hour or day and per provider, model or user over `[since, until)`,
+    /// oldest bucket first: model calls only, unless `include_passthrough`. Buckets with no
+    /// records are absent (the caller knows the range and fills them). Aggregated in the
+    /// database, so the answer's size is buckets × groups whatever the record count.
+    pub async fn usage_buckets(
+        &self,
+        bucket: Bucket,
+        group_by: GroupBy,
+        since: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+        include_passthrough: bool,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let col = group_by.column();
+        let rows = with_pool!(self, |pool, kind| {
+            let sql = format!(
+                "SELECT {b} AS bucket, {col} AS key, COUNT(*) AS requests, \
+                 CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+                 CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+                 CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
+                 CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens \
+                 FROM interceptions WHERE started_at >= $1 AND started_at < $2 AND ($3 OR route = 'model') \
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+                b = bucket.sql(kind)
+            );
+            sqlx::query_as(&sql)
+                .bind(since)
+                .bind(until)
+                .bind(include_passthrough)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+}
+
 /// What one retention run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purge {

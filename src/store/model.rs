@@ -292,4 +292,7 @@ pub struct Interception {
     /// In order; stored in `interception_tool_calls`.
     #[sqlx(skip)]
     pub tool_calls: Vec<ToolCall>,
+    /// The request's span, when traces are exported (never stored).
+    #[sqlx(skip)]
+    pub trace: Option<crate::otlp::TraceInfo>,
 }

@@ -3,6 +3,7 @@
 //! what it is told; the meaning of a record stays here, beside the record's other readers.
 
 use crate::metrics::{Metrics, RequestFinished};
+use crate::otlp::{SpanContext, SpanData, Value};
 use crate::store::Interception;
 use std::time::Duration;
 
@@ -33,6 +34,85 @@ pub fn observe(metrics: &Metrics, r: &Interception, model_label: Option<&str>) {
             ("cache_write", tokens(r.cache_write_tokens)),
         ],
     });
+}
+
+/// The span of a finished request, from its record (GenAI semantic conventions). Never a
+/// prompt, an argument, a key or a token.
+pub fn span(r: &Interception) -> SpanData {
+    let trace = r.trace.as_ref();
+    let context = trace.map_or_else(SpanContext::root, |t| t.context);
+    let start: std::time::SystemTime = r.started_at.into();
+    let operation = operation(&r.path);
+    let model_call = r.route == "model";
+    let requested = trace.and_then(|t| t.requested_model.clone());
+    let name = match (model_call, requested.as_deref().or(r.model.as_deref())) {
+        (true, Some(model)) => format!("{operation} {model}"),
+        (true, None) => operation.to_string(),
+        (false, _) => format!("{} {}", r.method, r.path),
+    };
+    let mut attributes = vec![
+        ("enduser.id", Value::Str(r.user.clone())),
+        ("aibridge.provider", Value::Str(r.provider.clone())),
+        ("aibridge.route", Value::Str(r.route.clone())),
+        ("aibridge.transport", Value::Str(r.transport.clone())),
+        ("aibridge.outcome", Value::Str(r.outcome.clone())),
+        ("aibridge.request_id", Value::Str(r.request_id.clone())),
+        ("http.request.method", Value::Str(r.method.clone())),
+        ("url.path", Value::Str(r.path.clone())),
+        ("http.response.status_code", Value::Int(i64::from(r.status))),
+    ];
+    if let Some(system) = trace.map(|t| t.system) {
+        attributes.push(("gen_ai.system", Value::Str(system.into())));
+    }
+    if model_call {
+        attributes.push(("gen_ai.operation.name", Value::Str(operation.into())));
+    }
+    let strings = [
+        ("gen_ai.request.model", requested),
+        ("gen_ai.response.model", r.model.clone()),
+    ];
+    for (key, value) in strings {
+        if let Some(v) = value {
+            attributes.push((key, Value::Str(v)));
+        }
+    }
+    let ints = [
+        ("gen_ai.usage.input_tokens", r.input_tokens),
+        ("gen_ai.usage.output_tokens", r.output_tokens),
+        ("aibridge.usage.cache_read_tokens", r.cache_read_tokens),
+        ("aibridge.usage.cache_write_tokens", r.cache_write_tokens),
+        ("aibridge.ttfb_ms", r.ttfb_ms),
+    ];
+    for (key, value) in ints {
+        if let Some(v) = value {
+            attributes.push((key, Value::Int(v)));
+        }
+    }
+    SpanData {
+        context,
+        name,
+        server: true,
+        start,
+        end: start + Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0)),
+        attributes,
+        error: r.error.clone(),
+    }
+}
+
+/// The GenAI operation a model route performs.
+fn operation(path: &str) -> &'static str {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/embeddings") {
+        "embeddings"
+    } else if path.ends_with("/chat/completions") || path.ends_with("/messages") {
+        "chat"
+    } else if path.ends_with("/completions") {
+        "text_completion"
+    } else if path.ends_with("/responses") || path.ends_with("/realtime") {
+        "generate_content"
+    } else {
+        "request"
+    }
 }
 
 /// Record errors that are the upstream's (or the path to it) failing; the client's own doings

@@ -9,12 +9,13 @@
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
 use crate::metrics::Metrics;
+use crate::otlp::Tracer;
 use crate::shutdown::Shutdown;
 use crate::store::{Interception, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 /// Records waiting for the database, at most.
@@ -40,9 +41,28 @@ pub struct Recorder {
     scope: Shutdown,
     stats: Arc<RecorderStats>,
     metrics: Arc<Metrics>,
+    /// Finished requests as they are queued (without prompt and tool calls), for the admin
+    /// console's live feed; costs nothing while nobody listens.
+    live: broadcast::Sender<Arc<Interception>>,
+    /// Where finished requests' spans go (`--otlp-endpoint`).
+    tracer: Option<Tracer>,
 }
 
+/// Finished requests the live feed holds for a slow listener before it reports a gap.
+const LIVE_BACKLOG: usize = 256;
+
 impl Recorder {
+    /// Export a span for every finished request that carries a trace context.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The span exporter, when traces are exported.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
+    }
+
     /// Start the writer. It runs until every `Recorder` clone is dropped, then flushes and ends.
     pub fn start(
         store: Store,
@@ -58,6 +78,8 @@ impl Recorder {
                 scope,
                 stats,
                 metrics,
+                live: broadcast::Sender::new(LIVE_BACKLOG),
+                tracer: None,
             },
             task,
         )
@@ -74,12 +96,22 @@ impl Recorder {
     /// Account a finished request and queue its record without waiting. `model_label` is the
     /// record's model if the provider configures it (metric labels come from that bounded set;
     /// anything else counts as `other`).
-    pub fn record(&self, r: Interception, model_label: Option<&str>) {
+    pub fn record(&self, mut r: Interception, model_label: Option<&str>) {
         self.metrics
             .inflight_requests
             .with_label_values(&[r.provider.as_str()])
             .dec();
         super::observe::observe(&self.metrics, &r, model_label);
+        if self.live.receiver_count() > 0 {
+            // The summary is cloned without the (possibly large) prompt and tool calls.
+            let prompt = r.prompt.take();
+            let tool_calls = std::mem::take(&mut r.tool_calls);
+            let _ = self.live.send(Arc::new(r.clone()));
+            (r.prompt, r.tool_calls) = (prompt, tool_calls);
+        }
+        if let (Some(tracer), Some(_)) = (&self.tracer, &r.trace) {
+            tracer.emit(super::observe::span(&r));
+        }
         if let Err(e) = self.tx.try_send(r) {
             self.metrics.interceptions_dropped_total.inc();
             let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -98,6 +130,11 @@ impl Recorder {
         } else {
             "client_cancelled"
         }
+    }
+
+    /// Follow finished requests as they are recorded (summaries: no prompt, no tool calls).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Interception>> {
+        self.live.subscribe()
     }
 
     pub fn stats(&self) -> &Arc<RecorderStats> {

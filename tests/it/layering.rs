@@ -21,7 +21,7 @@ const FLOORS: &[&[&str]] = &[
     &["store"],
     &["provider", "ca", "config"],
     &["net"],
-    &["secret", "metrics", "shutdown", "telemetry"],
+    &["secret", "metrics", "shutdown", "telemetry", "otlp"],
 ];
 
 /// Imports allowed against the floors, each with its reason. Empty: keep it so.

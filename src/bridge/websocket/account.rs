@@ -311,6 +311,16 @@ impl Account {
         record.started_at = time::OffsetDateTime::now_utc();
         record.model = model.clone();
         record.prompt = prompt;
+        // Each response is a span of its own under the socket's.
+        record.trace = self
+            .template
+            .trace
+            .as_ref()
+            .map(|t| crate::otlp::TraceInfo {
+                context: t.context.child(),
+                system: t.system,
+                requested_model: model.clone(),
+            });
         self.recorder.started(&record.provider);
         self.turns.push_back(Turn {
             record,

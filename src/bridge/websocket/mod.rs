@@ -78,7 +78,13 @@ where
     let started = Instant::now();
     let api = SocketApi::detect(route.kind, req.uri().path());
     let url_model = req.uri().query().and_then(|q| query_param(q, "model"));
-    let record = template(&route, &req, ctx, api);
+    let mut record = template(&route, &req, ctx, api);
+    record.trace = ctx.trace(&env.recorder, req.headers(), route.kind);
+    if let Some(t) = &record.trace {
+        if let Ok(v) = HeaderValue::from_str(&t.context.traceparent()) {
+            req.headers_mut().insert(super::TRACEPARENT, v);
+        }
+    }
     if api.is_none() && route.passthrough == Passthrough::Deny {
         let resp = super::policy::provider_error(
             route.kind,
@@ -217,6 +223,7 @@ fn template<B>(
         transport: "websocket".into(),
         prompt: None,
         tool_calls: Vec::new(),
+        trace: None,
     }
 }
 

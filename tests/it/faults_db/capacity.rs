@@ -33,6 +33,7 @@ fn record(i: usize) -> Interception {
         transport: "http".into(),
         prompt: None,
         tool_calls: Vec::new(),
+        trace: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn stored_record(i: usize, age: std::time::Duration) -> aibridge_proxy::store::I
             arguments: format!("{{\"cmd\":\"ls {i}\"}}"),
             truncated: false,
         }],
+        trace: None,
     }
 }
 

@@ -202,5 +202,6 @@ pub fn usage_record(
         transport: "http".into(),
         prompt: None,
         tool_calls: vec![],
+        trace: None,
     }
 }

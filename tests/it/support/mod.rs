@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bin;
+pub mod browser;
 pub mod client;
 pub mod db;
 pub mod env;
