@@ -81,6 +81,7 @@ fn routing_data(providers: usize, tokens: usize) -> RoutingData {
                 created_at: now,
                 last_used_at: None,
                 revoked_at: None,
+                expires_at: None,
             })
             .collect(),
         models: Vec::new(),

@@ -16,7 +16,7 @@ use crate::net::egress::{Dialer, EgressPolicy, Resolver};
 use crate::net::upstream::{UpstreamFactory, UpstreamTlsError};
 use crate::proxy::{self, ProxyState};
 use crate::pubsub::Subscription;
-use crate::router::reload::{ReloadStats, Reloader};
+use crate::router::reload::{ReloadStats, Reloader, Wake};
 use crate::router::Router;
 use crate::secret::files::FileError;
 use crate::shutdown::Shutdown;
@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 /// How long shutdown waits for interception records to be written.
 const RECORDER_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -152,7 +151,7 @@ impl App {
 
         let subscription = Subscription::new(&store).await;
         let subscription_live = subscription.live();
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::new());
         // Counters and health outlive any one reloader: a restarted one reports through them.
         let reload_stats = Arc::new(ReloadStats::default());
         let new_reloader = {
@@ -172,7 +171,7 @@ impl App {
                 Ok(_) => warn_about_clear_keys(&store).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "initial router load failed; serving with an empty router and retrying");
-                    wake.notify_one();
+                    wake.full();
                 }
             }
         } else {
@@ -182,7 +181,7 @@ impl App {
             tracing::warn!(
                 "database unreachable at start; serving with an empty router and retrying"
             );
-            wake.notify_one();
+            wake.full();
         }
         spawn_background(
             &shutdown,
@@ -323,7 +322,7 @@ struct Background<F> {
     new_reloader: F,
     store: Store,
     router: Arc<Router>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     /// The readiness flag the subscription reports through, kept across restarts.
     live: Arc<AtomicBool>,
 }
@@ -358,7 +357,7 @@ where
                 Some(s) => s,
                 None => {
                     let s = Subscription::new(&store).await.with_live(live);
-                    wake.notify_one();
+                    wake.full();
                     s
                 }
             };
@@ -371,7 +370,7 @@ where
         let reloader = match first.take() {
             Some(r) => r,
             None => {
-                wake.notify_one();
+                wake.full();
                 new_reloader()
             }
         };

@@ -17,7 +17,7 @@ mod live;
 mod models;
 mod providers;
 pub mod session;
-mod tokens;
+pub mod tokens;
 mod usage;
 pub mod views;
 
@@ -102,6 +102,7 @@ pub fn routes(state: Arc<AdminState>) -> axum::Router {
             get(models::get_default).put(models::put_default),
         )
         .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens:batch", post(tokens::create_batch))
         .route("/tokens/{id}", delete(tokens::revoke))
         .route("/router", get(router_view))
         .route("/interceptions", get(usage::list))
@@ -220,7 +221,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         .host_routes()
         .map(|r| (r.id, r.kind.as_str()))
         .collect();
-    for p in &snapshot.providers {
+    for p in snapshot.providers.iter() {
         let kind = kinds.get(&p.id).copied().unwrap_or("unknown");
         m.provider_info
             .with_label_values(&[p.name.as_str(), kind, p.status])

@@ -123,6 +123,7 @@ pub struct TokenView {
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 impl From<AgentToken> for TokenView {
@@ -133,6 +134,7 @@ impl From<AgentToken> for TokenView {
             created_at: rfc3339(t.created_at),
             last_used_at: t.last_used_at.map(rfc3339),
             revoked_at: t.revoked_at.map(rfc3339),
+            expires_at: t.expires_at.map(rfc3339),
         }
     }
 }

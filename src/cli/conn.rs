@@ -390,21 +390,66 @@ impl Conn {
         }
     }
 
-    pub async fn create_token(&self, user: &str) -> Result<CreatedToken, CliError> {
+    /// Create a token for `user`, refused after `expires_at` when given.
+    pub async fn create_token(
+        &self,
+        user: &str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<CreatedToken, CliError> {
         match self {
             Conn::Local(store) => {
-                let (row, token) = store.create_token(user).await?;
-                Ok(CreatedToken {
-                    id: row.id,
-                    user: row.user.clone(),
-                    token: token.expose().clone(),
-                    created_at: crate::admin::views::rfc3339(row.created_at),
-                    rest: Map::new(),
-                })
+                let (row, token) = store.create_token_with(user, expires_at).await?;
+                Ok(created_item(row, &token))
             }
             Conn::Remote(api) => {
-                api.send(Method::POST, "/tokens", &json!({ "user": user }))
-                    .await
+                let mut body = json!({ "user": user });
+                if let Some(at) = expires_at {
+                    body["expires_at"] = json!(crate::admin::views::rfc3339(at));
+                }
+                api.send(Method::POST, "/tokens", &body).await
+            }
+        }
+    }
+
+    /// Create one token per user in one transaction (remote: `POST /tokens:batch`, in requests
+    /// of at most 10 000), all refused after `expires_at` when given.
+    pub async fn create_tokens(
+        &self,
+        users: &[String],
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<Vec<CreatedToken>, CliError> {
+        match self {
+            Conn::Local(store) => {
+                let batch: Vec<crate::store::NewToken> = users
+                    .iter()
+                    .map(|user| crate::store::NewToken {
+                        user: user.clone(),
+                        expires_at,
+                    })
+                    .collect();
+                let created = store.create_tokens(&batch).await?;
+                Ok(created
+                    .into_iter()
+                    .map(|(row, token)| created_item(row, &token))
+                    .collect())
+            }
+            Conn::Remote(api) => {
+                let expires = expires_at.map(crate::admin::views::rfc3339);
+                let mut out = Vec::with_capacity(users.len());
+                for chunk in users.chunks(crate::admin::tokens::MAX_BATCH_REQUEST) {
+                    let tokens: Vec<Value> = chunk
+                        .iter()
+                        .map(|user| match &expires {
+                            Some(at) => json!({ "user": user, "expires_at": at }),
+                            None => json!({ "user": user }),
+                        })
+                        .collect();
+                    let list: List<CreatedToken> = api
+                        .send(Method::POST, "/tokens:batch", &json!({ "tokens": tokens }))
+                        .await?;
+                    out.extend(list.items);
+                }
+                Ok(out)
             }
         }
     }
@@ -486,4 +531,26 @@ async fn local_providers(store: &Store) -> Result<Vec<ProviderItem>, CliError> {
     rows.into_iter()
         .map(|p| item(ProviderView::new(p, &snapshot)))
         .collect()
+}
+
+/// A token created on the database, shaped as the admin API answers it (the same fields, so
+/// local and remote output agree).
+fn created_item(
+    row: crate::store::AgentToken,
+    token: &crate::secret::Secret<String>,
+) -> CreatedToken {
+    let mut rest = Map::new();
+    rest.insert(
+        "expires_at".into(),
+        row.expires_at.map_or(Value::Null, |t| {
+            Value::String(crate::admin::views::rfc3339(t))
+        }),
+    );
+    CreatedToken {
+        id: row.id,
+        user: row.user.clone(),
+        token: token.expose().clone(),
+        created_at: crate::admin::views::rfc3339(row.created_at),
+        rest,
+    }
 }

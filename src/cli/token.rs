@@ -1,4 +1,4 @@
-//! `token create --user NAME | list | revoke ID`.
+//! `token create --user NAME [--expires 30d|RFC3339] | list | revoke ID`.
 //!
 //! The clear token is shown once: alone on the last line of stdout (the table output), or as
 //! the `token` field of the JSON object (`--output json`). Lists never show tokens.
@@ -8,19 +8,46 @@ use super::exit::CliError;
 use super::output::{self, OutputArgs, Table};
 use clap::Subcommand;
 use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// `--expires`: a duration from now or an RFC 3339 time, in the future either way (a usage
+/// error, exit 64, otherwise; clap names the flag).
+fn parse_expiry(s: &str) -> Result<OffsetDateTime, String> {
+    let now = OffsetDateTime::now_utc();
+    let at = match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let d = humantime::parse_duration(s).map_err(|_| {
+                format!("{s:?} is neither a duration such as 30d nor an RFC 3339 time")
+            })?;
+            let d = time::Duration::try_from(d).map_err(|_| format!("{s:?} is too long"))?;
+            now.checked_add(d)
+                .ok_or_else(|| format!("{s:?} is too long"))?
+        }
+    };
+    if at <= now {
+        return Err(format!("{s:?} is not in the future"));
+    }
+    Ok(at)
+}
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; the clear token is printed once, alone on the last line.
+    /// Create a token; the clear token is printed once, alone on the last line. With several
+    /// `--user`, one token each, written in one transaction (a table of USER and TOKEN).
     Create {
         #[command(flatten)]
         conn: ConnArgs,
         #[command(flatten)]
         out: OutputArgs,
-        /// The user label recorded with every request made with this token.
-        #[arg(long)]
-        user: String,
+        /// The user label recorded with every request made with this token (repeat it to
+        /// create many at once).
+        #[arg(long, required = true)]
+        user: Vec<String>,
+        /// Refuse the token after this: a duration from now (`30d`, `12h`) or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|TIME", value_parser = parse_expiry)]
+        expires: Option<OffsetDateTime>,
     },
     /// List tokens (never the tokens themselves).
     List {
@@ -39,9 +66,37 @@ pub enum TokenCommand {
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<i32> {
     match cmd {
-        TokenCommand::Create { conn, out, user } => {
+        TokenCommand::Create {
+            conn,
+            out,
+            user,
+            expires,
+        } => {
             let conn = conn.open().await?;
-            let created = conn.create_token(&user).await;
+            if user.len() > 1 {
+                let created = conn.create_tokens(&user, expires).await;
+                conn.close().await;
+                let created = created?;
+                if out.output == output::Output::Table {
+                    eprintln!("created {} tokens; they are shown only now:", created.len());
+                }
+                return output::list(out.output, &created, || {
+                    let mut t = Table::new(&["ID", "USER", "EXPIRES", "TOKEN"]);
+                    for c in &created {
+                        let expires = c.rest.get("expires_at").and_then(|v| v.as_str());
+                        t.row(vec![
+                            c.id.to_string(),
+                            c.user.clone(),
+                            output::opt_time(expires),
+                            c.token.clone(),
+                        ]);
+                    }
+                    t
+                })
+                .map(|()| 0);
+            }
+            let user = user.concat();
+            let created = conn.create_token(&user, expires).await;
             conn.close().await;
             let created = created?;
             if out.output == output::Output::Table {

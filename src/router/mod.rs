@@ -6,8 +6,10 @@
 
 pub mod reload;
 pub mod snapshot;
+pub mod tokens;
 
-pub use snapshot::{ProviderRoute, ProviderState, Snapshot, TokenEntry};
+pub use snapshot::{ProviderRoute, ProviderState, Snapshot};
+pub use tokens::{TokenEntry, TokenTable};
 
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -9,15 +9,15 @@
 //! Upstream clients of providers whose base URL did not change are carried over from the
 //! previous snapshot so their warm connections survive the reload.
 
+use super::tokens::{TokenEntry, TokenTable};
 use crate::net::egress::EgressPolicy;
 use crate::net::upstream::{UpstreamClient, UpstreamFactory};
 use crate::provider::{self, BaseUrl, Passthrough, ProviderKind};
 use crate::secret::Secret;
-use crate::store::RoutingData;
+use crate::store::{AgentToken, RoutingData, TokenChange};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -55,11 +55,12 @@ pub struct ProviderState {
     pub warnings: Vec<String>,
 }
 
-/// An active agent token.
-#[derive(Debug)]
-pub struct TokenEntry {
-    pub id: Uuid,
-    pub user: Arc<str>,
+/// The provider half of a snapshot: rebuilt only by a full reload, shared by the snapshots
+/// token deltas make.
+struct Routing {
+    routes: HashMap<String, Arc<ProviderRoute>>,
+    /// Every routable provider by name (the direct bridge's lookup), with or without hosts.
+    by_name: HashMap<String, Arc<ProviderRoute>>,
 }
 
 /// One immutable routing state.
@@ -68,18 +69,11 @@ pub struct Snapshot {
     pub loaded_at: OffsetDateTime,
     /// The store's change counter this snapshot reflects.
     pub counter: i64,
-    routes: HashMap<String, Arc<ProviderRoute>>,
-    /// Every routable provider by name (the direct bridge's lookup), with or without hosts.
-    by_name: HashMap<String, Arc<ProviderRoute>>,
-    pub providers: Vec<ProviderState>,
-    /// Ids of the active tokens, so open connections can be re-checked per request.
-    active_tokens: std::collections::HashSet<Uuid>,
-    /// Active tokens, bucketed by the first 8 bytes of their SHA-256.
-    tokens: HashMap<u64, TokenBucket>,
+    routing: Arc<Routing>,
+    pub providers: Arc<Vec<ProviderState>>,
+    /// Active (not revoked) tokens; expiry is checked per request against the clock.
+    tokens: TokenTable,
 }
-
-/// Tokens whose digests share a prefix: (SHA-256, entry).
-type TokenBucket = Vec<([u8; 32], Arc<TokenEntry>)>;
 
 impl Snapshot {
     /// The snapshot before anything was loaded: routes nothing, accepts no token.
@@ -88,51 +82,85 @@ impl Snapshot {
             generation: 0,
             loaded_at: OffsetDateTime::now_utc(),
             counter: -1,
-            routes: HashMap::new(),
-            by_name: HashMap::new(),
-            providers: Vec::new(),
-            active_tokens: Default::default(),
-            tokens: HashMap::new(),
+            routing: Arc::new(Routing {
+                routes: HashMap::new(),
+                by_name: HashMap::new(),
+            }),
+            providers: Arc::default(),
+            tokens: TokenTable::default(),
         }
     }
 
     /// The provider intercepting `key` ("host:port"), if any.
     pub fn route(&self, key: &str) -> Option<&Arc<ProviderRoute>> {
-        self.routes.get(key)
+        self.routing.routes.get(key)
     }
 
     /// The enabled provider named `name`, if it is routable.
     pub fn provider(&self, name: &str) -> Option<&Arc<ProviderRoute>> {
-        self.by_name.get(name)
+        self.routing.by_name.get(name)
     }
 
-    /// Whether the token with this id is still active (not revoked).
+    /// Whether the token with this id still authenticates now (neither revoked nor expired):
+    /// open connections re-check it per request.
     pub fn token_active(&self, id: Uuid) -> bool {
-        self.active_tokens.contains(&id)
+        let now = OffsetDateTime::now_utc();
+        self.tokens.by_id(id).is_some_and(|e| e.valid_at(now))
     }
 
-    /// The token whose SHA-256 is `digest`, if active. The bucket is found by a digest prefix;
-    /// the full fixed-length digests are then compared in constant time, so how long a compare
-    /// takes says nothing about how close a guess was.
+    /// The token whose SHA-256 is `digest`, if active and not expired at this instant (an
+    /// expired token is refused exactly like a revoked one, with no reload needed). The digests
+    /// are compared in constant time, see [`TokenTable::by_digest`].
     pub fn token(&self, digest: &[u8; 32]) -> Option<&Arc<TokenEntry>> {
-        let bucket = self.tokens.get(&digest_prefix(digest))?;
-        let mut found = None;
-        for (stored, entry) in bucket {
-            if bool::from(stored.ct_eq(digest)) {
-                found = Some(entry);
+        let now = OffsetDateTime::now_utc();
+        self.tokens
+            .by_digest(digest)
+            .filter(|entry| entry.valid_at(now))
+    }
+
+    /// The token table, expired entries included (they are refused at lookup).
+    pub fn tokens(&self) -> &TokenTable {
+        &self.tokens
+    }
+
+    /// The next snapshot: this one with token `changes` applied, reflecting `counter`. Shares
+    /// the providers and every untouched part of the token table, so it costs time in the number
+    /// of changes, not in the number of tokens or providers.
+    pub fn with_token_changes(
+        &self,
+        changes: Vec<TokenChange>,
+        counter: i64,
+        generation: u64,
+    ) -> Snapshot {
+        let mut tokens = self.tokens.clone();
+        for change in changes {
+            match change.row.filter(|r| r.revoked_at.is_none()) {
+                Some(row) => match token_entry(row) {
+                    Some(entry) => tokens.upsert(entry),
+                    None => tokens.remove(change.id),
+                },
+                None => tokens.remove(change.id),
             }
         }
-        found
+        Snapshot {
+            generation,
+            loaded_at: OffsetDateTime::now_utc(),
+            counter,
+            routing: self.routing.clone(),
+            providers: self.providers.clone(),
+            tokens,
+        }
     }
 
     /// Every routed provider (once per host it claims).
     pub fn host_routes(&self) -> impl Iterator<Item = &Arc<ProviderRoute>> {
-        self.routes.values()
+        self.routing.routes.values()
     }
 
     /// Host → provider name, sorted, for `/router` and tests.
     pub fn host_map(&self) -> Vec<(String, String)> {
         let mut out: Vec<_> = self
+            .routing
             .routes
             .iter()
             .map(|(h, r)| (h.clone(), r.name.clone()))
@@ -148,8 +176,12 @@ impl Snapshot {
         previous: &Snapshot,
         upstreams: &UpstreamFactory,
     ) -> Snapshot {
-        let reusable: HashMap<Uuid, &Arc<ProviderRoute>> =
-            previous.by_name.values().map(|r| (r.id, r)).collect();
+        let reusable: HashMap<Uuid, &Arc<ProviderRoute>> = previous
+            .routing
+            .by_name
+            .values()
+            .map(|r| (r.id, r))
+            .collect();
         let mut routes: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
         let mut by_name: HashMap<String, Arc<ProviderRoute>> = HashMap::new();
         let mut owners: HashMap<String, String> = HashMap::new();
@@ -233,40 +265,38 @@ impl Snapshot {
             providers.push(state);
         }
 
-        let mut tokens: HashMap<u64, TokenBucket> = HashMap::new();
-        let active_tokens = data.tokens.iter().map(|t| t.id).collect();
-        for t in data.tokens {
-            let Ok(digest) = <[u8; 32]>::try_from(t.token_hash.as_slice()) else {
-                tracing::warn!(token_id = %t.id, "token row has a malformed hash; ignored");
-                continue;
-            };
-            let entry = Arc::new(TokenEntry {
-                id: t.id,
-                user: t.user.into(),
-            });
-            tokens
-                .entry(digest_prefix(&digest))
-                .or_default()
-                .push((digest, entry));
-        }
+        let now = OffsetDateTime::now_utc();
+        let tokens = TokenTable::build(
+            data.tokens
+                .into_iter()
+                .filter(|t| t.active_at(now))
+                .filter_map(token_entry)
+                .collect(),
+        );
 
         Snapshot {
             generation,
-            loaded_at: OffsetDateTime::now_utc(),
+            loaded_at: now,
             counter: data.counter,
-            routes,
-            by_name,
-            providers,
-            active_tokens,
+            routing: Arc::new(Routing { routes, by_name }),
+            providers: Arc::new(providers),
             tokens,
         }
     }
 }
 
-fn digest_prefix(digest: &[u8; 32]) -> u64 {
-    let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(prefix)
+/// The snapshot's entry for a stored token; `None` (logged) when its hash is malformed.
+fn token_entry(t: AgentToken) -> Option<TokenEntry> {
+    let Ok(digest) = <[u8; 32]>::try_from(t.token_hash.as_slice()) else {
+        tracing::warn!(token_id = %t.id, "token row has a malformed hash; ignored");
+        return None;
+    };
+    Some(TokenEntry {
+        id: t.id,
+        user: t.user.into(),
+        digest,
+        expires_at: t.expires_at,
+    })
 }
 
 type ParsedRow = (

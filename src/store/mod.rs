@@ -22,8 +22,8 @@ pub mod model;
 
 pub use crypto::{CryptoError, KeyId, Keyring, SecretsKey, SecretsKeyError};
 pub use model::{
-    AgentToken, Interception, Model, ModelPatch, NewModel, NewProvider, Prompt, Provider,
-    ProviderKey, ProviderPatch, RoutingData, ToolCall, UNREADABLE_MASK,
+    AgentToken, Changes, Interception, Model, ModelPatch, NewModel, NewProvider, NewToken, Prompt,
+    Provider, ProviderKey, ProviderPatch, RoutingData, TokenChange, ToolCall, UNREADABLE_MASK,
 };
 pub use secrets::{KeyStorage, Rotation};
 

@@ -62,6 +62,45 @@ pub struct AgentToken {
     pub created_at: OffsetDateTime,
     pub last_used_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
+    /// After this instant the token is refused like a revoked one; `None` never expires.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl AgentToken {
+    /// Whether the token still authenticates at `now` (not revoked, not expired).
+    pub fn active_at(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// A token to create: its user label and optional expiry.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub user: String,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// What one logged change says about one token: its row as committed, or `None` when the row
+/// is gone. The router applies it as a delta.
+#[derive(Debug, Clone)]
+pub struct TokenChange {
+    pub id: Uuid,
+    pub row: Option<AgentToken>,
+}
+
+/// The changes committed after a counter, as the change log tells them.
+#[derive(Debug, Clone)]
+pub enum Changes {
+    /// Nothing was committed after it.
+    None,
+    /// Only token changes, all of them logged: apply these, in order, to reach `counter`.
+    Tokens {
+        counter: i64,
+        tokens: Vec<TokenChange>,
+    },
+    /// Something not in the log (a provider or model write, a hand edit, a pruned range, more
+    /// rows than a delta is worth): only a full reload is sure to be right.
+    Gap,
 }
 
 /// A provider to create. Validated by the store before anything is written.

@@ -34,6 +34,7 @@ mod secrets;
 mod shutdown;
 mod smuggling;
 mod store;
+mod tokens;
 mod tunnel;
 mod usage;
 mod websocket;

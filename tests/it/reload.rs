@@ -278,13 +278,22 @@ async fn burst_coalesces(db: &TestDb) {
             .await
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = proxy.app.reload_stats.ok.load(Ordering::SeqCst);
-    // A burst of 1 000 change events committed at once, as another process would.
+    let stats = &proxy.app.reload_stats;
+    let (before, full_before) = (
+        stats.ok.load(Ordering::SeqCst),
+        stats.full.load(Ordering::SeqCst),
+    );
+    // A burst of 1 000 changes committed at once, as another process would, each announced
+    // with its own counter (as our writes announce theirs). Provider changes are not logged for
+    // deltas, so catching up means a full reload; notifications the installed snapshot already
+    // covers are skipped, however late the listener reads them (under load it reads them over
+    // several reload times, which is what made counting passes flaky).
     if db.backend == "postgres" {
         let pool = writer.postgres_pool().unwrap();
         sqlx::query(
-            "WITH c AS (UPDATE aibridge_changes SET counter = counter + 1000 WHERE id = 1) \
-             SELECT pg_notify('ai_providers_changed', g::text) FROM generate_series(1, 1000) g",
+            "WITH c AS (UPDATE aibridge_changes SET counter = counter + 1000 WHERE id = 1 RETURNING counter) \
+             SELECT pg_notify('ai_providers_changed', (c.counter - 1000 + g)::text) \
+             FROM c, generate_series(1, 1000) g",
         )
         .execute(pool)
         .await
@@ -304,14 +313,15 @@ async fn burst_coalesces(db: &TestDb) {
         "the proxy converges on the last change"
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let reloads = proxy.app.reload_stats.ok.load(Ordering::SeqCst) - before;
+    let reloads = stats.ok.load(Ordering::SeqCst) - before;
+    let full = stats.full.load(Ordering::SeqCst) - full_before;
     println!(
-        "FIGURE {}: a burst of 1000 change events → {reloads} reloads",
+        "FIGURE {}: a burst of 1000 change events → {reloads} snapshots installed ({full} full)",
         db.backend
     );
     assert!(
-        (1..=2).contains(&reloads),
-        "a burst costs at most two reloads, got {reloads}"
+        (1..=2).contains(&reloads) && full == reloads,
+        "a burst costs at most two full reloads, got {reloads} ({full} full)"
     );
     writer.close().await;
 }

@@ -54,6 +54,7 @@ pub fn snapshot_holding(secret: &str) -> Snapshot {
             created_at: time::OffsetDateTime::now_utc(),
             last_used_at: None,
             revoked_at: None,
+            expires_at: None,
         }],
         models: vec![],
         counter: 1,
