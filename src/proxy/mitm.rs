@@ -65,9 +65,11 @@ impl Session {
         };
         let _active = super::ActiveGuard::new(&self.state.metrics, "mitm");
         let timeout = self.state.config.tls_handshake_timeout;
-        let acceptor =
+        // Awaited by reference so the connection lives until its refusal is counted: whoever
+        // sees the close sees the count.
+        let mut acceptor =
             LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-        let start = match tokio::time::timeout(timeout, acceptor).await {
+        let start = match tokio::time::timeout(timeout, &mut acceptor).await {
             Ok(Ok(start)) => start,
             Ok(Err(e)) => {
                 tracing::info!(target = %self.key, reason = "not_tls", error = %e, "intercepted connection did not speak TLS");
