@@ -863,8 +863,9 @@ async fn active_mitm(proxy: &ProxyProcess) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Requests on 16 connections while the provider is rewritten 10 times a second, against the
-/// same load without rewrites, alternating.
+/// Requests on 16 connections, alternating: steady; while the provider is rewritten 10 times a
+/// second (full reloads); while agent tokens change 100 times a second (50 created and 50
+/// revoked: token deltas, issue 18).
 async fn reload(b: &mut Bench) {
     let scenario = "reload_16conn";
     let (status, body) = b
@@ -881,47 +882,57 @@ async fn reload(b: &mut Bench) {
         senders.push(b.ep.open(Path::Proxy).await);
     }
     let host = b.ep.host(Path::Proxy);
-    let mut steady = (vec![], vec![]);
-    let mut reloading = (vec![], vec![], vec![]);
+    let writers = [None, Some(Writes::Provider), Some(Writes::Tokens)];
+    let mut rows: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); writers.len()];
     for _ in 0..b.opts.rounds {
-        for rewrite in [false, true] {
+        for (row, writes) in writers.iter().enumerate() {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let writer = rewrite.then(|| {
+            let writer = writes.map(|w| {
                 let (admin, token, stop) =
                     (b.proxy.admin, b.proxy.admin_token.clone(), stop.clone());
-                tokio::spawn(rewrite_loop(admin, token, stop))
+                tokio::spawn(write_loop(w, admin, token, stop))
             });
             let (s, lat, errors, elapsed) =
                 run_keepalive(std::mem::take(&mut senders), &host, b.duration()).await;
             senders = s;
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            let rps = lat.len() as f64 / elapsed;
-            match writer {
-                Some(w) => {
-                    let (writes, failed) = w.await.unwrap();
-                    assert_eq!(failed, 0, "provider rewrites failed");
-                    reloading.0.push(rps);
-                    reloading.1.push(errors as f64);
-                    reloading.2.push(writes as f64 / elapsed);
-                }
-                None => {
-                    steady.0.push(rps);
-                    steady.1.push(errors as f64);
-                }
+            let r = &mut rows[row];
+            r.0.push(lat.len() as f64 / elapsed);
+            r.1.push(errors as f64);
+            if let Some(w) = writer {
+                let (changes, failed) = w.await.unwrap();
+                assert_eq!(failed, 0, "admin writes failed");
+                r.2.push(changes as f64 / elapsed);
             }
         }
     }
-    b.report.push(scenario, "steady", "req/s", steady.0);
-    b.report.push(scenario, "steady", "errors", steady.1);
-    b.report.push(scenario, "reloading", "req/s", reloading.0);
-    b.report.push(scenario, "reloading", "errors", reloading.1);
-    b.report
-        .push(scenario, "reloading", "rewrites/s", reloading.2);
+    for (writes, (rps, errors, changes)) in writers.iter().zip(rows) {
+        let (path, unit) = match writes {
+            None => ("steady", ""),
+            Some(Writes::Provider) => ("reloading", "rewrites/s"),
+            Some(Writes::Tokens) => ("token_churn", "token changes/s"),
+        };
+        b.report.push(scenario, path, "req/s", rps);
+        b.report.push(scenario, path, "errors", errors);
+        if !unit.is_empty() {
+            b.report.push(scenario, path, unit, changes);
+        }
+    }
 }
 
-/// PATCH the provider every 100 ms (toggling its model policy; the model used is allowed
-/// either way) until told to stop. Returns (writes, failed writes).
-async fn rewrite_loop(
+/// What the admin writer changes while requests run.
+#[derive(Clone, Copy)]
+enum Writes {
+    /// PATCH the provider every 100 ms (toggling its model policy; the model used is allowed
+    /// either way): a full reload each.
+    Provider,
+    /// Every 20 ms create a token and revoke it: 100 token changes a second, applied as deltas.
+    Tokens,
+}
+
+/// Run `writes` until told to stop. Returns (changes made, failed writes).
+async fn write_loop(
+    writes: Writes,
     admin: std::net::SocketAddr,
     token: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -930,25 +941,68 @@ async fn rewrite_loop(
         .use_preconfigured_tls(tls::client_config(&[], &[]))
         .build()
         .unwrap();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let (mut writes, mut failed) = (0, 0);
+    let base = format!("http://{admin}/api/v1");
+    let period = match writes {
+        Writes::Provider => Duration::from_millis(100),
+        Writes::Tokens => Duration::from_millis(20),
+    };
+    let mut tick = tokio::time::interval(period);
+    let (mut changes, mut failed) = (0, 0);
     let mut enforce = false;
+    let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         tick.tick().await;
-        enforce = !enforce;
-        let resp = client
-            .patch(format!("http://{admin}/api/v1/providers/openai"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(format!("{{\"enforce_models\":{enforce}}}"))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().is_success() => writes += 1,
-            _ => failed += 1,
+        match writes {
+            Writes::Provider => {
+                enforce = !enforce;
+                let resp = client
+                    .patch(format!("{base}/providers/openai"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"enforce_models\":{enforce}}}"))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status().is_success() => changes += 1,
+                    _ => failed += 1,
+                }
+            }
+            Writes::Tokens => {
+                n += 1;
+                let created = client
+                    .post(format!("{base}/tokens"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(format!("{{\"user\":\"churn-{n}\"}}"))
+                    .send()
+                    .await;
+                let id = match created {
+                    Ok(r) if r.status().is_success() => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["id"].as_str().map(str::to_owned)),
+                    _ => None,
+                };
+                let Some(id) = id else {
+                    failed += 1;
+                    continue;
+                };
+                changes += 1;
+                let revoked = client
+                    .delete(format!("{base}/tokens/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                match revoked {
+                    Ok(r) if r.status().is_success() => changes += 1,
+                    _ => failed += 1,
+                }
+            }
         }
     }
-    (writes, failed)
+    (changes, failed)
 }
 
 /// The performance issue's targets (issue 14), from this run's medians.
@@ -1011,12 +1065,12 @@ fn targets(r: &mut Report) {
     let errors: f64 = r
         .series
         .iter()
-        .filter(|s| s.scenario == "reload_16conn" && s.path == "reloading" && s.metric == "errors")
+        .filter(|s| s.scenario == "reload_16conn" && s.path != "steady" && s.metric == "errors")
         .flat_map(|s| s.values.iter())
         .sum();
     if r.series.iter().any(|s| s.scenario == "reload_16conn") {
         r.target(
-            "reload under load: errors (all rounds)",
+            "reload and token churn under load: errors (all rounds)",
             errors,
             "",
             0.0,
