@@ -96,11 +96,7 @@ impl UpstreamFactory {
             .https_or_http()
             .enable_http1()
             .wrap_connector(self.dialer.clone());
-        Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector)
+        pooled(connector)
     }
 
     /// A fresh client with its own connection pool.
@@ -110,10 +106,16 @@ impl UpstreamFactory {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(self.dialer.clone());
-        Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector)
+        pooled(connector)
     }
+}
+
+/// A client with its own pool on `connector`: idle connections dropped after
+/// [`POOL_IDLE_TIMEOUT`].
+fn pooled(connector: HttpsConnector<Dialer>) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
 }
