@@ -206,6 +206,18 @@ async fn replica_has(proxy: &TestProxy, id: uuid::Uuid, present: bool) {
     .expect("replica applied the change");
 }
 
+/// Wait until `proxy` serves change `counter` or a later one.
+async fn replica_at(proxy: &TestProxy, counter: i64) {
+    let mut installs = proxy.app.router.installs();
+    tokio::time::timeout(WAIT, async {
+        while proxy.app.router.load().counter < counter {
+            installs.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("replica caught up");
+}
+
 async fn cell(db: &TestDb, size: usize, providers: usize, ops: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let store = writer(&db.url).await;
@@ -309,7 +321,11 @@ async fn cell(db: &TestDb, size: usize, providers: usize, ops: usize) -> Vec<(St
         ),
     ));
 
-    // Creates and revocations through A, each watched until B has applied it.
+    // Creates and revocations through A, each watched until B has applied it, from a steady
+    // state: B has applied the batch (a full reload at this size) before the first is timed.
+    if let Some(b) = &b {
+        replica_at(b, a.app.router.load().counter).await;
+    }
     let cpu_before = cpu_time();
     let (mut create, mut create_b, mut revoke, mut revoke_b) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -24,20 +24,30 @@ const INSERT_CHUNK: usize = 1_000;
 
 /// How many counters of change log are kept. A replica further behind than this finds a gap
 /// and reloads in full, which is what it would do anyway after that much change.
-const LOG_KEPT: i64 = 10_000;
+pub const LOG_KEPT: i64 = 10_000;
 
-/// Pruning runs on one write in this many (an indexed range delete, usually of nothing).
+/// Pruning runs on one write in this many (usually finding nothing to delete).
 const PRUNE_EVERY: i64 = 64;
 
 /// Delete change-log rows older than [`LOG_KEPT`] counters, on one write in [`PRUNE_EVERY`],
-/// inside the write's transaction `$tx` at counter `$counter`.
+/// inside the write's transaction `$tx` at counter `$counter`. The oldest counter is read first
+/// (an index probe whatever the planner knows): PostgreSQL plans the range delete as a scan of
+/// the whole log while the table has no statistics yet — after a bulk load, ~10 ms per 100 000
+/// rows on every 64th write — so it runs only when there is something to delete.
 macro_rules! prune_log {
     ($tx:ident, $counter:expr) => {
         if $counter % PRUNE_EVERY == 0 {
-            sqlx::query("DELETE FROM aibridge_change_log WHERE counter <= $1")
-                .bind($counter - LOG_KEPT)
-                .execute(&mut *$tx)
-                .await?;
+            let keep_from = $counter - LOG_KEPT;
+            let oldest: Option<i64> =
+                sqlx::query_scalar("SELECT min(counter) FROM aibridge_change_log")
+                    .fetch_one(&mut *$tx)
+                    .await?;
+            if oldest.is_some_and(|oldest| oldest <= keep_from) {
+                sqlx::query("DELETE FROM aibridge_change_log WHERE counter <= $1")
+                    .bind(keep_from)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
         }
     };
 }

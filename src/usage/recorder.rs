@@ -1,10 +1,14 @@
 //! The interception record writer: a bounded queue in front of batched inserts.
 //!
-//! The request path only `try_send`s (never waits on the database). One background task drains
-//! the queue in batches: when it wakes from idle it lingers briefly so that one insert carries
-//! every record of that moment (a busy proxy otherwise pays a database round trip per request);
-//! under sustained load the queue is never short of a batch and it does not linger. When the
-//! database fails, the batch is held and retried with backoff
+//! The request path only `try_send`s (never waits on the database, never wakes a thread unless
+//! the writer is idle). One background task drains the queue in batches sized by time: a commit
+//! starts at most once per [`COMMIT_INTERVAL`] (sooner only when [`BATCH`] records wait), so
+//! under load each commit carries every record of its interval. A commit's cost is mostly the
+//! pages it touches (the table's and each index's newest leaf pages, written to SQLite's WAL
+//! and later checkpointed), so rows per commit is what sets the database I/O per request:
+//! measured on the real schema with SQLite, 50 rows per commit cost ~1.9 page writes and reads
+//! per row, 500 rows ~0.3 (16 KiB pages). The first record after an idle spell is written at
+//! once. When the database fails, the batch is held and retried with backoff
 //! while new records queue up behind it. When the queue is full a record is dropped — counted
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
@@ -20,9 +24,11 @@ use tokio::task::JoinHandle;
 
 /// Records waiting for the database, at most.
 pub const QUEUE_CAPACITY: usize = 10_000;
-const BATCH: usize = 500;
-/// How long the writer waits, after idling, for more records to share one insert.
-const LINGER: Duration = Duration::from_millis(50);
+/// Records in one commit, at most; a full batch is committed without waiting for the interval.
+pub const BATCH: usize = 2_000;
+/// Commits start at most this often: how long a record can wait before its commit starts, and
+/// what batches records under load.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -146,14 +152,16 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
     let mut pending: Vec<Interception> = Vec::with_capacity(BATCH);
     let mut backoff = BACKOFF_MIN;
     let mut open = true;
+    // When the last commit started: the next one waits out the rest of its interval.
+    let mut last_commit = tokio::time::Instant::now() - COMMIT_INTERVAL;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
                 Some(r) => pending.push(r),
                 None => return,
             }
-            if rx.len() < BATCH {
-                tokio::time::sleep(LINGER).await;
+            if rx.len() + 1 < BATCH {
+                tokio::time::sleep_until(last_commit + COMMIT_INTERVAL).await;
             }
         }
         while pending.len() < BATCH {
@@ -166,6 +174,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
                 }
             }
         }
+        last_commit = tokio::time::Instant::now();
         match store.insert_interceptions(&pending).await {
             Ok(()) => {
                 stats

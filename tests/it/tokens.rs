@@ -317,6 +317,67 @@ both_backends!(
     deltas
 );
 
+/// Run `sql` (no result) on `db` beside `store`.
+async fn exec(db: &TestDb, store: &Store, sql: &str) {
+    match store.postgres_pool() {
+        Some(pool) => {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+        None => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// Change-log rows at counters `<= upto` and after it.
+async fn log_rows(db: &TestDb, store: &Store, upto: i64) -> (i64, i64) {
+    let sql = "SELECT COALESCE(SUM(CASE WHEN counter <= $1 THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN counter > $1 THEN 1 ELSE 0 END), 0) FROM aibridge_change_log";
+    match store.postgres_pool() {
+        Some(pool) => sqlx::query_as(sql)
+            .bind(upto)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        None => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            let rows = sqlx::query_as(sql)
+                .bind(upto)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows
+        }
+    }
+}
+
+async fn pruning(db: &TestDb) {
+    use aibridge_proxy::store::LOG_KEPT;
+    let store = writer(&db.url).await;
+    for i in 0..3 {
+        store.create_token(&format!("old{i}")).await.unwrap();
+    }
+    let old = store.change_counter().await.unwrap();
+    assert_eq!(log_rows(db, &store, old).await, (3, 0));
+    // As if LOG_KEPT changes had been made since: the three rows are now past keeping.
+    exec(
+        db,
+        &store,
+        &format!("UPDATE aibridge_changes SET counter = counter + {LOG_KEPT} WHERE id = 1"),
+    )
+    .await;
+    // Pruning runs on one write in 64: within 64 more writes the old rows go, the new stay.
+    for i in 0..64 {
+        store.create_token(&format!("new{i}")).await.unwrap();
+    }
+    assert_eq!(log_rows(db, &store, old).await, (0, 64));
+    store.close().await;
+}
+both_backends!(the_change_log_keeps_only_its_recent_counters, pruning);
+
 async fn batch_api(db: &TestDb) {
     let env = Env::with(on(&db.url)).await;
     let body: Vec<_> = (0..1000)

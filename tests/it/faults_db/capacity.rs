@@ -39,14 +39,14 @@ fn record(i: usize) -> Interception {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f22_a_full_record_queue_counts_every_dropped_record() {
-    use aibridge_proxy::usage::recorder::QUEUE_CAPACITY;
+    use aibridge_proxy::usage::recorder::{BATCH, QUEUE_CAPACITY};
     let Some(db) = TestDb::postgres("faults_db::f22_record_overflow").await else {
         return;
     };
     let (relay, proxy) = behind_relay(&db).await;
     relay.cut();
     // More records than the queue (plus the one batch the writer holds) can keep.
-    let sent = QUEUE_CAPACITY + 1500;
+    let sent = QUEUE_CAPACITY + BATCH + 1500;
     let recorder = &proxy.app.recorder;
     for i in 0..sent {
         recorder.started("f22");
@@ -59,10 +59,10 @@ async fn f22_a_full_record_queue_counts_every_dropped_record() {
         .await;
     println!("FIGURE F22: {sent} records during an outage → {dropped} dropped ({counted} counted)");
     // Bounded, and used in full before anything is dropped: what the queue and the writer's
-    // held batch (at most 500) could not take, and nothing more.
+    // held batch (at most BATCH) could not take, and nothing more.
     let overflow = (sent - QUEUE_CAPACITY) as u64;
     assert!(
-        (overflow.saturating_sub(500)..=overflow).contains(&dropped),
+        (overflow.saturating_sub(BATCH as u64)..=overflow).contains(&dropped),
         "{dropped} of {sent} dropped with a queue of {QUEUE_CAPACITY}"
     );
     assert_eq!(counted, dropped as f64, "every drop is in the metric");
