@@ -145,7 +145,8 @@ impl App {
         let upstream_dialer = Dialer::new(upstream_policy, config.proxy.connect_timeout)
             .with_resolver(seams.resolver.clone());
         let upstreams =
-            UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?;
+            UpstreamFactory::new(crypto, config.upstream_ca_file.as_deref(), upstream_dialer)?
+                .with_http2(config.upstream_http2);
         let router = Arc::new(Router::new());
         let shutdown = Shutdown::new().count_panics(metrics.task_panics_total.clone());
 

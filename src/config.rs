@@ -45,6 +45,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Model calls have their prompt recorded unless this (or the provider's setting) is off.
 pub const DEFAULT_RECORD_PROMPTS: bool = true;
+/// Provider upstreams are spoken to in HTTP/1.1 over a pool unless `--upstream-http2`: one h2
+/// connection per upstream carries every stream, and hyper's pool waits (does not dial
+/// another) once the provider's stream limit is reached (hyperium/hyper#3623) — long SSE
+/// streams from a fleet of agents would queue behind each other. HTTP/1.1 also measured
+/// faster here on one connection (load bench, README → Performance).
+pub const DEFAULT_UPSTREAM_HTTP2: bool = false;
 /// Largest recorded prompt (cut on a UTF-8 boundary, `truncated` set).
 pub const DEFAULT_MAX_PROMPT_BYTES: usize = 32 * 1024;
 /// Largest recorded tool-call arguments, per call.
@@ -183,6 +189,8 @@ pub struct AppConfig {
     pub cert_cache_size: u64,
     /// Extra PEM roots trusted for provider upstreams (beside the webpki roots).
     pub upstream_ca_file: Option<PathBuf>,
+    /// Whether provider upstreams are offered HTTP/2 (`--upstream-http2`).
+    pub upstream_http2: bool,
     /// Reserved ranges provider base URLs may point into (written and dialled); none by default.
     pub allow_private_upstreams: Vec<IpNet>,
     pub shutdown_grace: Duration,
@@ -218,6 +226,7 @@ impl AppConfig {
             leaf_validity: DEFAULT_LEAF_VALIDITY,
             cert_cache_size: DEFAULT_CERT_CACHE_SIZE,
             upstream_ca_file: None,
+            upstream_http2: DEFAULT_UPSTREAM_HTTP2,
             allow_private_upstreams: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,

@@ -358,8 +358,9 @@ async fn keepalive(b: &mut Bench, conns: usize) {
     }
 }
 
-/// One pass under strace and perf (see count.rs): system calls, allocations and reallocations
-/// per request of the process in the middle of `path`, and the syscalls behind the total.
+/// Two passes (see count.rs): the in-kernel syscall count at speed, then one under strace and
+/// perf: the syscalls behind the total, allocations and reallocations per request of the
+/// process in the middle of `path`.
 async fn count_pass(
     b: &mut Bench,
     scenario: &str,
@@ -369,14 +370,27 @@ async fn count_pass(
     let Some(pid) = b.sut_pid(path) else {
         return senders;
     };
+    let one = |v: Option<f64>| v.map(|v| vec![v]).unwrap_or_default();
+    let mut senders = senders;
+    if let Some(total) = count::SyscallTotal::attach(pid) {
+        let (s, lat, _, _) = run_keepalive(senders, &b.ep.host(path), Duration::from_secs(2)).await;
+        senders = s;
+        if let Some(n) = total.finish(lat.len()) {
+            b.report
+                .push(scenario, path.name(), "syscalls/req", vec![n]);
+        }
+    }
     let counting = count::Counting::attach(pid);
     let (senders, lat, _, _) =
         run_keepalive(senders, &b.ep.host(path), Duration::from_secs(2)).await;
     let counts = counting.finish(lat.len());
-    let one = |v: Option<f64>| v.map(|v| vec![v]).unwrap_or_default();
     if counts.syscalls.is_some() {
-        b.report
-            .push(scenario, path.name(), "syscalls/req", one(counts.syscalls));
+        b.report.push(
+            scenario,
+            path.name(),
+            "syscalls/req (strace)",
+            one(counts.syscalls),
+        );
         let top: Vec<String> = counts
             .by_syscall
             .iter()
@@ -384,7 +398,7 @@ async fn count_pass(
             .map(|(n, v)| format!("{n} {v:.2}"))
             .collect();
         println!(
-            "{:<20} {:<10}   syscalls: {}",
+            "{:<20} {:<10}   strace: {}",
             scenario,
             path.name(),
             top.join(", ")

@@ -112,6 +112,43 @@ impl RequestContext {
     pub fn prompt_limit(&self, route: &ProviderRoute) -> Option<usize> {
         (self.record_prompts && route.record_prompts).then_some(self.max_prompt_bytes)
     }
+
+    /// The record a bridged exchange starts from: who asked which provider for what, over
+    /// `transport`; `failed` with no status until an answer says otherwise.
+    pub(crate) fn record<B>(
+        &self,
+        route: &ProviderRoute,
+        req: &Request<B>,
+        model_call: bool,
+        transport: &str,
+    ) -> Interception {
+        Interception {
+            id: self.id,
+            request_id: self.request_id.clone(),
+            token_id: self.token_id,
+            user: self.user.to_string(),
+            provider: route.name.clone(),
+            model: None,
+            method: req.method().to_string(),
+            path: req.uri().path().chars().take(1024).collect(),
+            status: 0,
+            input_tokens: None,
+            output_tokens: None,
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            usage_source: "missing".into(),
+            outcome: "failed".into(),
+            started_at: time::OffsetDateTime::now_utc(),
+            duration_ms: 0,
+            ttfb_ms: None,
+            error: None,
+            route: if model_call { "model" } else { "passthrough" }.into(),
+            transport: transport.into(),
+            prompt: None,
+            tool_calls: Vec::new(),
+            trace: None,
+        }
+    }
 }
 
 /// Send `req` to `route`'s upstream and stream back its answer. Errors become responses.
@@ -126,35 +163,10 @@ where
     B::Error: Into<crate::BoxError>,
 {
     let started = Instant::now();
-    let started_at = time::OffsetDateTime::now_utc();
     let api = Api::detect(route.kind, req.uri().path());
     let model_call = api.is_model_call(req.method());
-    let record = Interception {
-        id: ctx.id,
-        request_id: ctx.request_id.clone(),
-        token_id: ctx.token_id,
-        user: ctx.user.to_string(),
-        provider: route.name.clone(),
-        model: None,
-        method: req.method().to_string(),
-        path: req.uri().path().chars().take(1024).collect(),
-        status: 0,
-        input_tokens: None,
-        output_tokens: None,
-        cache_read_tokens: None,
-        cache_write_tokens: None,
-        usage_source: "missing".into(),
-        outcome: "failed".into(),
-        started_at,
-        duration_ms: 0,
-        ttfb_ms: None,
-        error: None,
-        route: if model_call { "model" } else { "passthrough" }.into(),
-        transport: "http".into(),
-        prompt: None,
-        tool_calls: Vec::new(),
-        trace: ctx.trace(recorder, req.headers(), route.kind),
-    };
+    let mut record = ctx.record(route, &req, model_call, "http");
+    record.trace = ctx.trace(recorder, req.headers(), route.kind);
     recorder.started(&route.name);
     // Until an answer takes the record over, dropping this future (the client went away while
     // its body was read or the upstream was asked) writes it as cancelled.

@@ -70,6 +70,11 @@ pub struct ServeArgs {
     /// Extra PEM roots trusted for provider upstreams.
     #[arg(long, env = "AIBRIDGE_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<PathBuf>,
+    /// Offer HTTP/2 to provider upstreams (ALPN h2 then http/1.1: one connection per upstream,
+    /// its streams capped by the provider); by default HTTP/1.1 over a pool of connections, one
+    /// per request in flight.
+    #[arg(long, env = "AIBRIDGE_UPSTREAM_HTTP2", action = clap::ArgAction::Set, default_value_t = config::DEFAULT_UPSTREAM_HTTP2)]
+    upstream_http2: bool,
     #[command(flatten)]
     upstreams: UpstreamArgs,
     /// Time a client has to send a complete request head.
@@ -143,6 +148,7 @@ impl ServeArgs {
             leaf_validity: self.leaf_validity.into(),
             cert_cache_size: self.cert_cache_size,
             upstream_ca_file: self.upstream_ca_file,
+            upstream_http2: self.upstream_http2,
             allow_private_upstreams: self.upstreams.allow_private_upstreams,
             shutdown_grace: self.shutdown_grace.into(),
             reload_timeout: config::DEFAULT_RELOAD_TIMEOUT,

@@ -45,6 +45,7 @@ pub enum UpstreamTlsError {
 pub struct UpstreamFactory {
     tls: Arc<ClientConfig>,
     dialer: Dialer,
+    http2: bool,
 }
 
 impl UpstreamFactory {
@@ -80,7 +81,14 @@ impl UpstreamFactory {
         Ok(UpstreamFactory {
             tls: Arc::new(tls),
             dialer,
+            http2: false,
         })
+    }
+
+    /// Whether [`UpstreamFactory::client`] offers HTTP/2 (`--upstream-http2`).
+    pub fn with_http2(mut self, http2: bool) -> Self {
+        self.http2 = http2;
+        self
     }
 
     /// The egress policy every upstream connection is dialled under.
@@ -99,8 +107,12 @@ impl UpstreamFactory {
         pooled(connector)
     }
 
-    /// A fresh client with its own connection pool.
+    /// A fresh client with its own connection pool: HTTP/1.1, or HTTP/2 when offered if
+    /// [`UpstreamFactory::with_http2`] turned it on.
     pub fn client(&self) -> UpstreamClient {
+        if !self.http2 {
+            return self.client_http1();
+        }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config((*self.tls).clone())
             .https_or_http()

@@ -19,7 +19,7 @@ impl Store {
     /// Insert a batch in one transaction, many rows per statement (one round trip to the
     /// database per chunk, not per row). Records are not configuration: nothing is published.
     pub async fn insert_interceptions(&self, batch: &[Interception]) -> Result<(), StoreError> {
-        with_pool!(self, |pool, kind| {
+        with_pool!(@backend self.records, |pool, kind| {
             let mut tx = pool.begin().await?;
             for chunk in batch.chunks(ROWS_PER_INSERT) {
                 let mut insert =

@@ -99,6 +99,12 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Where interception records are written: on SQLite a pool of its own with one connection,
+    /// so the writer's page cache stays warm (SQLite drops a connection's cache whenever another
+    /// connection has written since its last transaction, and a shared pool hands out its
+    /// connections in turn: every batch re-read the pages it appends to); on PostgreSQL the
+    /// same pool.
+    records: Backend,
     local: broadcast::Sender<()>,
     /// The highest change counter committed through this handle.
     last_committed: Arc<AtomicI64>,
@@ -111,8 +117,8 @@ pub struct Store {
 /// Run `$body` with `$pool` bound to whichever pool the store has, and `$kind` to its [`Kind`].
 /// The body is type-checked once per backend, so one query text serves both.
 macro_rules! with_pool {
-    ($store:expr, |$pool:ident, $kind:ident| $body:expr) => {
-        match &$store.backend {
+    (@backend $backend:expr, |$pool:ident, $kind:ident| $body:expr) => {
+        match &$backend {
             $crate::store::Backend::Sqlite($pool) => {
                 #[allow(unused_variables)]
                 let $kind = $crate::store::Kind::Sqlite;
@@ -124,6 +130,9 @@ macro_rules! with_pool {
                 $body
             }
         }
+    };
+    ($store:expr, |$pool:ident, $kind:ident| $body:expr) => {
+        with_pool!(@backend $store.backend, |$pool, $kind| $body)
     };
 }
 
@@ -195,37 +204,40 @@ impl Store {
     /// (tunnels, admin API) while the database is down and catch up when it returns. SQLite is
     /// local and opened at once (created if missing, WAL mode).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let backend = if url.starts_with("sqlite:") {
+        let (backend, records) = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
-                // 16 KiB pages for a new file (an existing one keeps its size): records are
-                // appended in batches, and a commit's WAL frames — two writes each — and the
-                // checkpoint's copies scale with pages touched: ~3× fewer than with 4 KiB.
-                .page_size(16 * 1024)
                 .journal_mode(SqliteJournalMode::Wal)
                 // WAL's recommended durability: commits survive a crash of the process; a power
                 // loss may lose the last ones, never corrupt the file. Spares an fsync per commit.
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
+                // A multi-row insert inside a transaction keeps a statement journal; in memory
+                // it costs no temporary file (created and unlinked per batch on disk).
+                .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(10));
-            Backend::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(options)
-                    .await?,
-            )
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone())
+                .await?;
+            // Opened on the first record (the CLI never writes any).
+            let records = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options);
+            (Backend::Sqlite(pool), Backend::Sqlite(records))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(3))
                 .connect_lazy(url)?;
-            Backend::Postgres(pool)
+            (Backend::Postgres(pool.clone()), Backend::Postgres(pool))
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
         let (local, _) = broadcast::channel(16);
         Ok(Store {
             backend,
+            records,
             local,
             last_committed: Arc::new(AtomicI64::new(-1)),
             keyring: Arc::default(),
@@ -342,7 +354,8 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        with_pool!(self, |pool, kind| pool.close().await)
+        with_pool!(self, |pool, kind| pool.close().await);
+        with_pool!(@backend self.records, |pool, kind| pool.close().await)
     }
 
     /// Record a committed change and wake in-process subscribers.

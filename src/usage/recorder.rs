@@ -7,8 +7,7 @@
 //! pages it touches (the table's and each index's newest leaf pages, written to SQLite's WAL
 //! and later checkpointed), so rows per commit is what sets the database I/O per request:
 //! measured on the real schema with SQLite, 50 rows per commit cost ~1.9 page writes and reads
-//! per row, 500 rows ~0.3 (16 KiB pages). The first record after an idle spell is written at
-//! once. When the database fails, the batch is held and retried with backoff
+//! per row, 500 rows ~0.7. The first record after an idle spell is written at once. When the database fails, the batch is held and retried with backoff
 //! while new records queue up behind it. When the queue is full a record is dropped — counted
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 

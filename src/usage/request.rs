@@ -9,16 +9,19 @@
 //! - Anthropic messages: the last user message with `text` blocks; a user message carrying only
 //!   `tool_result` blocks is skipped.
 //!
-//! Messages and input items are kept as raw JSON slices during the pass and only the last
-//! candidates are decoded, so a long conversation costs one scan, not a copy of every turn.
+//! Messages and input items are kept as raw JSON slices during the pass (the array's elements
+//! are found in that same pass) and only the last candidates are decoded, so a long
+//! conversation costs one scan, not two and not a copy of every turn.
 //! The prompt is cut at `max_bytes` on a UTF-8 boundary (`truncated` says so).
 
 use super::tools::floor_char_boundary;
 use super::Api;
 use crate::store::Prompt;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 /// What a model call's body asked for.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,12 +40,77 @@ struct Peek<'a> {
     model: Option<String>,
     stream: Option<bool>,
     #[serde(borrow)]
-    messages: Option<&'a RawValue>,
+    messages: Option<Field<'a>>,
     #[serde(borrow)]
-    input: Option<&'a RawValue>,
+    input: Option<Field<'a>>,
     /// Legacy completions.
     #[serde(borrow)]
-    prompt: Option<&'a RawValue>,
+    prompt: Option<Field<'a>>,
+}
+
+/// A top-level field where a prompt may live: a string, or a list whose elements are kept as
+/// raw slices (found while the body is scanned), or anything else (skipped).
+enum Field<'a> {
+    Text(Cow<'a, str>),
+    Items(Vec<&'a RawValue>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor(PhantomData))
+    }
+}
+
+struct FieldVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+    type Value = Field<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'a>, E> {
+        Ok(Field::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Field<'a>, E> {
+        Ok(Field::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'a>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            items.push(item);
+        }
+        Ok(Field::Items(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'a>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Field<'a>, E> {
+        Ok(Field::Other)
+    }
 }
 
 /// One message or input item, its content left raw.
@@ -95,21 +163,23 @@ pub fn inspect(api: Api, body: &[u8], prompt_limit: Option<usize>) -> RequestFac
 }
 
 /// Chat and Anthropic: the last user message with text.
-fn messages_prompt(messages: &RawValue) -> Option<String> {
-    let turns: Vec<&RawValue> = serde_json::from_str(messages.get()).ok()?;
+fn messages_prompt(messages: Field<'_>) -> Option<String> {
+    let Field::Items(turns) = messages else {
+        return None;
+    };
     turns.iter().rev().find_map(|raw| user_text(raw, "text"))
 }
 
 /// Responses: `input` as a string, or the last user item with text.
-fn responses_prompt(input: &RawValue) -> Option<String> {
-    if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(input.get()) {
-        return non_empty(text.into_owned());
+fn responses_prompt(input: Field<'_>) -> Option<String> {
+    match input {
+        Field::Text(text) => non_empty(text.into_owned()),
+        Field::Items(items) => items
+            .iter()
+            .rev()
+            .find_map(|raw| user_text(raw, "input_text")),
+        Field::Other => None,
     }
-    let items: Vec<&RawValue> = serde_json::from_str(input.get()).ok()?;
-    items
-        .iter()
-        .rev()
-        .find_map(|raw| user_text(raw, "input_text"))
 }
 
 /// The text of one turn if it is the user's and has any: its content string, or its parts of
@@ -135,16 +205,16 @@ fn user_text(raw: &RawValue, part_kind: &str) -> Option<String> {
 }
 
 /// A string, or the last string of a list of them.
-fn last_string(raw: &RawValue) -> Option<String> {
-    if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-        return non_empty(text.into_owned());
+fn last_string(field: Field<'_>) -> Option<String> {
+    match field {
+        Field::Text(text) => non_empty(text.into_owned()),
+        Field::Items(items) => items
+            .iter()
+            .rev()
+            .find_map(|i| serde_json::from_str::<Cow<'_, str>>(i.get()).ok())
+            .and_then(|t| non_empty(t.into_owned())),
+        Field::Other => None,
     }
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
-    items
-        .iter()
-        .rev()
-        .find_map(|i| serde_json::from_str::<Cow<'_, str>>(i.get()).ok())
-        .and_then(|t| non_empty(t.into_owned()))
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -241,6 +311,9 @@ mod tests {
         // Odd shapes around the prompt read as no prompt, never as a refusal.
         for body in [
             r#"{"model":"a","messages":5}"#,
+            r#"{"model":"a","messages":"hi"}"#,
+            r#"{"model":"a","messages":{"role":"user","content":"hi"}}"#,
+            r#"{"model":"a","messages":null}"#,
             r#"{"model":"a","messages":[1,"x",{"role":"user","content":7}]}"#,
             r#"{"model":"a","messages":[{"role":"user","content":""}]}"#,
         ] {
@@ -258,6 +331,12 @@ mod tests {
             prompt(Api::OpenaiEmbeddings, r#"{"input":"embed me"}"#).as_deref(),
             Some("embed me")
         );
+        // A string with escapes is decoded (not borrowed as it stands in the body).
+        assert_eq!(
+            prompt(Api::OpenaiResponses, r#"{"input":"say \"hi\"\n"}"#).as_deref(),
+            Some("say \"hi\"\n")
+        );
+        assert_eq!(prompt(Api::OpenaiResponses, r#"{"input":{"a":[1]}}"#), None);
         // Prompts off: nothing is read.
         let body = r#"{"messages":[{"role":"user","content":"secret"}]}"#;
         assert_eq!(inspect(Api::OpenaiChat, body.as_bytes(), None).prompt, None);

@@ -194,37 +194,9 @@ fn template<B>(
     ctx: &RequestContext,
     api: Option<SocketApi>,
 ) -> Interception {
-    Interception {
-        id: ctx.id,
-        request_id: ctx.request_id.clone(),
-        token_id: ctx.token_id,
-        user: ctx.user.to_string(),
-        provider: route.name.clone(),
-        model: None,
-        method: req.method().to_string(),
-        path: req.uri().path().chars().take(1024).collect(),
-        status: 101,
-        input_tokens: None,
-        output_tokens: None,
-        cache_read_tokens: None,
-        cache_write_tokens: None,
-        usage_source: "missing".into(),
-        outcome: "failed".into(),
-        started_at: time::OffsetDateTime::now_utc(),
-        duration_ms: 0,
-        ttfb_ms: None,
-        error: None,
-        route: if api.is_some() {
-            "model"
-        } else {
-            "passthrough"
-        }
-        .into(),
-        transport: "websocket".into(),
-        prompt: None,
-        tool_calls: Vec::new(),
-        trace: None,
-    }
+    let mut record = ctx.record(route, req, api.is_some(), "websocket");
+    record.status = 101;
+    record
 }
 
 /// The upgrade request as the upstream gets it: base URL + path, HTTP/1.1, the provider's key
