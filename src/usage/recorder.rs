@@ -7,7 +7,9 @@
 //! pages it touches (the table's and each index's newest leaf pages, written to SQLite's WAL
 //! and later checkpointed), so rows per commit is what sets the database I/O per request:
 //! measured on the real schema with SQLite, 50 rows per commit cost ~1.9 page writes and reads
-//! per row, 500 rows ~0.7. The first record after an idle spell is written at once. When the database fails, the batch is held and retried with backoff
+//! per row, 500 rows ~0.7. After an idle spell the first record also waits [`LINGER`]: a
+//! commit right away would land just as that client's next request starts (an agent's turns
+//! follow each other) and, on a busy core, delay its first bytes by the commit's few ms. When the database fails, the batch is held and retried with backoff
 //! while new records queue up behind it. When the queue is full a record is dropped — counted
 //! and logged, never silently. On shutdown the queue is drained and flushed.
 
@@ -28,6 +30,8 @@ pub const BATCH: usize = 2_000;
 /// Commits start at most this often: how long a record can wait before its commit starts, and
 /// what batches records under load.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the first record after an idle spell waits for company before its commit.
+pub const LINGER: Duration = Duration::from_millis(50);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -160,7 +164,8 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
                 None => return,
             }
             if rx.len() + 1 < BATCH {
-                tokio::time::sleep_until(last_commit + COMMIT_INTERVAL).await;
+                let now = tokio::time::Instant::now();
+                tokio::time::sleep_until((last_commit + COMMIT_INTERVAL).max(now + LINGER)).await;
             }
         }
         while pending.len() < BATCH {
