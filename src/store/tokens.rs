@@ -37,14 +37,14 @@ const PRUNE_EVERY: i64 = 64;
 macro_rules! prune_log {
     ($tx:ident, $counter:expr) => {
         if $counter % PRUNE_EVERY == 0 {
-            let keep_from = $counter - LOG_KEPT;
+            let drop_upto = $counter - LOG_KEPT;
             let oldest: Option<i64> =
                 sqlx::query_scalar("SELECT min(counter) FROM aibridge_change_log")
                     .fetch_one(&mut *$tx)
                     .await?;
-            if oldest.is_some_and(|oldest| oldest <= keep_from) {
+            if oldest.is_some_and(|oldest| oldest <= drop_upto) {
                 sqlx::query("DELETE FROM aibridge_change_log WHERE counter <= $1")
-                    .bind(keep_from)
+                    .bind(drop_upto)
                     .execute(&mut *$tx)
                     .await?;
             }

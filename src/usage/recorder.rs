@@ -9,9 +9,11 @@
 //! measured on the real schema with SQLite, 50 rows per commit cost ~1.9 page writes and reads
 //! per row, 500 rows ~0.7. After an idle spell the first record also waits [`LINGER`]: a
 //! commit right away would land just as that client's next request starts (an agent's turns
-//! follow each other) and, on a busy core, delay its first bytes by the commit's few ms. When the database fails, the batch is held and retried with backoff
-//! while new records queue up behind it. When the queue is full a record is dropped — counted
-//! and logged, never silently. On shutdown the queue is drained and flushed.
+//! follow each other) and, on a busy core, delay its first bytes by the commit's few ms.
+//!
+//! When the database fails, the batch is held and retried with backoff while new records queue
+//! up behind it. When the queue is full a record is dropped — counted and logged, never
+//! silently. On shutdown the queue is drained and flushed.
 
 use crate::metrics::Metrics;
 use crate::otlp::Tracer;
@@ -156,7 +158,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
     let mut backoff = BACKOFF_MIN;
     let mut open = true;
     // When the last commit started: the next one waits out the rest of its interval.
-    let mut last_commit = tokio::time::Instant::now() - COMMIT_INTERVAL;
+    let mut last_commit: Option<tokio::time::Instant> = None;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -164,8 +166,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
                 None => return,
             }
             if rx.len() + 1 < BATCH {
-                let now = tokio::time::Instant::now();
-                tokio::time::sleep_until((last_commit + COMMIT_INTERVAL).max(now + LINGER)).await;
+                let lingered = tokio::time::Instant::now() + LINGER;
+                let due = last_commit.map_or(lingered, |t| (t + COMMIT_INTERVAL).max(lingered));
+                tokio::time::sleep_until(due).await;
             }
         }
         while pending.len() < BATCH {
@@ -178,7 +181,7 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Interception>, stats: A
                 }
             }
         }
-        last_commit = tokio::time::Instant::now();
+        last_commit = Some(tokio::time::Instant::now());
         match store.insert_interceptions(&pending).await {
             Ok(()) => {
                 stats
