@@ -176,7 +176,7 @@ fn main() {
         extra: &[],
     });
     let relay = relay::RelayProcess::start(&upstream_base, &ca.cert_pem, pin_proxy);
-    let hudsucker = peer::PeerProcess::start_hudsucker(&upstream_base, &ca.cert_pem, pin_proxy);
+    let hudsucker = peer::start_hudsucker(&upstream_base, &ca.cert_pem, pin_proxy);
     let wants = |name: &str| {
         opts.only
             .as_ref()

@@ -4,16 +4,12 @@
 //! same toolchain (`cargo build --release`, into `target/peers`), started and placed like the
 //! proxy. `AIBRIDGE_BENCH_HUDSUCKER=PATH` uses a prebuilt binary; `=off` leaves the row out.
 
+use crate::relay::ChildProcess;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-pub struct PeerProcess {
-    child: Child,
-    pub addr: std::net::SocketAddr,
-    pub ca_pem: String,
-    _dir: tempfile::TempDir,
-}
+/// The hudsucker row's process.
+pub type PeerProcess = ChildProcess;
 
 /// The peer's binary, built if needed; `None` (with the reason printed) when it cannot be.
 fn binary() -> Option<PathBuf> {
@@ -46,62 +42,20 @@ fn binary() -> Option<PathBuf> {
     }
 }
 
-impl PeerProcess {
-    /// Start hudsucker in front of `upstream_base`, pinned to `pin` like the proxy.
-    pub fn start_hudsucker(
-        upstream_base: &str,
-        upstream_ca_pem: &str,
-        pin: Option<usize>,
-    ) -> Option<Self> {
-        let exe = binary()?;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca_pem).unwrap();
-        let mut cmd = match pin {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(&exe);
-                c.env("TOKIO_WORKER_THREADS", "1");
-                c
-            }
-            None => Command::new(&exe),
-        };
-        cmd.arg(upstream_base)
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(dir.path().join("addr")) {
-                if let Ok(addr) = a.parse() {
-                    break addr;
-                }
-            }
-            assert!(child.try_wait().unwrap().is_none(), "hudsucker exited");
-            assert!(Instant::now() < deadline, "hudsucker not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-        Some(PeerProcess {
-            child,
-            addr,
-            ca_pem,
-            _dir: dir,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn cpu(&self) -> Duration {
-        crate::proxy::process_cpu(self.child.id())
-    }
-}
-
-impl Drop for PeerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start hudsucker in front of `upstream_base`, placed like the proxy; `None` when it could not
+/// be built.
+pub fn start_hudsucker(
+    upstream_base: &str,
+    upstream_ca_pem: &str,
+    pin: Option<usize>,
+) -> Option<PeerProcess> {
+    let exe = binary()?;
+    Some(ChildProcess::spawn(
+        "hudsucker",
+        &exe,
+        &[],
+        upstream_base,
+        upstream_ca_pem,
+        pin,
+    ))
 }

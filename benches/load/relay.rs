@@ -105,29 +105,55 @@ async fn forward(shared: Shared, req: Request<Incoming>) -> Result<Response<Body
     }
 }
 
-/// The relay as a child process, placed like the proxy.
-pub struct RelayProcess {
+/// A proxy-like child process placed like the proxy (pinned with one tokio worker when `pin`
+/// says so): the relay and the hudsucker peer. Given the upstream's base URL and a directory
+/// holding `upstream-ca.pem`, it writes its `ca.pem` and then its `addr` there.
+pub struct ChildProcess {
     child: Child,
     pub addr: std::net::SocketAddr,
     pub ca_pem: String,
     _dir: tempfile::TempDir,
 }
 
-impl RelayProcess {
+/// The relay row's process.
+pub type RelayProcess = ChildProcess;
+
+impl ChildProcess {
+    /// Start the relay (this bench binary with `--relay-child`).
     pub fn start(upstream_base: &str, upstream_ca_pem: &str, pin: Option<usize>) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        Self::spawn(
+            "relay",
+            &exe,
+            &["--relay-child"],
+            upstream_base,
+            upstream_ca_pem,
+            pin,
+        )
+    }
+
+    /// Start `exe` with `args`, then the upstream base and the directory; wait (bounded) until
+    /// it has written its address.
+    pub fn spawn(
+        name: &str,
+        exe: &Path,
+        args: &[&str],
+        upstream_base: &str,
+        upstream_ca_pem: &str,
+        pin: Option<usize>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("upstream-ca.pem"), upstream_ca_pem).unwrap();
-        let exe = std::env::current_exe().unwrap();
         let mut cmd = match pin {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string()]).arg(&exe);
+                c.args(["-c", &cpu.to_string()]).arg(exe);
                 c.env("TOKIO_WORKER_THREADS", "1");
                 c
             }
-            None => Command::new(&exe),
+            None => Command::new(exe),
         };
-        cmd.arg("--relay-child")
+        cmd.args(args)
             .arg(upstream_base)
             .arg(dir.path())
             .stdin(Stdio::null())
@@ -140,12 +166,12 @@ impl RelayProcess {
                     break addr;
                 }
             }
-            assert!(child.try_wait().unwrap().is_none(), "relay exited");
-            assert!(Instant::now() < deadline, "relay not ready");
+            assert!(child.try_wait().unwrap().is_none(), "{name} exited");
+            assert!(Instant::now() < deadline, "{name} not ready");
             std::thread::sleep(Duration::from_millis(20));
         };
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-        RelayProcess {
+        ChildProcess {
             child,
             addr,
             ca_pem,
@@ -162,7 +188,7 @@ impl RelayProcess {
     }
 }
 
-impl Drop for RelayProcess {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -4,6 +4,17 @@
 use crate::support::upstream::{CHAT_JSON, MESSAGES_JSON, SSE_EVENTS, UPSTREAM_REQUEST_ID};
 use crate::support::*;
 
+/// Everything `stream` sends until it closes (bounded by WAIT), as text.
+async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
 async fn json_request_gets_the_provider_key_and_the_upstream_body() {
     let env = Env::openai().await;
@@ -185,16 +196,11 @@ async fn request_bodies_stream_to_the_upstream() {
 async fn inner_host_different_from_connect_host_gets_421() {
     let env = Env::openai().await;
     let mut tls = env.intercepted().await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .ok();
-    let text = String::from_utf8_lossy(&out);
+    let text = read_to_close(&mut tls).await;
     assert!(text.starts_with("HTTP/1.1 421"), "{text}");
     assert!(text.to_ascii_lowercase().contains("x-request-id"), "{text}");
     assert!(
@@ -275,7 +281,7 @@ async fn a_token_revoked_while_a_connection_is_open_stops_working_on_it() {
 #[tokio::test]
 async fn tls_sessions_resume_on_intercepted_hosts() {
     use rustls_pki_types::pem::PemObject;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let env = Env::openai().await;
     for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // One client config (and so one session store) for both connections, resumption on.
@@ -301,12 +307,7 @@ async fn tls_sessions_resume_on_intercepted_hosts() {
             )
             .await
             .unwrap();
-            let mut out = Vec::new();
-            tokio::time::timeout(WAIT, tls.read_to_end(&mut out))
-                .await
-                .unwrap()
-                .ok();
-            let text = String::from_utf8_lossy(&out);
+            let text = read_to_close(&mut tls).await;
             assert!(text.starts_with("HTTP/1.1 200"), "{versions:?}: {text}");
         }
         assert_eq!(
