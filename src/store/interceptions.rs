@@ -242,6 +242,14 @@ impl GroupBy {
     }
 }
 
+/// The usage columns every aggregate returns: requests and token sums (0 for none, BIGINT on
+/// both backends).
+const TOTALS: &str = "COUNT(*) AS requests, \
+     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+     CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
+     CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens";
+
 impl Store {
     /// Records matching `f`, newest first, keyset-paginated on (started_at, id) so a page costs
     /// the same at row 10 million as at row 10.
@@ -292,12 +300,8 @@ impl Store {
     ) -> Result<Vec<UsageTotal>, StoreError> {
         let col = group_by.column();
         let sql = format!(
-            "SELECT {col} AS key, COUNT(*) AS requests, \
-             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
-             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
-             CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
-             CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens \
-             FROM interceptions WHERE ($1 IS NULL OR started_at >= $1) AND ($2 IS NULL OR started_at < $2) \
+            "SELECT {col} AS key, {TOTALS} FROM interceptions \
+             WHERE ($1 IS NULL OR started_at >= $1) AND ($2 IS NULL OR started_at < $2) \
              AND ($3 OR route = 'model') \
              GROUP BY {col} ORDER BY {col}"
         );
@@ -367,12 +371,8 @@ impl Store {
         let col = group_by.column();
         let rows = with_pool!(self, |pool, kind| {
             let sql = format!(
-                "SELECT {b} AS bucket, {col} AS key, COUNT(*) AS requests, \
-                 CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
-                 CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
-                 CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT) AS cache_read_tokens, \
-                 CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens \
-                 FROM interceptions WHERE started_at >= $1 AND started_at < $2 AND ($3 OR route = 'model') \
+                "SELECT {b} AS bucket, {col} AS key, {TOTALS} FROM interceptions \
+                 WHERE started_at >= $1 AND started_at < $2 AND ($3 OR route = 'model') \
                  GROUP BY 1, 2 ORDER BY 1, 2",
                 b = bucket.sql(kind)
             );
