@@ -546,15 +546,17 @@ async fn sse(b: &mut Bench, tool: bool) {
     };
     let streams_per_round =
         ((b.opts.seconds * 1e6) / (SSE_EVENTS as f64 * SSE_GAP_US as f64)).max(1.0) as usize;
-    let mut rounds: [Vec<[f64; 3]>; 2] = [vec![], vec![]];
+    // The relay row is the floor for a streamed answer on these crates.
+    const PATHS: [Path; 3] = [Path::Direct, Path::Relay, Path::Proxy];
+    let mut rounds: [Vec<[f64; 3]>; 3] = [vec![], vec![], vec![]];
     let mut senders = Vec::new();
-    for path in [Path::Direct, Path::Proxy] {
+    for path in PATHS {
         let mut s = b.ep.open(path).await;
         client::call(&mut s, &b.ep.host(path)).await;
         senders.push(s);
     }
     for _ in 0..b.opts.rounds {
-        for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+        for (i, path) in PATHS.into_iter().enumerate() {
             let host = b.ep.host(path);
             let mut first = Vec::new();
             let mut later = Vec::new();
@@ -572,7 +574,7 @@ async fn sse(b: &mut Bench, tool: bool) {
             ]);
         }
     }
-    for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
+    for (i, path) in PATHS.into_iter().enumerate() {
         let col = |c: usize| rounds[i].iter().map(|r| r[c]).collect::<Vec<_>>();
         b.report
             .push(scenario, path.name(), "first event µs", col(0));
@@ -775,10 +777,12 @@ async fn tunnel(b: &mut Bench) {
     let scenario = "tunnel_bulk";
     let total = b.opts.bulk_mib << 20;
     let mut rounds: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut cpu_per_mb = Vec::new();
     let target = format!("127.0.0.1:{}", b.bulk.port());
     for _ in 0..b.opts.rounds {
         for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
             let started = Instant::now();
+            let cpu_before = b.sut_cpu(path);
             let mut tcp = match path {
                 Path::Direct => tokio::net::TcpStream::connect(b.bulk).await.unwrap(),
                 _ => b.ep.connect_tunnel(&target).await,
@@ -794,29 +798,69 @@ async fn tunnel(b: &mut Bench) {
             }
             assert_eq!(got, total, "bulk transfer complete");
             rounds[i].push(total as f64 / 1e6 / started.elapsed().as_secs_f64());
+            if path == Path::Proxy {
+                let cpu = b.sut_cpu(path) - cpu_before;
+                cpu_per_mb.push(cpu.as_secs_f64() * 1e6 / (total as f64 / 1e6));
+            }
         }
     }
     for (i, path) in [Path::Direct, Path::Proxy].into_iter().enumerate() {
         b.report
             .push(scenario, path.name(), "MB/s", rounds[i].clone());
     }
+    b.report
+        .push(scenario, "proxy", "proxy CPU µs/MB", cpu_per_mb);
 }
 
-/// Proxy RSS per idle intercepted connection (CONNECT + TLS + one request, then idle), each
-/// round on a fresh proxy process so earlier rounds' freed memory cannot hide the cost.
+/// RSS per idle intercepted connection (CONNECT + TLS + one request, then idle) of every
+/// proxy-like row, each round on a fresh process so earlier rounds' freed memory cannot hide
+/// the cost; the relay's and hudsucker's figures are the floor for what the proxy holds.
 async fn idle(b: &mut Bench) {
+    let rows: Vec<Path> = b
+        .paths
+        .iter()
+        .copied()
+        .filter(|p| *p != Path::Direct)
+        .collect();
     for &n in &b.opts.idle.clone() {
         let scenario = format!("idle_{n}_mitm");
-        let mut per_conn = Vec::new();
         let rounds = if n >= 10_000 {
             b.opts.rounds.min(3)
         } else {
             b.opts.rounds
         };
+        let mut per_conn = vec![Vec::new(); rows.len()];
         for _ in 0..rounds {
+            for (i, &path) in rows.iter().enumerate() {
+                per_conn[i].push(idle_round(b, path, n).await);
+            }
+        }
+        for (i, &path) in rows.iter().enumerate() {
+            b.report
+                .push(&scenario, path.name(), "RSS KiB/conn", per_conn[i].clone());
+        }
+    }
+}
+
+/// One fresh process of `path`'s kind: RSS KiB it gained per connection once `n` are idle.
+async fn idle_round(b: &Bench, path: Path, n: usize) -> f64 {
+    let upstream = (b.setup_upstream_base.as_str(), b.upstream_ca_pem.as_str());
+    let (ep, pid, process): (Endpoints, u32, Box<dyn std::any::Any>) = match path {
+        Path::Relay => {
+            let relay = relay::RelayProcess::start(upstream.0, upstream.1, b.pin_proxy);
+            let ep = b.ep.clone().with_relay(relay.addr, &relay.ca_pem);
+            (ep, relay.pid(), Box::new(relay))
+        }
+        Path::Hudsucker => {
+            let peer = peer::start_hudsucker(upstream.0, upstream.1, b.pin_proxy)
+                .expect("the hudsucker row exists, so it was built");
+            let ep = b.ep.clone().with_hudsucker(peer.addr, &peer.ca_pem);
+            (ep, peer.pid(), Box::new(peer))
+        }
+        _ => {
             let proxy = ProxyProcess::start(&Setup {
-                upstream_base: &b.setup_upstream_base,
-                upstream_ca_pem: &b.upstream_ca_pem,
+                upstream_base: upstream.0,
+                upstream_ca_pem: upstream.1,
                 bulk_port: b.bulk.port(),
                 pin: b.pin_proxy,
                 extra: &[],
@@ -825,30 +869,38 @@ async fn idle(b: &mut Bench) {
                 b.ep.upstream,
                 proxy.addr,
                 &proxy.token,
-                &b.upstream_ca_pem,
+                upstream.1,
                 &proxy.ca_pem,
             );
-            {
-                let mut warm = ep.open(Path::Proxy).await;
-                assert!(client::call(&mut warm, "api.openai.com").await);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let base = proxy.rss_kib();
-            let held = open_many(&ep, n).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let active = active_mitm(&proxy).await;
-            assert!(
-                active >= n as f64,
-                "{active} of {n} connections open at the proxy"
-            );
-            per_conn.push((proxy.rss_kib() as f64 - base as f64) / n as f64);
-            drop(held);
+            (ep, proxy.pid(), Box::new(proxy))
         }
-        b.report.push(&scenario, "proxy", "RSS KiB/conn", per_conn);
+    };
+    let row = if matches!(path, Path::Relay | Path::Hudsucker) {
+        path
+    } else {
+        Path::Proxy
+    };
+    {
+        let mut warm = ep.open(row).await;
+        assert!(client::call(&mut warm, "api.openai.com").await);
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = proxy::rss_kib(pid);
+    let held = open_many(&ep, row, n).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(proxy) = process.downcast_ref::<ProxyProcess>() {
+        let active = active_mitm(proxy).await;
+        assert!(
+            active >= n as f64,
+            "{active} of {n} connections open at the proxy"
+        );
+    }
+    let gained = (proxy::rss_kib(pid) as f64 - base as f64) / n as f64;
+    drop(held);
+    gained
 }
 
-async fn open_many(ep: &Endpoints, n: usize) -> Vec<Sender> {
+async fn open_many(ep: &Endpoints, path: Path, n: usize) -> Vec<Sender> {
     const PARALLEL: usize = 32;
     let mut held = Vec::with_capacity(n);
     let mut set = tokio::task::JoinSet::new();
@@ -857,7 +909,7 @@ async fn open_many(ep: &Endpoints, n: usize) -> Vec<Sender> {
         while started < n && set.len() < PARALLEL {
             let ep = ep.clone();
             set.spawn(async move {
-                let mut s = ep.open(Path::Proxy).await;
+                let mut s = ep.open(path).await;
                 assert!(client::call(&mut s, "api.openai.com").await);
                 s
             });

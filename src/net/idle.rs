@@ -57,8 +57,8 @@ impl Activity {
         self.opened.elapsed()
     }
 
-    fn moved(&self, direction: usize, n: usize) {
-        self.bytes[direction].fetch_add(n as u64, Ordering::Relaxed);
+    fn moved(&self, direction: Direction, n: usize) {
+        self.bytes[direction as usize].fetch_add(n as u64, Ordering::Relaxed);
         self.touch();
     }
 
@@ -83,6 +83,15 @@ impl Activity {
     }
 }
 
+/// Which way bytes moved, seen from the wrapped I/O (the agent's side of a tunnel).
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Read from it: towards the destination.
+    Up = 0,
+    /// Written to it: towards the agent.
+    Down = 1,
+}
+
 /// An I/O object that records its activity.
 pub struct IdleIo<S> {
     inner: S,
@@ -105,7 +114,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if matches!(r, Poll::Ready(Ok(()))) && n > 0 {
-            self.activity.moved(0, n);
+            self.activity.moved(Direction::Up, n);
         }
         r
     }
@@ -119,7 +128,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            self.activity.moved(1, n);
+            self.activity.moved(Direction::Down, n);
         }
         r
     }
@@ -131,7 +140,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            self.activity.moved(1, n);
+            self.activity.moved(Direction::Down, n);
         }
         r
     }

@@ -142,3 +142,33 @@ async fn plain_http_is_forwarded_without_proxy_credentials() {
         .await;
     assert_eq!(resp.status(), 407);
 }
+
+/// Bytes sent right behind the CONNECT head, a large upload, then a half-close: the
+/// destination sees every byte and the end of the stream, and its whole answer (sent after
+/// that end) still comes back before the tunnel closes.
+#[tokio::test]
+async fn a_half_closed_tunnel_still_carries_the_whole_answer() {
+    let port = echo_server().await;
+    let proxy = Env::with(|o| o.tunnels_to(port)).await;
+    let target = format!("127.0.0.1:{port}");
+    let mut first_flight = raw::connect_head(&target, &proxy.token).into_bytes();
+    first_flight.extend_from_slice(b"early:");
+    let (head, mut stream) = raw::send_head(proxy.addr, &first_flight).await;
+    assert_eq!(raw::status(&head), 200, "{head}");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = stream.split();
+    let write = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let read = async {
+        tokio::time::timeout(WAIT, r.read_to_end(&mut echoed))
+            .await
+            .expect("the tunnel closes once the destination has answered and closed")
+            .unwrap();
+    };
+    tokio::join!(write, read);
+    assert_eq!(&echoed[..6], b"early:");
+    assert!(echoed[6..] == payload[..], "{} bytes echoed", echoed.len());
+}
